@@ -1,0 +1,23 @@
+"""llmcore: a readable, complete Transformer language-model library.
+
+Tokenizers, Transformer modules, pretraining, fine-tuning and generation as small parts that import on
+their own; a thin Trainer wires them together. Importing this package has no side effects.
+"""
+
+from .config import ModelConfig
+from .errors import CheckpointError, ConfigError, DataError, GenerationError, LLMCoreError, TokenizerError
+from .models import TransformerLM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelConfig",
+    "TransformerLM",
+    "LLMCoreError",
+    "ConfigError",
+    "DataError",
+    "TokenizerError",
+    "CheckpointError",
+    "GenerationError",
+    "__version__",
+]

@@ -1,0 +1,43 @@
+"""Exceptions raised for user mistakes.
+
+Every error a user can cause (a bad config value, a missing file, a checkpoint that does not match its
+config) raises a subclass of :class:`LLMCoreError` whose message names the bad value, the limit and the
+fix. Each subclass is also a ``ValueError`` so callers that already catch
+``ValueError`` keep working. ``assert`` is kept for internal invariants only.
+"""
+
+from __future__ import annotations
+
+
+class LLMCoreError(Exception):
+    """Base class of every error llmcore raises on purpose. The CLI prints it as one line and exits 2."""
+
+
+class ConfigError(LLMCoreError, ValueError):
+    """An invalid configuration value (model, training, generation or fine-tuning config)."""
+
+
+class DataError(LLMCoreError, ValueError):
+    """Input data that cannot be used: missing, empty, not UTF-8, too short for the block size."""
+
+
+class TokenizerError(LLMCoreError, ValueError):
+    """A tokenizer that cannot be trained, loaded or applied as asked."""
+
+
+class CheckpointError(LLMCoreError, ValueError):
+    """A checkpoint or model directory that is missing, truncated or does not match its config."""
+
+
+class GenerationError(LLMCoreError, ValueError):
+    """A generation request that cannot be served (prompt too long, incompatible options)."""
+
+
+__all__ = [
+    "LLMCoreError",
+    "ConfigError",
+    "DataError",
+    "TokenizerError",
+    "CheckpointError",
+    "GenerationError",
+]

@@ -1,0 +1,24 @@
+"""Building blocks of Transformer models: attention, positions, norms, MLPs, blocks and the KV cache.
+
+Nothing here imports training, generation or conversion code; every module is built from
+``(config, layer_idx)``.
+"""
+
+from .attention import Attention, make_attention_mask, reference_attention
+from .blocks import CrossDecoderBlock, DecoderBlock, EncoderBlock
+from .cache import KVCache
+from .layers import MLP, MLPS, NORMS, LayerNorm, RMSNorm, SwiGLU, build_mlp, build_norm
+from .positional import (
+    POSITIONAL,
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+    apply_rotary,
+)
+
+__all__ = [
+    "Attention", "make_attention_mask", "reference_attention",
+    "DecoderBlock", "EncoderBlock", "CrossDecoderBlock", "KVCache",
+    "LayerNorm", "RMSNorm", "MLP", "SwiGLU", "NORMS", "MLPS", "build_norm", "build_mlp",
+    "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding", "RotaryEmbedding", "apply_rotary", "POSITIONAL",
+]

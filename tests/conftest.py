@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny config, deterministic seeds, and restored global torch state."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from llmcore import ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_restore():
+    """Every test starts from the same seeds and leaves torch's global state as it found it."""
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    """2 layers, d_model 32, Llama-style (RoPE, RMSNorm, SwiGLU, GQA), vocab 128."""
+    return ModelConfig.from_preset("debug", vocab_size=128)
+
+
+@pytest.fixture
+def tiny_gpt2_config() -> ModelConfig:
+    """2 layers, d_model 32, GPT-2 style (learned positions, LayerNorm, GELU, tied head), vocab 128."""
+    return ModelConfig(vocab_size=128, max_seq_len=64, d_model=32, n_layers=2, n_heads=4,
+                       activation="gelu_tanh", pos_encoding="learned", norm="layernorm", bias=True)
