@@ -1,0 +1,316 @@
+"""Torch-facing datasets over prepared token files, plus a padding collate helper.
+
+- :class:`TokenDataset` — nanoGPT's ``get_batch`` as an object: random ``block_size`` windows from a flat id
+  file (``np.memmap``) for training, and sequential non-overlapping windows for evaluation.
+- :class:`OnTheFlyTextDataset` — the same ``sample_batch`` interface over raw text, re-tokenized at every draw
+  with subword sampling (``tokenizer.encode(span, sample=True)``), so each epoch sees new segmentations
+  (subword regularisation, Kudo 2018, arXiv:1804.10959; BPE-dropout, arXiv:1910.13267).
+- :func:`collate_pad` — lists of id lists -> padded ``input_ids``, ``attention_mask`` (and labels).
+
+Pairs for fine-tuning (source -> target with masked prompt labels) live with the fine-tuning code, not here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..errors import DataError, TokenizerError
+from .prepare import load_meta
+
+IGNORE_INDEX = -100  # label value the loss skips (training.lm_loss, torch cross_entropy default)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _to_device(t: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
+    if device is None:
+        return t
+    device = torch.device(device)
+    if device.type == "cuda":  # pinned memory lets the copy overlap with compute (nanoGPT get_batch)
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Windows of ``block_size`` tokens from one split of a prepared corpus.
+
+    Args:
+        path_or_array: a directory written by :func:`llmcore.data.prepare` (reads ``{split}.bin`` and the
+            dtype from ``meta.json``), one ``.bin`` file (dtype from ``meta.json`` beside it, or ``dtype``),
+            or the ids themselves (numpy array, 1-D tensor or list).
+        block_size: tokens per window; each window needs ``block_size + 1`` tokens (inputs plus next-token
+            targets).
+        split: ``"train"`` or ``"val"`` when ``path_or_array`` is a directory.
+        dtype: dtype of a bare ``.bin`` file without ``meta.json``.
+        rank, world_size: for distributed evaluation, :meth:`iter_eval` yields only every
+            ``world_size``-th window starting at ``rank``. :meth:`sample_batch` ignores them: give each rank
+            its own generator seed (e.g. ``seed + rank``) so the ranks draw different windows.
+
+    ``len(ds)`` and ``ds[i]`` are the full non-overlapping windows (``(x, y)`` of shape (block_size,)), so the
+    dataset also works with a ``DataLoader`` and ``DistributedSampler``.
+    """
+
+    def __init__(
+        self,
+        path_or_array: str | os.PathLike | np.ndarray | torch.Tensor | Sequence[int],
+        block_size: int,
+        split: str = "train",
+        dtype: str | np.dtype | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not isinstance(block_size, int) or block_size < 1:
+            raise DataError(f"block_size={block_size!r} must be a positive integer")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise DataError(f"rank={rank} and world_size={world_size}: need world_size >= 1 and 0 <= rank < world_size")
+        self.block_size, self.split, self.rank, self.world_size = block_size, split, rank, world_size
+        self.path: Path | None = None
+        self.array: np.ndarray | None = None
+        if isinstance(path_or_array, (str, os.PathLike)):
+            self.path, self.dtype = self._locate(Path(path_or_array), split, dtype)
+            size = self.path.stat().st_size
+            if size % self.dtype.itemsize:
+                raise DataError(f"{self.path} has {size} bytes, not a whole number of {self.dtype.name} ids; "
+                                "it is truncated or the dtype is wrong; run `llmcore prepare` again")
+            self.num_tokens = size // self.dtype.itemsize
+        else:
+            if isinstance(path_or_array, torch.Tensor):
+                path_or_array = path_or_array.detach().cpu().numpy()
+            self.array = np.asarray(path_or_array)
+            if self.array.ndim != 1 or self.array.dtype.kind not in "iu":
+                raise DataError(f"token ids must be a 1-D integer array, got shape {self.array.shape} "
+                                f"and dtype {self.array.dtype}")
+            self.dtype, self.num_tokens = self.array.dtype, len(self.array)
+        if self.num_tokens < block_size + 1:
+            where = self.path or "the given ids"
+            raise DataError(
+                f"{split} split ({where}) has {self.num_tokens} tokens, but block_size={block_size} needs at least "
+                f"{block_size + 1}; use block_size <= {max(self.num_tokens - 1, 0)} or give more data "
+                "(for val: a larger val_fraction)"
+            )
+
+    @staticmethod
+    def _locate(path: Path, split: str, dtype: Any) -> tuple[Path, np.dtype]:
+        if path.is_dir():
+            if split not in ("train", "val"):
+                raise DataError(f"split={split!r} is not one of 'train', 'val'")
+            meta = load_meta(path)
+            file = path / f"{split}.bin"
+            if not file.is_file():
+                raise DataError(f"{file} does not exist; run `llmcore prepare --out {path}` again")
+            return file, np.dtype(dtype or meta["dtype"])
+        if not path.is_file():
+            raise DataError(f"{path} does not exist; pass a directory written by `llmcore prepare` or a .bin file")
+        if dtype is None:
+            if not (path.parent / "meta.json").is_file():
+                raise DataError(f"{path} has no meta.json beside it; pass dtype='uint16' or 'uint32'")
+            dtype = load_meta(path.parent)["dtype"]
+        return path, np.dtype(dtype)
+
+    def data(self) -> np.ndarray:
+        """The ids as a 1-D array (a fresh read-only memmap for files)."""
+        if self.array is not None:
+            return self.array
+        # a new memmap per call, as nanoGPT does: a long-lived one lets its pages pile up as resident memory
+        return np.memmap(self.path, dtype=self.dtype, mode="r")
+
+    def _windows(self, data: np.ndarray, starts: torch.Tensor | np.ndarray, length: int) -> torch.Tensor:
+        idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)  # (B, length)
+        return torch.from_numpy(data[idx].astype(np.int64))
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None,
+                     device: str | torch.device | None = None) -> Batch:
+        """Random training windows: ``x`` (B, block_size) and ``y`` = ``x`` shifted left by one token.
+
+        Start indices are ``torch.randint(len(data) - block_size, (B,), generator=generator)``, as nanoGPT's
+        ``get_batch``, so the same generator state gives the same batch.
+        """
+        data = self.data()
+        ix = torch.randint(self.num_tokens - self.block_size, (batch_size,), generator=generator)
+        w = self._windows(data, ix.numpy(), self.block_size + 1)  # (B, T+1)
+        x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()  # (B, T), (B, T)
+        return _to_device(x, device), _to_device(y, device)
+
+    @property
+    def num_full_windows(self) -> int:
+        return (self.num_tokens - 1) // self.block_size
+
+    def __len__(self) -> int:
+        return self.num_full_windows
+
+    def __getitem__(self, i: int) -> Batch:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"window {i} out of range for {len(self)} windows")
+        start = (i % len(self)) * self.block_size
+        w = torch.from_numpy(self.data()[start:start + self.block_size + 1].astype(np.int64))
+        return w[:-1], w[1:]
+
+    def iter_eval(self, batch_size: int, max_batches: int | None = None, pad_last: bool = False,
+                  device: str | torch.device | None = None) -> Iterator[Batch]:
+        """Sequential non-overlapping windows for evaluation, the same on every call.
+
+        Window ``k`` covers tokens ``[k*T, (k+1)*T]``; this rank gets windows ``rank, rank + world_size, ...``
+        in batches of ``batch_size`` (the last batch may be smaller, and ranks may get one batch fewer than
+        others, so reduce loss sums and token counts once after the loop). The final ``< T`` targets are
+        dropped unless ``pad_last``, which adds them as one more window with ``y = -100`` (ignored by the loss)
+        and ``x = 0`` beyond the data, so that every target token is scored exactly once.
+        """
+        T, n = self.block_size, self.num_tokens
+        data = self.data()
+        starts = np.arange(self.num_full_windows, dtype=np.int64) * T
+        tail = (n - 1) - self.num_full_windows * T  # targets left after the full windows
+        if pad_last and tail > 0:
+            starts = np.append(starts, self.num_full_windows * T)
+        starts = starts[self.rank::self.world_size]
+        for b, i in enumerate(range(0, len(starts), batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            chunk = starts[i:i + batch_size]
+            full = chunk[chunk + T + 1 <= n]
+            w = self._windows(data, full, T + 1)  # (b, T+1)
+            x, y = w[:, :-1], w[:, 1:]
+            if len(full) < len(chunk):  # the padded tail window
+                s = int(chunk[-1])
+                xt = torch.zeros(1, T, dtype=torch.long)
+                yt = torch.full((1, T), IGNORE_INDEX, dtype=torch.long)
+                xt[0, :tail] = torch.from_numpy(data[s:s + tail].astype(np.int64))
+                yt[0, :tail] = torch.from_numpy(data[s + 1:s + 1 + tail].astype(np.int64))
+                x, y = torch.cat([x, xt]), torch.cat([y, yt])
+            yield _to_device(x.contiguous(), device), _to_device(y.contiguous(), device)
+
+    def num_eval_batches(self, batch_size: int, pad_last: bool = False) -> int:
+        """How many batches :meth:`iter_eval` yields on this rank."""
+        n = self.num_full_windows + int(pad_last and (self.num_tokens - 1) % self.block_size > 0)
+        mine = len(range(self.rank, n, self.world_size))
+        return math.ceil(mine / batch_size)
+
+
+class OnTheFlyTextDataset:
+    """Random text spans tokenized at draw time, so sampling tokenizers give new segmentations every time.
+
+    Each row takes a random span of characters, encodes it with ``tokenizer.encode(span, sample=sample)``,
+    drops the first token (the span may start mid-word) and keeps the next ``block_size + 1``. The span
+    positions follow ``generator``; the segmentation under ``sample=True`` comes from sentencepiece's own
+    random state, so batches are not bit-reproducible from the generator alone.
+
+    Args:
+        text: the training text (``llmcore.data.corpora.read_text`` reads files).
+        tokenizer: a tokenizer whose ``encode`` takes ``sample=`` (sentencepiece) when ``sample=True``.
+        block_size: tokens per window.
+        sample: encode with subword sampling; False gives deterministic encoding (any tokenizer).
+        span_chars: characters per span; by default estimated from the text so a span holds the tokens.
+    """
+
+    def __init__(self, text: str, tokenizer: Any, block_size: int, sample: bool = True,
+                 span_chars: int | None = None) -> None:
+        if not isinstance(block_size, int) or block_size < 1:
+            raise DataError(f"block_size={block_size!r} must be a positive integer")
+        if not isinstance(text, str) or not text:
+            raise DataError("OnTheFlyTextDataset needs non-empty text; read files with corpora.read_text()")
+        takes_sample = "sample" in inspect.signature(tokenizer.encode).parameters
+        if sample and not takes_sample:
+            raise TokenizerError(f"{type(tokenizer).__name__}.encode has no sample= option; subword sampling needs "
+                                 "a SentencePieceTokenizer, or pass sample=False")
+        self.text, self.tokenizer, self.block_size = text, tokenizer, block_size
+        self.kwargs = {"sample": sample} if takes_sample else {}
+        head = text[:100_000]
+        n_head = max(len(tokenizer.encode(head, **({"sample": False} if takes_sample else {}))), 1)
+        chars_per_token = len(head) / n_head
+        if len(text) / chars_per_token < block_size + 2:
+            raise DataError(f"the text has about {int(len(text) / chars_per_token)} tokens, but block_size="
+                            f"{block_size} needs at least {block_size + 2}; use a smaller block_size or more text")
+        # 25% headroom plus a few characters, so a retry with a longer span is rare
+        self.span_chars = span_chars or math.ceil((block_size + 2) * chars_per_token * 1.25) + 16
+
+    def _encode(self, spans: list[str]) -> list[list[int]]:
+        # One call per span, not one batched call: sentencepiece's batch encoder starts fresh threads whose
+        # random generators all restart from the global seed, so batched sampling repeats itself call after call.
+        return [self.tokenizer.encode(span, **self.kwargs) for span in spans]
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None,
+                     device: str | torch.device | None = None) -> Batch:
+        """``x`` (B, block_size) and ``y`` = ``x`` shifted by one, from freshly tokenized random spans."""
+        need, text = self.block_size + 2, self.text
+        span = min(self.span_chars, len(text))
+        starts = torch.randint(len(text) - span + 1, (batch_size,), generator=generator).tolist()
+        rows = self._encode([text[s:s + span] for s in starts])
+        for r, s in enumerate(starts):
+            length = span
+            while len(rows[r]) < need:  # an unusually token-dense span: take more text
+                if length >= len(text):
+                    raise DataError(f"the text gives only {len(rows[r])} tokens, but block_size={self.block_size}"
+                                    f" needs {need}; use a smaller block_size or more text")
+                length = min(2 * length, len(text))
+                s = min(s, len(text) - length)
+                rows[r] = self._encode([text[s:s + length]])[0]
+        w = torch.tensor([row[1:need] for row in rows], dtype=torch.long)  # (B, T+1)
+        x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
+        return _to_device(x, device), _to_device(y, device)
+
+
+def collate_pad(
+    sequences: Sequence[Sequence[int]],
+    pad_id: int | None,
+    padding_side: Literal["left", "right"] = "right",
+    label_pad: int = IGNORE_INDEX,
+    labels: bool | Sequence[Sequence[int]] = False,
+) -> tuple[torch.Tensor, ...]:
+    """Pad id lists to one (B, T) batch, T = the longest sequence.
+
+    Args:
+        sequences: B lists (or 1-D tensors) of ids.
+        pad_id: the id written into padding (may be None only if no padding is needed).
+        padding_side: ``"right"`` for training, ``"left"`` for batched generation.
+        label_pad: the label of padding positions (-100 is ignored by the loss).
+        labels: ``True`` returns labels = ``input_ids`` with padding set to ``label_pad``; a list of B label
+            lists (each as long as its sequence) returns those padded with ``label_pad``. Labels are aligned
+            with ``input_ids`` (not shifted); the loss does the shift.
+
+    Returns:
+        ``(input_ids, attention_mask)`` or ``(input_ids, attention_mask, labels)``, all LongTensors (B, T);
+        the mask is 1 on real tokens and 0 on padding.
+    """
+    if padding_side not in ("left", "right"):
+        raise DataError(f"padding_side={padding_side!r} is not one of 'left', 'right'")
+    seqs = [s.tolist() if hasattr(s, "tolist") else list(s) for s in sequences]
+    if not seqs:
+        raise DataError("collate_pad() got no sequences; pass at least one list of ids")
+    lengths = [len(s) for s in seqs]
+    width = max(lengths)
+    if pad_id is None and min(lengths) < width:
+        raise DataError("sequences of different lengths need a pad_id; use a tokenizer with a pad token "
+                        "or pass pad_id explicitly")
+    label_rows: list[list[int]] | None = None
+    if labels is True:
+        label_rows = seqs
+    elif labels is not False:
+        label_rows = [s.tolist() if hasattr(s, "tolist") else list(s) for s in labels]
+        bad = [i for i, (a, b) in enumerate(zip(seqs, label_rows)) if len(a) != len(b)]
+        if len(label_rows) != len(seqs) or bad:
+            raise DataError(f"labels must match the sequences one to one in length; mismatch at rows {bad[:5]} "
+                            f"({len(label_rows)} label rows for {len(seqs)} sequences)")
+
+    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+        out = torch.full((len(rows), width), value, dtype=torch.long)  # (B, T)
+        for i, row in enumerate(rows):
+            if row:
+                sl = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+                out[i, sl] = torch.tensor(row, dtype=torch.long)
+        return out
+
+    input_ids = pad(seqs, pad_id if pad_id is not None else 0)
+    mask = pad([[1] * n for n in lengths], 0)
+    if label_rows is None:
+        return input_ids, mask
+    return input_ids, mask, pad(label_rows, label_pad)
+
+
+__all__ = ["IGNORE_INDEX", "OnTheFlyTextDataset", "TokenDataset", "collate_pad"]
