@@ -140,7 +140,10 @@ class PreTrainedMixin:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> Any:
-        """Load an llmcore directory, or a Hugging Face GPT-2 / Llama directory (converted on the fly)."""
+        """Load an llmcore directory, or a Hugging Face GPT-2 / Llama directory (converted on the fly).
+
+        The model is returned in eval mode (dropout off), as Hugging Face does.
+        """
         d = Path(directory)
         if not d.is_dir():
             raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
@@ -158,6 +161,7 @@ class PreTrainedMixin:
             model = load_hf(d, cls)
         else:
             raise CheckpointError(f"{d / CONFIG_NAME} is neither an llmcore config nor a Hugging Face config.")
+        model.eval()  # like Hugging Face: a loaded model is for inference until a trainer calls .train()
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
