@@ -22,6 +22,8 @@ COMMANDS = [
     "llmcore.generation.cli",  # generate
     "llmcore.translation.cli",  # translate
     "llmcore.convert.cli",  # convert
+    "llmcore.sweep",  # sweep
+    "llmcore.plot",  # plot
 ]
 
 
