@@ -7,12 +7,14 @@ their own; a thin Trainer wires them together. Importing this package has no sid
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, DataError, GenerationError, LLMCoreError, TokenizerError
 from .models import TransformerLM
+from .tokenizer import load_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ModelConfig",
     "TransformerLM",
+    "load_tokenizer",
     "LLMCoreError",
     "ConfigError",
     "DataError",
