@@ -5,9 +5,18 @@ their own; a thin Trainer wires them together. Importing this package has no sid
 """
 
 from .config import ModelConfig
-from .errors import CheckpointError, ConfigError, DataError, GenerationError, LLMCoreError, TokenizerError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    GenerationError,
+    LLMCoreError,
+    TokenizerError,
+    TrainingError,
+)
 from .models import TransformerLM
 from .tokenizer import load_tokenizer
+from .training import Trainer, TrainConfig
 
 __version__ = "0.1.0"
 
@@ -15,11 +24,14 @@ __all__ = [
     "ModelConfig",
     "TransformerLM",
     "load_tokenizer",
+    "Trainer",
+    "TrainConfig",
     "LLMCoreError",
     "ConfigError",
     "DataError",
     "TokenizerError",
     "CheckpointError",
     "GenerationError",
+    "TrainingError",
     "__version__",
 ]

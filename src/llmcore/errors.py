@@ -41,3 +41,10 @@ __all__ = [
     "CheckpointError",
     "GenerationError",
 ]
+
+
+class TrainingError(LLMCoreError, RuntimeError):
+    """A training run that cannot continue (non-finite loss or gradients); the last checkpoint stays valid."""
+
+
+__all__.append("TrainingError")

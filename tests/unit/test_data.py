@@ -203,7 +203,11 @@ def test_iter_eval_covers_split_deterministically(prepared):
     assert torch.equal(xs.flatten(), data[: len(xs) * T]) and torch.equal(ys.flatten(), data[1: len(xs) * T + 1])
     again = list(ds.iter_eval(batch_size=7))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
-    assert len(list(ds.iter_eval(7, max_batches=2))) == 2
+    capped = list(ds.iter_eval(7, max_batches=2))
+    assert len(capped) == 2
+    # a capped evaluation samples the whole split evenly, not just its beginning
+    first, last = capped[0][0][0], capped[-1][0][-1]
+    assert torch.equal(first, batches[0][0][0]) and torch.equal(last, batches[-1][0][-1])
     # pad_last: every target is scored exactly once
     ys = torch.cat([b[1] for b in ds.iter_eval(7, pad_last=True)]).flatten()
     assert torch.equal(ys[ys != -100], data[1:])

@@ -161,7 +161,8 @@ class TokenDataset(torch.utils.data.Dataset):
         in batches of ``batch_size`` (the last batch may be smaller, and ranks may get one batch fewer than
         others, so reduce loss sums and token counts once after the loop). The final ``< T`` targets are
         dropped unless ``pad_last``, which adds them as one more window with ``y = -100`` (ignored by the loss)
-        and ``x = 0`` beyond the data, so that every target token is scored exactly once.
+        and ``x = 0`` beyond the data, so that every target token is scored exactly once. With
+        ``max_batches`` smaller than the split, the windows are spread evenly over the whole split.
         """
         T, n = self.block_size, self.num_tokens
         data = self.data()
@@ -169,6 +170,12 @@ class TokenDataset(torch.utils.data.Dataset):
         tail = (n - 1) - self.num_full_windows * T  # targets left after the full windows
         if pad_last and tail > 0:
             starts = np.append(starts, self.num_full_windows * T)
+        wanted = None if max_batches is None else max_batches * batch_size * self.world_size
+        if wanted is not None and wanted < len(starts):
+            # A capped evaluation spreads its windows evenly over the whole split instead of scoring only
+            # its beginning, so a quick periodic val loss estimates the full-split loss without bias.
+            pick = np.unique(np.linspace(0, self.num_full_windows - 1, num=wanted).round().astype(np.int64))
+            starts = pick * T
         starts = starts[self.rank::self.world_size]
         for b, i in enumerate(range(0, len(starts), batch_size)):
             if max_batches is not None and b >= max_batches:

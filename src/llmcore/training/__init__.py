@@ -1,0 +1,44 @@
+"""Training: the loss, optimizer groups and schedules, the Trainer, callbacks, checkpoints, DDP.
+
+``lm_loss`` and ``param_groups`` are usable on their own in a hand-written loop; ``Trainer`` wires them
+together with gradient accumulation, clipping, bf16 autocast, DDP, evaluation, early stopping and pickle-free
+checkpoints. See ``trainer.py`` for the exact step and the fine-tuning strategy hooks.
+"""
+
+from .callbacks import Checkpointer, EarlyStopping, MetricsLogger, ProgressBar, SampleGenerator
+from .checkpoint import latest_checkpoint, list_checkpoints
+from .loss import count_targets, lm_loss, token_accuracy
+from .optim import (
+    SCHEDULES,
+    build_optimizer,
+    build_schedule,
+    param_groups,
+    warmup_constant,
+    warmup_cosine,
+    warmup_linear,
+    warmup_stable_decay,
+)
+from .trainer import TrainConfig, Trainer
+
+__all__ = [
+    "lm_loss",
+    "count_targets",
+    "token_accuracy",
+    "param_groups",
+    "build_optimizer",
+    "build_schedule",
+    "SCHEDULES",
+    "warmup_cosine",
+    "warmup_linear",
+    "warmup_constant",
+    "warmup_stable_decay",
+    "Trainer",
+    "TrainConfig",
+    "ProgressBar",
+    "MetricsLogger",
+    "EarlyStopping",
+    "Checkpointer",
+    "SampleGenerator",
+    "latest_checkpoint",
+    "list_checkpoints",
+]

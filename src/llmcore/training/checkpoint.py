@@ -1,0 +1,315 @@
+"""Pickle-free, atomic training checkpoints and exact resume.
+
+A checkpoint is a directory ``OUT/trainer_state/ckpt-000250/`` holding
+
+* ``model.safetensors``      every model tensor (tied duplicates once; ``module.`` / ``_orig_mod.`` stripped);
+* ``optimizer.safetensors``  the AdamW state as flat tensors ``state.{parameter name}.{exp_avg|exp_avg_sq|step}``;
+* ``trainer_state.json``     everything else: step, tokens seen, best validation loss, early-stopping counter,
+                             optimizer group hyper-parameters, which parameters are trainable, RNG states
+                             (torch CPU/CUDA as lists of ints, numpy, python ``random``, the data generator)
+                             and the model config, used to refuse a checkpoint from another model.
+
+Nothing goes through ``pickle``, ``torch.save`` or ``torch.load``, so loading a checkpoint cannot execute code.
+Optimizer state is keyed by parameter *name*, not position, so it survives changes in how the groups are laid
+out (e.g. a strategy that unfroze layers added groups over time).
+
+Atomicity: everything is written into ``ckpt-000250.tmp/`` and the directory is renamed when complete. A run
+killed at any moment, even mid-save, leaves only complete ``ckpt-XXXXXX`` directories behind, and loading
+ignores anything else (``*.tmp``, ``*.old``). If the disk fills up mid-save the partial directory is removed
+and the previous checkpoint stays valid.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import CheckpointError
+from ..models.pretrained import atomic_write_json, load_state_dict_checked, save_safetensors, tied_duplicates
+from .distributed import all_gather_tensor, unwrap
+
+CHECKPOINT_DIR = "trainer_state"
+STATE_NAME = "trainer_state.json"
+MODEL_NAME = "model.safetensors"
+OPTIM_NAME = "optimizer.safetensors"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+# ---------------------------------------------------------------------------------------------- listing
+def checkpoint_root(out_dir: str | Path) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under ``out_dir``, oldest first (``*.tmp`` and half-written ones are ignored)."""
+    root = checkpoint_root(out_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _CKPT_RE.match(p.name)) and (p / STATE_NAME).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(out_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int, keep: Iterable[Path | None] = ()) -> None:
+    """Delete all complete checkpoints but the newest ``keep_last`` and those in ``keep`` (e.g. the best)."""
+    ckpts = list_checkpoints(out_dir)
+    protected = {Path(p).resolve() for p in keep if p is not None}
+    protected |= {p.resolve() for p in ckpts[len(ckpts) - keep_last:]} if keep_last > 0 else set()
+    for p in ckpts:
+        if p.resolve() not in protected:
+            shutil.rmtree(p, ignore_errors=True)
+    for stale in checkpoint_root(out_dir).glob("ckpt-*.old"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- model state
+def strip_prefixes(name: str) -> str:
+    """``module._orig_mod.blocks.0...`` -> ``blocks.0...`` (DDP and torch.compile wrapper prefixes)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    return name.replace("._orig_mod.", ".")
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the plain model, tied duplicates dropped, wrapper prefixes stripped."""
+    model = unwrap(model)
+    dups = tied_duplicates(model)
+    return {strip_prefixes(k): v for k, v in model.state_dict().items() if k not in dups}
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``["d_model: 64 in checkpoint vs 128 now", ...]`` for every field that differs."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k)!r} in checkpoint vs {current.get(k)!r} now" for k in keys
+            if saved.get(k) != current.get(k)]
+
+
+# ---------------------------------------------------------------------------------------------- RNG state
+def capture_rng(data_generator: torch.Generator | None = None) -> dict[str, Any]:
+    """All random-number-generator states as JSON-friendly lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state().tolist()  # the current device's generator
+    if data_generator is not None:
+        rng["data"] = data_generator.get_state().tolist()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], data_generator: torch.Generator | None = None, rank: int = 0) -> None:
+    """Inverse of :func:`capture_rng`; per-rank torch states (``torch_ranks``) are used when present."""
+    torch_state = rng.get("torch_ranks", [rng["torch"]])
+    torch.set_rng_state(torch.tensor(torch_state[rank if rank < len(torch_state) else 0], dtype=torch.uint8))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in rng and torch.cuda.is_available():
+        states = rng.get("cuda_ranks", [rng["cuda"]])
+        torch.cuda.set_rng_state(torch.tensor(states[rank if rank < len(states) else 0], dtype=torch.uint8))
+    if data_generator is not None and "data" in rng:
+        data_generator.set_state(torch.tensor(rng["data"], dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def optimizer_payload(optimizer: torch.optim.Optimizer, names: dict[int, str]
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors for safetensors, JSON part) of an optimizer, keyed by parameter name."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{names[id(p)]}.{key}"] = value
+            else:
+                scalars.setdefault(names[id(p)], {})[key] = value
+    groups = [{k: _jsonable(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, names: dict[int, str], meta: dict[str, Any]) -> None:
+    """Put the state saved in checkpoint ``path`` back into ``optimizer`` (matched by parameter name)."""
+    tensors = _load_tensors(path / OPTIM_NAME)
+    by_name: dict[str, dict[str, Any]] = {n: dict(v) for n, v in meta.get("scalars", {}).items()}
+    for key, value in tensors.items():
+        pname, field = key[len("state."):].rsplit(".", 1)
+        by_name.setdefault(pname, {})[field] = value
+    # torch numbers parameters 0, 1, ... across groups in order; map our names onto those indices so that
+    # Optimizer.load_state_dict applies its own device/dtype rules (e.g. "step" on the GPU for fused AdamW).
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    index = {n: i for i, n in enumerate(order)}
+    extra = sorted(set(by_name) - set(index))
+    if extra:
+        raise CheckpointError(f"Checkpoint {path} has optimizer state for {extra[:3]} which this run does not "
+                              "optimise; resume with the same model, strategies and frozen layers.")
+    current = optimizer.state_dict()["param_groups"]
+    optimizer.load_state_dict({"state": {index[n]: s for n, s in by_name.items()}, "param_groups": current})
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    names: dict[int, str], state: dict[str, Any]) -> Path:
+    """Write ``OUT/trainer_state/ckpt-{step:06d}/`` atomically; returns its path.
+
+    ``state`` is the JSON part (step, RNG, counters, ...). On any OSError (disk full, permissions) the partial
+    directory is removed, earlier checkpoints are untouched, and a :class:`CheckpointError` says what happened.
+    """
+    root = checkpoint_root(out_dir)
+    final, tmp = root / f"ckpt-{step:06d}", root / f"ckpt-{step:06d}.tmp"
+    opt_tensors, opt_meta = optimizer_payload(optimizer, names)
+    meta = dict(state, step=step, optimizer=opt_meta)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_safetensors(model_tensors(model), tmp / MODEL_NAME, metadata={"format": "pt", "step": str(step)})
+        save_safetensors(opt_tensors, tmp / OPTIM_NAME, metadata={"step": str(step)})
+        atomic_write_json(tmp / STATE_NAME, meta)  # written last: a complete directory has this file
+        _fsync_dir(tmp)  # on disk before the rename makes it visible (survives a power cut, not just a kill)
+        if final.exists():  # re-saving a step after a resume: keep the old one until the new one is in place
+            old = root / f"ckpt-{step:06d}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(out_dir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        if e.errno == errno.ENOSPC:
+            raise CheckpointError(f"Disk full while saving checkpoint {final}; {kept}. Free disk space (or lower "
+                                  "keep_last) and resume with --resume.") from e
+        raise CheckpointError(f"Could not write checkpoint {final} ({e}); {kept}.") from e
+    return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    for f in [*directory.iterdir(), directory]:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, delete it to resume from an "
+                              "earlier one.") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"Cannot read {path}: {e}. The file is corrupt; delete this checkpoint.") from e
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The JSON part of checkpoint ``path``."""
+    try:
+        return json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is not a checkpoint (no {STATE_NAME}).") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / STATE_NAME} is corrupt ({e}); delete this checkpoint.") from e
+
+
+def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Check the saved model config against ``model`` and copy the weights in."""
+    model = unwrap(model)
+    config = getattr(model, "config", None)
+    if meta.get("model_config") is not None and hasattr(config, "to_dict"):
+        diff = config_diff(meta["model_config"], config.to_dict())
+        if diff:
+            raise CheckpointError(f"Checkpoint {path} was written for a different model config ({'; '.join(diff)}). "
+                                  "Resume with the same --preset/--set values, or train into a new --out directory.")
+    state = {strip_prefixes(k): v for k, v in _load_tensors(path / MODEL_NAME).items()}
+    load_state_dict_checked(model, state, source=str(path / MODEL_NAME))
+
+
+def trainer_snapshot(trainer: Any) -> dict[str, Any]:
+    """The JSON part of a checkpoint for a :class:`~llmcore.training.Trainer` (all ranks must call this)."""
+    rng = capture_rng(trainer.generator)
+    env, device = trainer.env, trainer.device
+    if env.enabled:  # each rank has its own dropout RNG; rank 0 stores them all
+        rng["torch_ranks"] = [t.tolist() for t in all_gather_tensor(torch.get_rng_state(), env, device)]
+        if "cuda" in rng:
+            rng["cuda_ranks"] = [t.tolist() for t in all_gather_tensor(torch.cuda.get_rng_state(), env, device)]
+    model = unwrap(trainer.model)
+    config = getattr(model, "config", None)
+    return {
+        "trainer": dict(trainer.state),
+        "rng": rng,
+        "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
+        "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
+        "train_config": trainer.config.to_dict(),
+        "strategies": [s.state_dict() if hasattr(s, "state_dict") and not isinstance(s, nn.Module) else None
+                       for s in trainer.strategies],
+    }
+
+
+def restore_trainable(model: nn.Module, meta: dict[str, Any]) -> None:
+    """Set ``requires_grad`` as it was when the checkpoint was written (strategies may have unfrozen layers)."""
+    if "trainable" in meta:
+        trainable = set(meta["trainable"])
+        for name, p in unwrap(model).named_parameters():
+            p.requires_grad_(name in trainable)
+
+
+def restore_trainer(trainer: Any, meta: dict[str, Any]) -> None:
+    """Counters, RNG states and strategy states from a checkpoint (after the optimizer state is loaded)."""
+    trainer.state.update(meta["trainer"])
+    restore_rng(meta["rng"], trainer.generator, trainer.env.rank)
+    for strategy, state in zip(trainer.strategies, meta.get("strategies") or []):
+        if state is not None and hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict(state)
+
+
+def find_resume_checkpoint(out_dir: str | Path | None) -> Path:
+    """The newest complete checkpoint under ``out_dir``, or a clear error when there is none."""
+    if out_dir is None:
+        raise CheckpointError("resume=True needs TrainConfig.out_dir, the run directory to resume from.")
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is None:
+        raise CheckpointError(f"No checkpoint to resume in {checkpoint_root(out_dir)}; run without --resume to "
+                              "start a fresh run, or point --out at the run directory.")
+    return ckpt
+
+
+__all__ = ["save_checkpoint", "read_checkpoint", "load_model_weights", "load_optimizer", "list_checkpoints",
+           "latest_checkpoint", "find_resume_checkpoint", "prune_checkpoints", "capture_rng", "restore_rng",
+           "model_tensors", "strip_prefixes", "config_diff", "trainer_snapshot", "restore_trainable",
+           "restore_trainer", "CHECKPOINT_DIR"]

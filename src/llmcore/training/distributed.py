@@ -1,0 +1,135 @@
+"""Data-parallel training with ``torchrun`` + DDP, detected from the environment; nothing home-made.
+
+``torchrun --nproc_per_node N -m llmcore train ...`` starts N processes with ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK`` set. :func:`setup` reads them, joins the process group (gloo on CPU, NCCL on CUDA) and picks
+``cuda:LOCAL_RANK`` as the device; a plain ``python`` run is rank 0 of 1 and touches nothing here.
+
+How the Trainer uses it (see ``trainer.py``):
+
+* every rank draws the same global batch from one data generator seeded identically on all ranks, and
+  rank r trains on slice r of it, so an N-process run sees exactly the data of a 1-process run with an
+  N-times larger batch;
+* the loss of each micro-batch is divided by the global number of target tokens, and DDP averages
+  gradients over ranks, so the update equals the single-process one;
+* only rank 0 writes files (checkpoints, metrics, samples); logged losses are all-reduced.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in a data-parallel run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def detect() -> DistEnv:
+    """Read ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (set by torchrun); rank 0 of 1 when absent."""
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError as e:
+        raise ConfigError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers ({e}); launch with torchrun.") from e
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun.")
+    return DistEnv(rank, world, local)
+
+
+def resolve_device(spec: str, env: DistEnv) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
+    if spec not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={spec!r} is unknown; use auto, cpu or cuda.")
+    if spec == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was asked for but CUDA is not available; use --device cpu.")
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", env.local_rank if env.enabled else torch.cuda.current_device())
+
+
+def setup(device: torch.device, env: DistEnv | None = None) -> tuple[DistEnv, bool]:
+    """Join the process group if this is a multi-process run. Returns (env, whether we created the group)."""
+    env = env or detect()
+    if not env.enabled or dist.is_initialized():
+        return env, False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return env, True
+
+
+def cleanup(created: bool) -> None:
+    """Leave the process group, if :func:`setup` created it."""
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` when running on several processes, else the model itself.
+
+    DDP registers gradient hooks only for parameters trainable at wrap time; the Trainer re-wraps after a
+    fine-tuning strategy unfreezes more of them.
+    """
+    if not env.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, DDP):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (a no-op on one process); returns it."""
+    if env.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_tensor(tensor: torch.Tensor, env: DistEnv, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's copy of a same-shaped ``tensor``, in rank order, on the CPU."""
+    if not env.enabled:
+        return [tensor.cpu()]
+    tensor = tensor.to(device)
+    out = [torch.empty_like(tensor) for _ in range(env.world_size)]
+    dist.all_gather(out, tensor)
+    return [t.cpu() for t in out]
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (a no-op on one process)."""
+    if env.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+__all__ = ["DistEnv", "detect", "resolve_device", "setup", "cleanup", "wrap", "unwrap", "all_reduce_sum",
+           "all_gather_tensor", "barrier"]

@@ -1,0 +1,394 @@
+"""The Trainer: a thin loop that wires a model, data, the loss, AdamW and callbacks together.
+
+It knows nothing about Transformers: any ``nn.Module`` mapping ids (B, T) to logits (B, T, V) trains unchanged
+(an LSTM baseline included). ``train_data`` needs ``sample_batch(batch_size, generator) -> (x, y)`` and
+``val_data`` needs ``iter_eval(batch_size, max_batches)`` yielding ``(x, y)``; :class:`llmcore.data.TokenDataset`
+has both. Everything else lives elsewhere: the loss in ``loss.py``, groups and schedules in ``optim.py``, saving
+in ``checkpoint.py``, logging / early stopping / checkpointing / samples in ``callbacks.py``.
+
+One optimizer step, exactly:
+
+1. every strategy's ``on_step(step)``; the learning rate of each group is set to
+   ``initial_lr · schedule(step)`` (``step`` = 0-based index of the step being taken);
+2. the *global* batch of ``batch_size · grad_accum · world_size`` sequences is drawn with one generator seeded
+   from ``config.seed`` and identical on every rank; micro-batch i of rank r is the slice
+   ``[(i·world + r)·batch_size, ... + batch_size)``. The data stream is thus independent of how the batch is
+   split, so k accumulated micro-batches equal one k-times larger batch, and N ranks equal one process;
+3. each micro-batch's summed loss is divided by the number of target tokens in the global batch (known on
+   every rank, since every rank drew it) and back-propagated (``no_sync`` until the last one under DDP);
+4. a non-finite loss or gradient norm stops the run with a :class:`TrainingError` before the weights change;
+   gradients are clipped, AdamW steps.
+
+Fine-tuning strategies (``llmcore.finetune``) hook in with ``setup(model, trainer)`` (start of ``fit``, before
+the optimizer exists), ``param_groups(model, base_lr, weight_decay)`` (the first non-None result replaces the
+default groups; groups need ``lr_mult``), ``schedule(step, max_steps)`` (replaces the LR schedule),
+``on_step(step)`` and ``on_epoch(epoch)`` (after the step that completes epoch ``epoch`` = 1, 2, ...; epochs
+are counted in tokens when the training data defines ``num_tokens`` or ``__len__`` in tokens). A strategy that
+unfreezes parameters calls ``trainer.rebuild_optimizer()``: new parameters join as extra groups with fresh
+state, the others keep their AdamW moments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .callbacks import EVENTS, default_callbacks, peak_flops
+from .loss import eval_metrics, eval_sums, lm_loss
+from .optim import SCHEDULES, build_optimizer, build_schedule, check_groups, param_groups, set_lr
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters. Defaults are nanoGPT's shakespeare-char settings scaled for a CPU."""
+
+    max_steps: int = 2000
+    batch_size: int = 12  # sequences per micro-batch per rank
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # the schedule ends at min_lr / lr
+    warmup_steps: int = 100
+    schedule: Any = "cosine"  # a name in optim.SCHEDULES or a callable step -> multiplier
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)  # β2 = 0.99 because small batches make for noisy gradients
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0  # max global gradient norm; None or 0 = off
+    eval_interval: int = 250  # evaluate (and checkpoint) every N steps and at the end
+    eval_batches: int = 20
+    log_interval: int = 10
+    patience: int | None = None  # early stopping after N evaluations without improvement; None = off
+    keep_last: int = 1  # newest checkpoints kept (the best one is kept besides, if keep_best)
+    keep_best: bool = True
+    seed: int = 1337  # data order (same on every rank) and, as seed + rank, torch's global RNG (dropout)
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float32"  # float32 | bfloat16 (autocast; weights and optimizer stay float32)
+    compile: bool = False  # torch.compile the model; falls back to eager with a warning if it fails
+    out_dir: str | None = None  # run directory; None = write nothing
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    num_samples: int = 2  # text samples at the end (needs a tokenizer)
+    sample_tokens: int = 200
+    sample_prompt: str = "\n"
+    sample_interval: int | None = None
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = 200
+    max_epochs: float | None = None  # stop after this many passes over the training tokens
+    peak_flops: float | None = None  # one device's peak FLOP/s, for MFU; known GPUs are looked up
+    progress: bool = True  # show a tqdm bar
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
+            _check(self, name, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+        _check(self, "warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+        _check(self, "keep_last", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        _check(self, "lr", lambda v: v > 0, "> 0")
+        _check(self, "min_lr", lambda v: 0 <= v <= self.lr, f"in [0, lr={self.lr}]")
+        _check(self, "weight_decay", lambda v: v >= 0, ">= 0")
+        _check(self, "betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
+        _check(self, "grad_clip", lambda v: v is None or v >= 0, "None or >= 0")
+        _check(self, "patience", lambda v: v is None or (isinstance(v, int) and v >= 1), "None or an integer >= 1")
+        _check(self, "device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
+        _check(self, "dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16")
+        _check(self, "schedule", lambda v: callable(v) or v in SCHEDULES, f"callable or one of {list(SCHEDULES)}")
+        _check(self, "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
+        _check(self, "z_loss", lambda v: v >= 0, ">= 0")
+        _check(self, "num_samples", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+        _check(self, "max_epochs", lambda v: v is None or v > 0, "None or > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if callable(self.schedule):
+            d["schedule"] = getattr(self.schedule, "__name__", "custom")
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; unknown keys raise :class:`ConfigError` listing the valid ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown TrainConfig keys {unknown}; valid keys are: {', '.join(known)}.")
+        return cls(**d)
+
+
+def _check(cfg: TrainConfig, name: str, ok: Callable[[Any], bool], what: str) -> None:
+    value = getattr(cfg, name)
+    try:
+        good = ok(value)
+    except TypeError:
+        good = False
+    if not good:
+        raise ConfigError(f"TrainConfig.{name}={value!r} is invalid: it must be {what}.")
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data``; see the module docstring for the exact step and the hooks.
+
+    Args:
+        model: any module mapping ids (B, T) to logits (B, T, V).
+        config: a :class:`TrainConfig` (or a dict of its fields).
+        train_data: ``sample_batch(batch_size, generator) -> (x, y)``; ``num_tokens`` enables epochs.
+        val_data: ``iter_eval(batch_size, max_batches)`` yielding ``(x, y)``; None = no evaluation.
+        tokenizer: saved into the run directory and used for text samples.
+        strategies: fine-tuning strategies (``llmcore.finetune``).
+        callbacks: objects with ``on_train_start`` / ``on_step_end`` / ``on_eval`` / ``on_train_end`` methods.
+        loss_fn: ``loss_fn(logits, labels, reduction="sum")`` returning the loss SUMMED over target tokens
+            (the Trainer divides by the global token count); default :func:`lm_loss` with the config's
+            label smoothing and z-loss.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig | dict[str, Any], train_data: Any,
+                 val_data: Any = None, tokenizer: Any = None, strategies: Iterable[Any] = (),
+                 callbacks: Iterable[Any] = (), loss_fn: Callable[..., torch.Tensor] | None = None) -> None:
+        self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+        if not hasattr(train_data, "sample_batch"):
+            raise DataError(f"train_data ({type(train_data).__name__}) needs sample_batch(batch_size, generator).")
+        self.model, self.train_data, self.val_data, self.tokenizer = model, train_data, val_data, tokenizer
+        self.strategies = list(strategies)
+        self.loss_fn = loss_fn or functools.partial(lm_loss, label_smoothing=self.config.label_smoothing,
+                                                    z_loss=self.config.z_loss)
+        self.env = dist.detect()
+        self.device = dist.resolve_device(self.config.device, self.env)
+        self.generator = torch.Generator().manual_seed(self.config.seed)  # data order; same on every rank
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.wrapped: nn.Module = model  # the module called in training: maybe compiled, maybe DDP
+        self._eval_model, self._seq_len = model, None
+        self.should_stop = False
+        self.state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "epoch": 0, "best_val_loss": None,
+                                      "best_step": None, "evals_since_best": 0, "best_checkpoint": None,
+                                      "last_val_loss": None, "stopped_early": False}
+        self._callbacks: dict[str, list[Callable]] = defaultdict(list)
+        for cb in [*default_callbacks(self), *callbacks]:
+            for event in EVENTS:
+                if callable(getattr(cb, event, None)):
+                    self.add_callback(event, getattr(cb, event))
+
+    # ------------------------------------------------------------------ hooks
+    def add_callback(self, event: str, fn: Callable[[Trainer, dict[str, Any]], None]) -> None:
+        """Call ``fn(trainer, info)`` on ``event`` (one of :data:`callbacks.EVENTS`)."""
+        if event not in EVENTS:
+            raise ConfigError(f"Unknown callback event {event!r}; events are: {', '.join(EVENTS)}.")
+        self._callbacks[event].append(fn)
+
+    def _fire(self, event: str, info: dict[str, Any]) -> None:
+        for fn in self._callbacks[event]:
+            fn(self, info)
+
+    def param_names(self) -> dict[int, str]:
+        """{id(parameter): name} for the plain model (tied parameters under their first name)."""
+        return {id(p): n for n, p in dist.unwrap(self.model).named_parameters()}
+
+    def _groups(self) -> list[dict[str, Any]]:
+        cfg, model = self.config, dist.unwrap(self.model)
+        for s in self.strategies:
+            if callable(getattr(s, "param_groups", None)):
+                groups = s.param_groups(model, cfg.lr, cfg.weight_decay)
+                if groups is not None:
+                    return check_groups(model, groups, cfg.lr)
+        return param_groups(model, cfg.weight_decay, cfg.lr)
+
+    def _schedule(self) -> Callable[[int], float]:
+        cfg = self.config
+        for s in self.strategies:
+            if callable(getattr(s, "schedule", None)):
+                return lambda step, s=s: s.schedule(step, cfg.max_steps)
+        return build_schedule(cfg.schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr / cfg.lr)
+
+    def _wrap(self) -> None:
+        model = torch.compile(self.model) if self.config.compile else self.model
+        self._eval_model = model  # evaluation skips DDP: no gradients, batches are shared out by hand
+        self.wrapped = dist.wrap(model, self.env, self.device)
+
+    def rebuild_optimizer(self) -> None:
+        """Add parameters that became trainable (fresh state) to the optimizer; others keep their state."""
+        if self.optimizer is None:
+            return  # fit() has not built it yet; it will include them
+        present = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        names = self.param_names()
+        for g in self._groups():
+            new = [p for p in g["params"] if id(p) not in present]
+            if new:
+                self.optimizer.add_param_group({**g, "params": new, "names": [names[id(p)] for p in new]})
+        if self.env.enabled:  # DDP only reduces gradients of parameters trainable when it was built
+            self._wrap()
+
+    # ------------------------------------------------------------------ training
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train for ``max_steps`` (or until early stopping / ``max_epochs``); returns a summary dict.
+
+        ``resume=True`` continues the newest complete checkpoint in ``out_dir`` exactly where it stopped.
+        """
+        cfg = self.config
+        self.env, created = dist.setup(self.device, self.env)
+        try:
+            torch.manual_seed(cfg.seed + self.env.rank)  # model-side randomness (dropout) differs per rank
+            self.model.to(self.device)
+            for s in self.strategies:
+                s.setup(self.model, self)
+            path = ckpt.find_resume_checkpoint(cfg.out_dir) if resume else None
+            if path is None and cfg.out_dir is not None and ckpt.latest_checkpoint(cfg.out_dir) is not None:
+                raise CheckpointError(f"{cfg.out_dir} already holds checkpoints of an earlier run "
+                                      f"({ckpt.latest_checkpoint(cfg.out_dir).name}); pass --resume (resume=True) "
+                                      "to continue it, or use another --out directory.")
+            meta = ckpt.read_checkpoint(path) if path else None
+            if meta is not None:
+                ckpt.load_model_weights(path, self.model, meta)
+                ckpt.restore_trainable(self.model, meta)
+            self._wrap()
+            self.optimizer = build_optimizer(self._groups(), cfg.lr, cfg.betas, cfg.eps, self.device.type)
+            if meta is not None:
+                ckpt.load_optimizer(path, self.optimizer, self.param_names(), meta["optimizer"])
+                ckpt.restore_trainer(self, meta)
+            self._fire("on_train_start", {"resumed_from": str(path) if path else None})
+            summary = self._loop()
+            self._fire("on_train_end", summary)
+            return summary
+        finally:
+            dist.cleanup(created)
+
+    def _loop(self) -> dict[str, Any]:
+        cfg, state, schedule = self.config, self.state, self._schedule()
+        raw = dist.unwrap(self.model)
+        n_tokens = getattr(self.train_data, "num_tokens", None) or (
+            len(self.train_data) if hasattr(self.train_data, "__len__") else None)
+        peak = peak_flops(self.device, cfg.peak_flops)
+        last, train_time, tokens_done, fpt = None, 0.0, 0, None
+        while state["step"] < cfg.max_steps and not self.should_stop:
+            step = state["step"]
+            for s in self.strategies:
+                if callable(getattr(s, "on_step", None)):
+                    s.on_step(step)
+            lr_mult = schedule(step)
+            set_lr(self.optimizer, lr_mult)
+            t0 = time.perf_counter()
+            loss, grad_norm, tokens = self._train_step(step)
+            dt = time.perf_counter() - t0
+            train_time, tokens_done = train_time + dt, tokens_done + tokens
+            state["step"], state["tokens_seen"] = step + 1, state["tokens_seen"] + tokens
+            if n_tokens:
+                epoch = state["tokens_seen"] // n_tokens
+                for e in range(state["epoch"] + 1, epoch + 1):
+                    for s in self.strategies:
+                        if callable(getattr(s, "on_epoch", None)):
+                            s.on_epoch(e)
+                state["epoch"] = epoch
+                if cfg.max_epochs is not None and state["tokens_seen"] >= cfg.max_epochs * n_tokens:
+                    self.should_stop = True
+            if fpt is None and hasattr(raw, "flops_per_token"):
+                fpt = raw.flops_per_token(self._seq_len)  # training FLOPs per token, for MFU
+            mfu = fpt * tokens / dt / (peak * self.env.world_size) if fpt and peak else None
+            last = {"step": step + 1, "train_loss": loss, "lr": cfg.lr * lr_mult, "grad_norm": grad_norm,
+                    "tokens": state["tokens_seen"], "tokens_per_s": tokens / dt, "mfu": mfu, "epoch": state["epoch"]}
+            self._fire("on_step_end", last)
+            if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_steps or self.should_stop:
+                self._fire("on_eval", self._track(self.evaluate() if self.val_data is not None else {}))
+        return {"steps": state["step"], "final_train_loss": last and last["train_loss"],
+                "final_val_loss": state["last_val_loss"], "best_val_loss": state["best_val_loss"],
+                "best_step": state["best_step"], "tokens_seen": state["tokens_seen"],
+                "tokens_per_s": tokens_done / train_time if train_time else None,
+                "stopped_early": state["stopped_early"], "out_dir": cfg.out_dir}
+
+    def _autocast(self) -> Any:
+        if self.config.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            with self._autocast():
+                return self.wrapped(x)
+        except Exception as e:  # torch.compile fails lazily, on the first call
+            if not self.config.compile:
+                raise
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); continuing without compile.",
+                          stacklevel=2)
+            self.config.compile = False
+            self._wrap()
+            with self._autocast():
+                return self.wrapped(x)
+
+    def _train_step(self, step: int) -> tuple[float, float | None, int]:
+        """One optimizer step over the global batch; returns (mean loss, grad norm, tokens)."""
+        cfg, env = self.config, self.env
+        B, k, W = cfg.batch_size, cfg.grad_accum, env.world_size
+        x, y = self.train_data.sample_batch(B * k * W, self.generator)  # (B·k·W, T): the global batch
+        self._seq_len = x.shape[1]
+        count = int((y != -100).sum())  # target tokens in the global batch
+        if count == 0:
+            raise DataError(f"The batch of step {step + 1} has no target tokens (every label is -100).")
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i in range(k):
+            lo = (i * W + env.rank) * B
+            xb, yb = x[lo:lo + B].to(self.device), y[lo:lo + B].to(self.device)
+            sync = not env.enabled or i == k - 1
+            with nullcontext() if sync else self.wrapped.no_sync():
+                loss = self.loss_fn(self._forward(xb), yb, reduction="sum")
+                (loss * (W / count)).backward()  # DDP averages over W ranks: × W makes it a sum
+            total += loss.detach().double()
+        mean_loss = float(dist.all_reduce_sum(total, env)) / count
+        grad_norm = None
+        if cfg.grad_clip:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        if not math.isfinite(mean_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = ckpt.latest_checkpoint(cfg.out_dir) if cfg.out_dir else None
+            what = f"loss is {mean_loss}" if not math.isfinite(mean_loss) else f"gradient norm is {grad_norm}"
+            raise TrainingError(
+                f"Training diverged at step {step + 1}: the {what}. Weights were not updated; "
+                + (f"the last good checkpoint is {last} (resume with --resume). " if last else "")
+                + "Lower the learning rate, keep grad_clip on, or train in float32.")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return mean_loss, grad_norm, x.shape[0] * x.shape[1]
+
+    # ------------------------------------------------------------------ evaluation
+    def _track(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Adds ``step`` and ``is_best`` and updates the best-loss / early-stopping counters."""
+        state = self.state
+        metrics = {"step": state["step"], **metrics}
+        if "val_loss" in metrics:
+            v = metrics["val_loss"]
+            state["last_val_loss"] = v
+            metrics["is_best"] = state["best_val_loss"] is None or v < state["best_val_loss"]
+            if metrics["is_best"]:
+                state["best_val_loss"], state["best_step"], state["evals_since_best"] = v, state["step"], 0
+            else:
+                state["evals_since_best"] += 1
+        return metrics
+
+    def evaluate(self, data: Any = None, max_batches: int | None = None) -> dict[str, float]:
+        """Mean loss, perplexity = exp(loss) and token accuracy over ``data`` (default: the validation set).
+
+        Plain cross-entropy (no label smoothing / z-loss), so the perplexity is the true one. ``max_batches``
+        (default ``eval_batches``) counts batches of ``batch_size`` per rank: under DDP the first
+        ``max_batches · world_size`` batches are shared out between ranks and the sums all-reduced, so N ranks
+        with batch b score the same windows as one process with batch N·b.
+        """
+        data = data if data is not None else self.val_data
+        if data is None:
+            raise DataError("evaluate() needs data: pass val_data to the Trainer or data= here.")
+        n = (max_batches or self.config.eval_batches) * self.env.world_size  # per-rank batches, shared out
+        mine = (b for i, b in enumerate(data.iter_eval(self.config.batch_size, n))
+                if i % self.env.world_size == self.env.rank)
+        sums = eval_sums(self._eval_model, mine, self.device, self._autocast)
+        return eval_metrics(dist.all_reduce_sum(sums, self.env))
+
+
+__all__ = ["Trainer", "TrainConfig"]

@@ -1,0 +1,185 @@
+"""Checkpoints: exact resume (bit-identical on CPU), atomicity, no pickle, and the bad-input errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from llmcore import ModelConfig, TransformerLM
+from llmcore.data import TokenDataset
+from llmcore.errors import CheckpointError
+from llmcore.models.pretrained import read_state_dict
+from llmcore.training import TrainConfig, Trainer
+from llmcore.training import checkpoint as ckpt
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+class Crash(Exception):
+    """Stands in for the process being killed."""
+
+
+def data(seed=0, n=600, V=32):
+    g = torch.Generator().manual_seed(seed)
+    return TokenDataset(torch.randint(0, V, (n,), generator=g), 8)
+
+
+def make_trainer(out, max_steps=12, model=None, **kw):
+    torch.manual_seed(0)
+    model = model or TransformerLM(ModelConfig.from_preset("debug", vocab_size=32, max_seq_len=16, dropout=0.1))
+    cfg = TrainConfig(**{**dict(max_steps=max_steps, batch_size=4, grad_accum=2, warmup_steps=2, lr=1e-2,
+                                min_lr=1e-3, eval_interval=4, eval_batches=2, progress=False, num_samples=0,
+                                device="cpu", out_dir=str(out), keep_last=2), **kw})
+    return Trainer(model, cfg, data(0), data(1))
+
+
+def run(trainer, resume=False, crash_at=None):
+    losses = {}
+
+    def record(t, info):
+        losses[info["step"]] = info["train_loss"]
+        if info["step"] == crash_at:
+            raise Crash
+
+    trainer.add_callback("on_step_end", record)
+    try:
+        trainer.fit(resume=resume)
+    except Crash:
+        pass
+    return losses
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = make_trainer(tmp_path / "a")  # dropout on: the RNG states must come back too
+    ref = run(full)
+    crashed = make_trainer(tmp_path / "b")
+    run(crashed, crash_at=10)  # killed after step 10; the last checkpoint is step 8
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "b")] == ["ckpt-000004", "ckpt-000008"]
+    resumed = make_trainer(tmp_path / "b")
+    losses = run(resumed, resume=True)
+    assert sorted(losses) == [9, 10, 11, 12]
+    assert all(losses[s] == ref[s] for s in losses)  # exact, not approximate
+    for (n, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(p, q), n
+    for p in full.model.parameters():
+        for k, v in full.optimizer.state[p].items():
+            assert torch.equal(v, resumed.optimizer.state[dict(zip(map(id, full.model.parameters()),
+                                                                    resumed.model.parameters()))[id(p)]][k])
+    def metrics(d):  # everything but the timings
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+
+    assert metrics(tmp_path / "b") == metrics(tmp_path / "a")  # the resumed log has no duplicates
+
+
+def test_killed_mid_save_resumes_from_previous(tmp_path, monkeypatch):
+    ref = run(make_trainer(tmp_path / "a", max_steps=8))
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(dst).endswith("ckpt-000008"):
+            raise Crash  # killed between writing the files and the rename
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    run(make_trainer(tmp_path / "b", max_steps=8))
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert (tmp_path / "b" / "trainer_state" / "ckpt-000008.tmp").is_dir()  # the half-written one is left ...
+    assert ckpt.latest_checkpoint(tmp_path / "b").name == "ckpt-000004"  # ... and ignored
+    losses = run(make_trainer(tmp_path / "b", max_steps=8), resume=True)
+    assert sorted(losses) == [5, 6, 7, 8] and all(losses[s] == ref[s] for s in losses)
+    assert not (tmp_path / "b" / "trainer_state" / "ckpt-000008.tmp").exists()
+
+
+def test_no_pickle_anywhere(tmp_path, monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("pickle / torch.save / torch.load must not be used")
+
+    for mod, name in [(pickle, "dumps"), (pickle, "loads"), (pickle, "dump"), (pickle, "load"),
+                      (torch, "save"), (torch, "load")]:
+        monkeypatch.setattr(mod, name, forbidden)
+    run(make_trainer(tmp_path, max_steps=8), crash_at=6)
+    losses = run(make_trainer(tmp_path, max_steps=8), resume=True)
+    assert sorted(losses) == [5, 6, 7, 8]
+    files = {p.name for p in (tmp_path / "trainer_state" / "ckpt-000008").iterdir()}
+    assert files == {"model.safetensors", "optimizer.safetensors", "trainer_state.json"}
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="No checkpoint to resume in .*run without --resume"):
+        make_trainer(tmp_path).fit(resume=True)
+
+
+def test_resume_with_other_model_config_names_field(tmp_path):
+    run(make_trainer(tmp_path, max_steps=4))
+    other = TransformerLM(ModelConfig.from_preset("debug", vocab_size=32, max_seq_len=16, dropout=0.1, n_layers=3))
+    with pytest.raises(CheckpointError, match=r"different model config \(n_layers: 2 in checkpoint vs 3 now\)"):
+        make_trainer(tmp_path, model=other).fit(resume=True)
+
+
+def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path):
+    run(make_trainer(tmp_path, max_steps=4))
+    with pytest.raises(CheckpointError, match="already holds checkpoints.*--resume"):
+        make_trainer(tmp_path, max_steps=4).fit()
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    import llmcore.models.pretrained as pretrained
+
+    real = pretrained.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if "ckpt-000008" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(pretrained, "save_file", save_file)
+    with pytest.raises(CheckpointError, match=r"Disk full while saving checkpoint .*ckpt-000008.*ckpt-000004 is intact"):
+        make_trainer(tmp_path).fit()
+    monkeypatch.setattr(pretrained, "save_file", real)
+    root = tmp_path / "trainer_state"
+    assert sorted(p.name for p in root.iterdir()) == ["ckpt-000004"]  # partial directory removed
+    losses = run(make_trainer(tmp_path), resume=True)
+    assert sorted(losses) == list(range(5, 13))
+
+
+def test_keep_last_and_best(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=16, keep_last=1, lr=3e-2, eval_interval=2)
+    summary = trainer.fit()
+    names = sorted(p.name for p in ckpt.list_checkpoints(tmp_path))
+    best = f"ckpt-{summary['best_step']:06d}"
+    assert names == sorted({best, "ckpt-000016"})
+    top = read_state_dict(tmp_path)  # the run directory's model is the best one
+    best_state = read_state_dict(tmp_path / "trainer_state" / best)
+    assert all(torch.equal(top[k], best_state[k]) for k in top)
+
+
+def test_prefixes_stripped_and_rng_round_trip():
+    assert ckpt.strip_prefixes("module._orig_mod.blocks.0.attn.weight") == "blocks.0.attn.weight"
+    assert ckpt.strip_prefixes("_orig_mod.module.lm_head.weight") == "lm_head.weight"
+
+    class Wrapper(nn.Module):  # what torch.compile produces: the model under `_orig_mod`
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    model = TransformerLM(ModelConfig.from_preset("debug", vocab_size=32))
+    assert set(ckpt.model_tensors(Wrapper(model))) == set(ckpt.model_tensors(model))
+    g = torch.Generator().manual_seed(3)
+    state = ckpt.capture_rng(g)
+    draws = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=g))
+    ckpt.restore_rng(state, g)
+    again = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=g))
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1])
+    assert draws[2] == again[2] and torch.equal(draws[3], again[3])
