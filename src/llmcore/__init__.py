@@ -16,7 +16,7 @@ from .errors import (
 )
 from .models import TransformerLM
 from .tokenizer import load_tokenizer
-from .training import Trainer, TrainConfig
+from .training import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
