@@ -14,6 +14,7 @@ from .errors import (
     TokenizerError,
     TrainingError,
 )
+from .generation import GenerationConfig
 from .models import TransformerLM
 from .tokenizer import load_tokenizer
 from .training import TrainConfig, Trainer
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ModelConfig",
     "TransformerLM",
+    "GenerationConfig",
     "load_tokenizer",
     "Trainer",
     "TrainConfig",

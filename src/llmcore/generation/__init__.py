@@ -1,18 +1,42 @@
-"""Text generation (temporary greedy decoder; replaced by the full generation module)."""
+"""Text generation: greedy, sampling (temperature / top-k / top-p / min-p), beam search and streaming.
 
-from __future__ import annotations
+``generate(model, input_ids, **options)`` is the entry point; ``stream`` yields tokens or text as they are
+produced and ``beam_search`` is what ``generate`` calls when ``num_beams > 1``. Options live in
+:class:`GenerationConfig`; the logits processors are small pure functions in :mod:`.processors`. The model
+protocol (what a model needs to be decodable, including encoder-decoders) is described in :mod:`.decode`.
+This package knows nothing about tokenization except through an optional ``tokenizer`` argument.
+"""
 
-import torch
+from .beam import beam_search
+from .config import GenerationConfig
+from .decode import TextDeltas, generate, stream
+from .processors import (
+    apply_processors,
+    apply_temperature,
+    build_processors,
+    min_p_filter,
+    no_repeat_ngram,
+    repetition_penalty,
+    sample_next,
+    suppress_eos,
+    top_k_filter,
+    top_p_filter,
+)
 
-
-@torch.no_grad()
-def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 20, **_: object) -> torch.Tensor:
-    """Greedy continuation with a KV cache: (B, T) -> (B, T + max_new_tokens)."""
-    cache = model.make_cache(input_ids.shape[0], input_ids.shape[1] + max_new_tokens)
-    logits = model(input_ids, kv_cache=cache)
-    out = input_ids
-    for _ in range(max_new_tokens):
-        nxt = logits[:, -1].argmax(-1, keepdim=True)
-        out = torch.cat([out, nxt], dim=1)
-        logits = model(nxt, kv_cache=cache)
-    return out
+__all__ = [
+    "GenerationConfig",
+    "generate",
+    "stream",
+    "beam_search",
+    "TextDeltas",
+    "build_processors",
+    "apply_processors",
+    "sample_next",
+    "repetition_penalty",
+    "no_repeat_ngram",
+    "suppress_eos",
+    "apply_temperature",
+    "top_k_filter",
+    "top_p_filter",
+    "min_p_filter",
+]

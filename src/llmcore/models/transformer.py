@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import DataError
-from ..modules import POSITIONAL, DecoderBlock, KVCache, RotaryEmbedding, build_norm, make_attention_mask
+from ..modules import POSITIONAL, DecoderBlock, KVCache, RotaryEmbedding, build_norm, dropout, make_attention_mask
 from .pretrained import PreTrainedMixin
 
 
@@ -38,7 +38,7 @@ class TransformerLM(PreTrainedMixin, nn.Module):
         pos_cls = POSITIONAL[config.pos_encoding]
         self.pos_embeddings = pos_cls(config) if pos_cls is not None else None
         self.rotary = RotaryEmbedding(config) if config.pos_encoding == "rope" else None
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = dropout(config.dropout)
         self.blocks = nn.ModuleList(self.block_cls(config, i) for i in range(config.n_layers))
         self.final_norm = build_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -86,8 +86,10 @@ class TransformerLM(PreTrainedMixin, nn.Module):
                 f"Sequence length {past + T} exceeds max_seq_len={self.config.max_seq_len}; "
                 "truncate the input (keep the last max_seq_len tokens) or use a model with a longer context."
             )
-        if input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
+        if input_ids.numel() and not (past and T == 1):
+            # Skipped for one-token cached decode steps: those ids come from this model's own vocabulary, and
+            # the check costs a device sync per generated token.
+            lo, hi = (int(v) for v in torch.aminmax(input_ids))
             if lo < 0 or hi >= self.config.vocab_size:
                 raise DataError(
                     f"Token id {hi if hi >= self.config.vocab_size else lo} is outside the vocabulary "

@@ -7,7 +7,7 @@ Nothing here imports training, generation or conversion code; every module is bu
 from .attention import Attention, make_attention_mask, reference_attention
 from .blocks import CrossDecoderBlock, DecoderBlock, EncoderBlock
 from .cache import KVCache
-from .layers import MLP, MLPS, NORMS, LayerNorm, RMSNorm, SwiGLU, build_mlp, build_norm
+from .layers import MLP, MLPS, NORMS, LayerNorm, RMSNorm, SwiGLU, build_mlp, build_norm, dropout
 from .positional import (
     POSITIONAL,
     LearnedPositionalEmbedding,
@@ -19,6 +19,6 @@ from .positional import (
 __all__ = [
     "Attention", "make_attention_mask", "reference_attention",
     "DecoderBlock", "EncoderBlock", "CrossDecoderBlock", "KVCache",
-    "LayerNorm", "RMSNorm", "MLP", "SwiGLU", "NORMS", "MLPS", "build_norm", "build_mlp",
+    "LayerNorm", "RMSNorm", "MLP", "SwiGLU", "NORMS", "MLPS", "build_norm", "build_mlp", "dropout",
     "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding", "RotaryEmbedding", "apply_rotary", "POSITIONAL",
 ]

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cache import KVCache
+from .layers import dropout
 from .positional import apply_rotary
 
 
@@ -78,7 +79,7 @@ class Attention(nn.Module):
             self.qkv_proj = nn.Linear(config.d_model, q_dim + 2 * kv_dim, bias=config.bias)
         self.out_proj = nn.Linear(q_dim, config.d_model, bias=config.bias)
         self.attn_dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = dropout(config.dropout)
         self.last_weights: torch.Tensor | None = None  # (B, H, T, S), set when return_weights=True
 
     def _split_heads(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (B, T, n*hd) -> (B, n, T, hd)

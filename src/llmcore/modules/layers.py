@@ -46,6 +46,11 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def dropout(p: float) -> nn.Module:
+    """``nn.Dropout(p)``, or an identity when p == 0 so inference and dropout-free training skip the call."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def build_norm(config: ModelConfig) -> nn.Module:
     """The norm named by ``config.norm``, sized ``config.d_model``."""
     if config.norm == "rmsnorm":
@@ -68,7 +73,7 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
         self.act = _ACTIVATIONS[config.activation]
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         return self.dropout(self.down_proj(self.act(self.up_proj(x))))
@@ -82,7 +87,7 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))

@@ -1,0 +1,172 @@
+"""GenerationConfig: every decoding option in one flat, validated dataclass.
+
+The field names and meanings follow Hugging Face ``GenerationConfig`` so settings carry over, with two
+simplifications: ``temperature == 0`` means greedy decoding (whatever ``do_sample`` says), and options that
+only make sense with a tokenizer (``stop_strings``) are checked when :func:`generate` runs. Validation
+happens in ``__post_init__`` and raises :class:`ConfigError` naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, GenerationError
+
+
+@dataclass
+class GenerationConfig:
+    """Options of :func:`llmcore.generation.generate` (and ``stream`` / ``beam_search``).
+
+    Length:
+        max_new_tokens: tokens to add after the prompt (the output may be shorter if every row stops early).
+        min_new_tokens: EOS is forbidden until this many tokens were generated.
+    Sampling (applied only when ``do_sample`` and ``temperature > 0``; see ``processors`` for the order):
+        do_sample: sample from the distribution instead of taking the argmax.
+        temperature: logits / temperature; 0 means greedy.
+        top_k: keep the k most likely tokens (None or 0: off).
+        top_p: nucleus sampling, keep the smallest set of tokens whose probability reaches top_p (1.0: off).
+        min_p: drop tokens whose probability is below min_p × the top probability (None or 0: off).
+        seed: seeds a private ``torch.Generator``; the global RNG is never touched. None: a fresh random seed.
+    Always applied (greedy, sampling and beams):
+        repetition_penalty: CTRL penalty on tokens already present (1.0: off).
+        no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off).
+    Beam search:
+        num_beams: beams per row (1: greedy or sampling).
+        num_return_sequences: sequences returned per row (≤ num_beams for beam search; sampling draws that many).
+        length_penalty: finished beams are ranked by sum_logprobs / generated_len ** length_penalty.
+        early_stopping: True stops a row once num_beams hypotheses finished; False stops when the best running
+            beam can no longer beat them (estimated at the current length); "never" uses the best possible length.
+    Stopping and special tokens:
+        eos_token_id: one id or a list; a row stops after producing any of them. None: the model config's
+            ``extra`` or the tokenizer's eos id; [] : no EOS at all.
+        stop_strings: a string or list; a row stops once its generated text contains one (needs a tokenizer).
+        pad_token_id: fills finished rows (default: the tokenizer's pad id, else the first EOS id).
+        bos_token_id: starts an empty prompt (default: the model config's ``extra`` or the tokenizer's bos id).
+    Model:
+        use_cache: reuse keys/values (prefill once, then one token per step); False recomputes every step.
+        sliding_window: allow prompt + new tokens beyond the model's max_seq_len by feeding only the last
+            max_seq_len tokens once the context is full (without a cache from then on). Off: such a request
+            raises :class:`GenerationError`.
+    """
+
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    eos_token_id: int | list[int] | None = None
+    stop_strings: str | list[str] | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    seed: int | None = None
+    use_cache: bool = True
+    sliding_window: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "min_new_tokens", "no_repeat_ngram_size"):
+            _check_int(name, getattr(self, name), low=0)
+        for name in ("num_beams", "num_return_sequences"):
+            _check_int(name, getattr(self, name), low=1)
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, low=0)
+        for name in ("pad_token_id", "bos_token_id", "seed"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low=0)
+        _check_float("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 means greedy)")
+        _check_float("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1] (1.0 disables nucleus sampling)")
+        if self.min_p is not None:
+            _check_float("min_p", self.min_p, lambda v: 0 <= v <= 1, "in [0, 1] (None or 0 disables it)")
+        _check_float("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "> 0 (1.0 disables it)")
+        _check_float("length_penalty", self.length_penalty, lambda v: True, "a number")
+        if self.early_stopping not in (True, False, "never"):
+            raise ConfigError(f"GenerationConfig.early_stopping={self.early_stopping!r} is invalid; "
+                              "allowed: True, False or 'never'.")
+        for name in ("do_sample", "use_cache", "sliding_window"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"GenerationConfig.{name}={getattr(self, name)!r} must be True or False.")
+        if self.eos_token_id is not None:
+            ids = [self.eos_token_id] if isinstance(self.eos_token_id, int) else self.eos_token_id
+            if not isinstance(ids, (list, tuple)):
+                raise ConfigError(f"GenerationConfig.eos_token_id={self.eos_token_id!r} must be an int or a "
+                                  "list of ints ([] = no EOS, overriding the model's and tokenizer's).")
+            for i in ids:
+                _check_int("eos_token_id", i, low=0)
+        if self.stop_strings is not None:
+            stops = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings
+            if not isinstance(stops, (list, tuple)) or not stops or not all(isinstance(s, str) and s for s in stops):
+                raise ConfigError(f"GenerationConfig.stop_strings={self.stop_strings!r} must be a non-empty string "
+                                  "or a non-empty list of non-empty strings.")
+        if self.num_beams > 1 and self.do_sample and self.temperature > 0:
+            raise GenerationError(
+                f"Beam sampling is not supported: num_beams={self.num_beams} with do_sample=True. "
+                "Use num_beams=1 to sample, or do_sample=False for beam search."
+            )
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ConfigError(f"GenerationConfig.num_return_sequences={self.num_return_sequences} exceeds "
+                              f"num_beams={self.num_beams}; beam search returns at most num_beams sequences per row.")
+        if self.num_beams == 1 and self.num_return_sequences > 1 and not self.is_sampling:
+            raise ConfigError(f"GenerationConfig.num_return_sequences={self.num_return_sequences} needs sampling "
+                              "(do_sample=True, temperature > 0) or beam search (num_beams > 1); greedy decoding "
+                              "would return the same sequence each time.")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def is_sampling(self) -> bool:
+        """True when tokens are drawn at random (``do_sample`` and a non-zero temperature)."""
+        return self.do_sample and self.temperature > 0
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """EOS ids as a list ([] when none)."""
+        if self.eos_token_id is None:
+            return []
+        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+
+    @property
+    def stop_list(self) -> list[str]:
+        """Stop strings as a list ([] when none)."""
+        if self.stop_strings is None:
+            return []
+        return [self.stop_strings] if isinstance(self.stop_strings, str) else list(self.stop_strings)
+
+    # ------------------------------------------------------------------ copies
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
+        """Build from a dict; unknown keys raise :class:`ConfigError` listing the valid ones."""
+        _reject_unknown(d)
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        """A re-validated copy with some fields changed; unknown names raise :class:`ConfigError`."""
+        _reject_unknown(changes)
+        return dataclasses.replace(self, **changes)
+
+
+def _reject_unknown(d: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"Unknown generation options {unknown}; valid options are: {', '.join(sorted(known))}.")
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"GenerationConfig.{name}={value!r} is invalid: it must be an integer >= {low}.")
+
+
+def _check_float(name: str, value: Any, ok: Any, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not ok(value):
+        raise ConfigError(f"GenerationConfig.{name}={value!r} is invalid: it must be {allowed}.")

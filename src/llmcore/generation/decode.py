@@ -1,0 +1,269 @@
+"""Greedy and sampled decoding: :func:`generate` (all at once) and :func:`stream` (step by step).
+
+The model protocol
+------------------
+Decoding works with any ``torch.nn.Module`` that provides
+
+* ``model(input_ids (B, t), attention_mask=None, kv_cache=None, **model_kwargs) -> logits (B, t, V)``:
+  ``attention_mask`` (B, past + t) with 1 for real tokens is passed only when some row is left-padded;
+  ``kv_cache`` is whatever ``make_cache`` returned (the model updates it in place);
+* optionally ``make_cache(batch_size, max_len)`` returning a cache with ``reorder(index)`` (beam search keeps
+  rows ``index``). Without it, every step recomputes the whole sequence (as ``use_cache=False`` does);
+* optionally ``config.max_seq_len`` (length checks) and ``config.extra`` (``bos/eos/pad_token_id`` defaults).
+
+:class:`~llmcore.models.TransformerLM` fits as is; an LSTM fits with its hidden state as the "cache".
+An encoder-decoder plugs in through ``model_kwargs``, forwarded to every call: run the encoder once and pass
+``model_kwargs={"memory": model.encode(src_ids, src_mask), "memory_mask": src_mask}`` with the decoder's
+start tokens as ``input_ids``. Per-row tensors in ``model_kwargs`` (first dim == batch) are repeated for
+beams and multiple samples; all beams of a row share them, so they never need reordering.
+
+Semantics (Hugging Face's, so outputs can be compared token for token)
+---------------------------------------------------------------------
+* Returns (B, T + n) with n ≤ max_new_tokens: decoding stops early once every row has finished.
+  A row finishes after emitting an EOS id or the token that completes a stop string (that token is kept);
+  later positions hold ``pad_token_id``.
+* Stop strings are looked for in the decoded generated text only (not the prompt), so they are honoured
+  when they span token boundaries.
+* Sampling uses a private ``torch.Generator`` seeded from ``seed``; the global RNG is never touched.
+* Left padding + ``attention_mask`` gives each row the same tokens as decoding it alone; right padding
+  raises :class:`GenerationError`.
+* The model is put in eval mode for the call and restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .config import GenerationConfig
+from .prepare import ModelRunner, Request, prepare, resolve_config
+from .processors import Processor, apply_processors, build_processors, sample_next
+
+
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             config: GenerationConfig | None = None, tokenizer: Any = None,
+             logits_processors: Sequence[Processor] | None = None, model_kwargs: dict[str, Any] | None = None,
+             **overrides: Any) -> torch.Tensor:
+    """Continue each prompt row; dispatches to :func:`~llmcore.generation.beam_search` when ``num_beams > 1``.
+
+    Args:
+        model: see the protocol in the module docstring.
+        input_ids: (B, T) prompts, left-padded when their lengths differ. T == 0 starts from BOS.
+        attention_mask: (B, T), 1 for real tokens and 0 for (left) padding.
+        config: a :class:`GenerationConfig`; keyword ``overrides`` replace its fields (``max_new_tokens=50``).
+        tokenizer: needed for ``stop_strings``; also supplies default bos/eos/pad ids.
+        logits_processors: extra ``(input_ids, logits) -> logits`` callables (see ``processors``).
+        model_kwargs: forwarded to every model call (e.g. encoder ``memory``).
+
+    Returns:
+        LongTensor (B · num_return_sequences, T + n), prompt included (an empty prompt becomes the BOS
+        token); n < max_new_tokens when every row stopped early.
+    """
+    config = resolve_config(config, overrides)
+    if config.num_beams > 1:
+        from .beam import beam_search
+
+        return beam_search(model, input_ids, attention_mask, config=config, tokenizer=tokenizer,
+                           logits_processors=logits_processors, model_kwargs=model_kwargs)
+    steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def stream(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+           config: GenerationConfig | None = None, tokenizer: Any = None,
+           logits_processors: Sequence[Processor] | None = None, model_kwargs: dict[str, Any] | None = None,
+           text: bool | None = None, **overrides: Any) -> Iterator[Any]:
+    """Decode step by step, yielding as soon as each token is chosen (same arguments as :func:`generate`).
+
+    Without a tokenizer (or with ``text=False``) each step yields the new ids, a LongTensor (B,) (finished
+    rows get ``pad_token_id``). With a tokenizer each step yields text deltas: a ``str`` when B == 1, else a
+    list of B strings. Deltas never split a multi-byte character: the generated ids are decoded in full and
+    only the new stable suffix is emitted, holding back a trailing U+FFFD that the next token may complete.
+    A last delta flushes what was held back, so the deltas join to the decoded continuation (decoded after a
+    few prompt tokens, so a sentencepiece word keeps its leading space).
+    Beam search cannot be streamed (the best beam is only known at the end).
+    """
+    config = resolve_config(config, overrides)
+    if config.num_beams > 1:
+        from ..errors import GenerationError
+
+        raise GenerationError(f"stream() does not support beam search (num_beams={config.num_beams}): the best "
+                              "hypothesis is only known at the end. Use generate() or num_beams=1.")
+    steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs)
+    if tokenizer is None or text is False:
+        for tok, _ in steps:
+            yield tok
+        return
+    deltas = None
+    for tok, live in steps:
+        if deltas is None:  # after the first step, so the inputs were validated
+            tails = _prompt_tails(input_ids, attention_mask)
+            per_row = tok.shape[0] // max(len(tails), 1)  # num_return_sequences samples per prompt
+            deltas = TextDeltas(tokenizer, [t for t in tails for _ in range(per_row)])
+        out = deltas.push(tok.tolist(), None if live is None else live.tolist())
+        yield out[0] if len(out) == 1 else out
+    rest = deltas.flush() if deltas is not None else []
+    if any(rest):
+        yield rest[0] if len(rest) == 1 else rest
+
+
+def _prompt_tails(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, n: int = 4) -> list[list[int]]:
+    """The last ``n`` real prompt tokens of each row: context for decoding the first generated tokens."""
+    rows = input_ids.tolist()
+    if attention_mask is not None:
+        rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, attention_mask.tolist())]
+    return [r[-n:] for r in rows]
+
+
+class TextDeltas:
+    """Turns token ids, one step at a time, into text deltas that never end inside a UTF-8 character.
+
+    ``context`` holds a few prompt tokens per row that are decoded in front of the new ids and cut off again,
+    so tokenizers that treat the start of a text specially (sentencepiece drops the leading space of the
+    first word) render the continuation as it appears after the prompt.
+    """
+
+    def __init__(self, tokenizer: Any, context: list[list[int]]) -> None:
+        self.tokenizer = tokenizer
+        self.context = context
+        self.context_text = [tokenizer.decode(c) if c else "" for c in context]
+        self.ids: list[list[int]] = [[] for _ in context]
+        self.emitted = [""] * len(context)
+
+    def text(self, row: int) -> str:
+        """Decoded text of the ids generated so far in ``row``."""
+        if not self.context[row]:
+            return self.tokenizer.decode(self.ids[row])
+        full = self.tokenizer.decode(self.context[row] + self.ids[row])
+        base = self.context_text[row]
+        return full[len(base):] if full.startswith(base) else self.tokenizer.decode(self.ids[row])
+
+    def _delta(self, row: int, final: bool) -> str:
+        text = self.text(row)
+        stable = text if final else text.rstrip("\ufffd")
+        done = self.emitted[row]
+        if not stable.startswith(done):  # a tokenizer that rewrote earlier text: emit from the divergence
+            common = 0
+            while common < min(len(done), len(stable)) and done[common] == stable[common]:
+                common += 1
+            done = done[:common]
+        if len(stable) <= len(done):
+            return ""
+        self.emitted[row] = stable
+        return stable[len(done):]
+
+    def push(self, tokens: list[int], live: list[bool] | None = None) -> list[str]:
+        """Add one step's tokens; rows with ``live[row]`` False (already finished, padding) are skipped."""
+        out = []
+        for row, tok in enumerate(tokens):
+            if live is not None and not live[row]:
+                out.append("")
+                continue
+            self.ids[row].append(tok)
+            out.append(self._delta(row, final=False))
+        return out
+
+    def flush(self) -> list[str]:
+        return [self._delta(row, final=True) for row in range(len(self.ids))]
+
+
+@torch.no_grad()
+def _decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+            config: GenerationConfig, tokenizer: Any, logits_processors: Sequence[Processor] | None,
+            model_kwargs: dict[str, Any] | None):
+    """The greedy / sampling loop as a generator.
+
+    Yields ``(ids (B,), live)`` per step, ``live`` (B,) bool marking rows whose id is a real token (None
+    when nothing can stop a row), and returns the full sequences (B, T + n).
+    """
+    expand = config.num_return_sequences if config.is_sampling else 1
+    req = prepare(model, input_ids, attention_mask, config, tokenizer, model_kwargs, expand=expand)
+    was_training = model.training
+    model.eval()
+    try:
+        return (yield from _decode_loop(model, req, tokenizer, logits_processors))
+    finally:
+        model.train(was_training)
+
+
+def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
+                 logits_processors: Sequence[Processor] | None):
+    cfg = req.config
+    B, T = req.input_ids.shape
+    N = cfg.max_new_tokens
+    device = req.input_ids.device
+    seq = torch.full((B, T + N), req.pad_id, dtype=torch.long, device=device)  # preallocated output
+    seq[:, :T] = req.input_ids
+    mask = None
+    if req.mask is not None:  # generated positions are real tokens: the mask is all ones after the prompt
+        mask = torch.ones((B, T + N), dtype=req.mask.dtype, device=device)
+        mask[:, :T] = req.mask
+    procs = build_processors(cfg, T, req.eos_ids, req.pad_lengths, logits_processors)
+    sampling = cfg.is_sampling
+    generator = None
+    if sampling:
+        generator = torch.Generator(device=device)
+        if cfg.seed is not None:
+            generator.manual_seed(cfg.seed)
+        else:
+            generator.seed()  # fresh entropy, still without touching the global RNG
+    eos = None  # a 0-d tensor for one EOS id (a cheap ==), else 1-d for isin
+    if req.eos_ids:
+        eos = torch.tensor(req.eos_ids if len(req.eos_ids) > 1 else req.eos_ids[0], dtype=torch.long, device=device)
+    can_stop = eos is not None or bool(req.stops)
+    unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    stop_text = _StopStrings(tokenizer, req.stops, B) if req.stops else None
+    window = req.max_seq_len if cfg.sliding_window else None
+    runner = ModelRunner(model, B, T + N, cfg.use_cache, window, req.model_kwargs)
+
+    cur = T
+    for _ in range(N):
+        logits = runner.logits(seq, cur, mask)  # (B, V)
+        if procs:
+            logits = apply_processors(procs, seq[:, :cur], logits)
+        tok = sample_next(logits, sampling, generator)  # (B,)
+        live = None
+        if can_stop:
+            live = unfinished  # rows whose token this step is real (not padding)
+            tok = torch.where(unfinished, tok, req.pad_id)
+        seq[:, cur] = tok
+        cur += 1
+        if eos is not None:  # out of place, so ``live`` keeps this step's state
+            unfinished = unfinished & ~(tok == eos if eos.dim() == 0 else torch.isin(tok, eos))
+        if stop_text is not None:
+            unfinished = unfinished & ~stop_text.update(tok, unfinished)
+        yield tok, live
+        if can_stop and not bool(unfinished.any()):
+            break
+    return seq[:, :cur]
+
+
+class _StopStrings:
+    """Per-row generated ids and a check whether their decoded text now contains a stop string."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], batch: int) -> None:
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[list[int]] = [[] for _ in range(batch)]
+
+    def update(self, tok: torch.Tensor, unfinished: torch.Tensor) -> torch.Tensor:
+        """Append this step's tokens of unfinished rows; (B,) bool, True where a stop string just appeared."""
+        hit = torch.zeros_like(unfinished)
+        for row, (t, live) in enumerate(zip(tok.tolist(), unfinished.tolist())):
+            if not live:
+                continue
+            self.ids[row].append(t)
+            if hits_stop_string(self.tokenizer, self.ids[row], self.stops):
+                hit[row] = True
+        return hit
+
+
+def hits_stop_string(tokenizer: Any, ids: list[int], stops: list[str]) -> bool:
+    """True when the decoded ``ids`` contain any of ``stops`` (decoding all ids catches boundary-spanning ones)."""
+    text = tokenizer.decode(ids)
+    return any(s in text for s in stops)
