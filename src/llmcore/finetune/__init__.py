@@ -1,0 +1,61 @@
+"""Fine-tuning: strategies the Trainer calls (freezing, gradual unfreezing, discriminative and slanted
+triangular learning rates, LoRA) and prompt-masked pair data for supervised fine-tuning.
+
+    from llmcore.finetune import Freeze, GradualUnfreeze, DiscriminativeLR, LoRA, ulmfit
+    Trainer(model, config, data, strategies=[Freeze(first_n_blocks=2, embeddings=True)]).fit()
+    Trainer(model, config, data, strategies=ulmfit(every_n_steps=50)).fit()
+"""
+
+from .lora import (
+    LoRA,
+    LoRALinear,
+    adapter_state_dict,
+    load_adapter,
+    lora_modules,
+    merge_and_unload,
+    merge_lora,
+    save_adapter,
+    unmerge_lora,
+)
+from .pairs import TEMPLATES, PairDataset, read_pairs
+from .strategies import (
+    DiscriminativeLR,
+    Freeze,
+    Full,
+    GradualUnfreeze,
+    SlantedTriangular,
+    Strategy,
+    as_strategies,
+    count_parameters,
+    layer_groups,
+    set_trainable,
+    slanted_triangular,
+    ulmfit,
+)
+
+__all__ = [
+    "Strategy",
+    "Full",
+    "Freeze",
+    "GradualUnfreeze",
+    "DiscriminativeLR",
+    "SlantedTriangular",
+    "ulmfit",
+    "slanted_triangular",
+    "set_trainable",
+    "layer_groups",
+    "count_parameters",
+    "as_strategies",
+    "LoRA",
+    "LoRALinear",
+    "lora_modules",
+    "merge_lora",
+    "unmerge_lora",
+    "merge_and_unload",
+    "adapter_state_dict",
+    "save_adapter",
+    "load_adapter",
+    "PairDataset",
+    "read_pairs",
+    "TEMPLATES",
+]

@@ -1,0 +1,222 @@
+"""Source → target pairs for supervised fine-tuning, with the loss on the target only.
+
+Each example is ``prompt + target + <eos>``, where the prompt is ``[<bos>] [src tag] template(src) [tgt tag]``.
+Labels are ``-100`` on every prompt position, so the model learns to *produce* targets, not to model
+prompts (instruction tuning, translation). Padding is on the right with ``-100`` labels: under causal
+attention real tokens never see the pads that follow them, so training needs no attention mask, and the
+Trainer's plain ``model(x)`` call is correct.
+
+The shift: the full sequence ``ids`` (length n) gives ``x = ids[:-1]`` and ``y = labels[1:]``, so ``y[t]`` is
+the label for predicting position ``t + 1`` from ``x[:t + 1]``. The first target token is predicted from
+the last prompt token, and ``<eos>`` from the last target token.
+
+Files: TSV with a header row, tab-separated, no quoting (a tab or newline inside a field is not
+representable), or JSONL with one object per line (``.jsonl`` / ``.json``). Prompt and target are encoded
+separately, exactly as a prompt is encoded at generation time.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.datasets import collate_pad
+from ..errors import ConfigError, DataError, TokenizerError
+
+IGNORE_INDEX = -100
+
+# Named prompt templates; ``{src}`` is the source text. Any other string containing ``{src}`` works too.
+TEMPLATES: dict[str, str] = {
+    "plain": "{src}",
+    "translate": "Translate to Chinese:\n{src}\n",
+    "en-zh": "English: {src}\nChinese: ",
+    "instruction": "### Instruction:\n{src}\n\n### Response:\n",
+}
+
+TOO_LONG = ("error", "drop", "truncate")
+
+
+def read_pairs(source: str | Path | Sequence[Mapping[str, Any]] | Sequence[Sequence[str]],
+               src_col: str = "src", tgt_col: str = "tgt") -> list[tuple[str, str]]:
+    """Read (source, target) string pairs from a TSV/JSONL file or from in-memory rows.
+
+    Rows may be mappings (columns by name) or 2-sequences ``(src, tgt)``. Missing columns and empty
+    targets raise :class:`DataError` naming the file, the line and the columns that exist.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"Pair file {path} does not exist; pass a .tsv (header row) or .jsonl file.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"Pair file {path} is not UTF-8 ({e}); re-encode it as UTF-8.") from e
+        lines = text.splitlines()
+        where = str(path)
+        if path.suffix in (".jsonl", ".json"):
+            rows: list[tuple[int, Any]] = []
+            for i, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        rows.append((i, json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{i} is not valid JSON ({e}); JSONL needs one object per line.") from e
+        else:
+            if not lines:
+                raise DataError(f"Pair file {path} is empty; a TSV needs a header row naming the columns.")
+            header = lines[0].split("\t")
+            rows = [(i, dict(zip(header, line.split("\t")))) for i, line in enumerate(lines[1:], 2) if line.strip()]
+            for col in (src_col, tgt_col):
+                if col not in header:
+                    raise DataError(f"{path} has no column {col!r}; its header has {header}. "
+                                    "Pass src_col=/tgt_col= (CLI: --src-col/--tgt-col) naming existing columns.")
+    else:
+        rows, where = list(enumerate(source, 1)), "rows"
+    pairs = []
+    for i, row in rows:
+        if isinstance(row, Mapping):
+            missing = [c for c in (src_col, tgt_col) if c not in row]
+            if missing:
+                raise DataError(f"{where}:{i} has no column {missing[0]!r}; it has {sorted(row)}. "
+                                "Pass src_col=/tgt_col= naming existing columns.")
+            src, tgt = row[src_col], row[tgt_col]
+        elif isinstance(row, Sequence) and not isinstance(row, str) and len(row) == 2:
+            src, tgt = row
+        else:
+            raise DataError(f"{where}:{i} is neither a mapping of columns nor a (src, tgt) pair: {row!r:.80}.")
+        if not isinstance(src, str) or not isinstance(tgt, str):
+            raise DataError(f"{where}:{i}: source and target must be strings, got {type(src).__name__}, "
+                            f"{type(tgt).__name__}.")
+        if not tgt.strip():
+            raise DataError(f"{where}:{i} has an empty target ({tgt_col!r}); there is nothing to learn from it. "
+                            "Remove the row or fill in the target.")
+        pairs.append((src, tgt))
+    if not pairs:
+        raise DataError(f"{where} holds no pairs.")
+    return pairs
+
+
+def _tag_id(tokenizer: Any, tag: str) -> int:
+    try:
+        i = tokenizer.token_to_id(tag)
+    except (TokenizerError, KeyError, ValueError) as e:
+        raise TokenizerError(f"Language tag {tag!r} is not a token of this tokenizer; train the tokenizer with "
+                             f"user_defined_symbols=[{tag!r}, ...] so the tag is one id.") from e
+    if i is None or (getattr(tokenizer, "unk_id", None) is not None and i == tokenizer.unk_id):
+        raise TokenizerError(f"Language tag {tag!r} maps to <unk>; add it to the tokenizer's user_defined_symbols.")
+    return int(i)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad full sequences and labels, then shift: returns x (B, T-1) and y (B, T-1), y = -100 on pads."""
+    ids, _, lab = collate_pad(seqs, pad_id, "right", label_pad=IGNORE_INDEX, labels=labels)  # (B, T) each
+    return ids[:, :-1], lab[:, 1:]  # y[t] labels the token at t + 1
+
+
+class PairDataset:
+    """Prompt-masked (source, target) examples for the Trainer: ``sample_batch`` and ``iter_eval``.
+
+    Args:
+        source: a TSV/JSONL path, or rows (mappings or ``(src, tgt)`` pairs); see :func:`read_pairs`.
+        tokenizer: any llmcore tokenizer (``encode``, ``eos_id``, ``bos_id``, ``pad_id``, ``token_to_id``).
+        template: a name from :data:`TEMPLATES` or a format string containing ``{src}``.
+        src_col, tgt_col: column names for files and mapping rows.
+        src_lang_tag, tgt_lang_tag: optional tag tokens (e.g. ``"<2en>"``, ``"<2zh>"``) put before the
+            prompt text and at the end of the prompt; each must be a single token of the tokenizer.
+        max_len: the longest full sequence (prompt + target + eos); the model sees ``max_len - 1`` inputs.
+        too_long: policy for longer examples: ``"error"`` (DataError naming the row), ``"drop"`` (skipped,
+            with a warning giving the count) or ``"truncate"`` (the target is cut at the end, losing its
+            ``<eos>``; a prompt that leaves no room for a target token is still an error).
+        add_bos: start each example with ``<bos>`` (when the tokenizer has one).
+    """
+
+    def __init__(self, source: Any, tokenizer: Any, template: str = "{src}", src_col: str = "src",
+                 tgt_col: str = "tgt", src_lang_tag: str | None = None, tgt_lang_tag: str | None = None,
+                 max_len: int = 256, too_long: str = "error", add_bos: bool = True) -> None:
+        template = TEMPLATES.get(template, template)
+        if "{src}" not in template:
+            raise ConfigError(f"Prompt template {template!r} has no '{{src}}' field; use one of {list(TEMPLATES)} "
+                              "or a format string containing {src}.")
+        if too_long not in TOO_LONG:
+            raise ConfigError(f"too_long={too_long!r} is not one of {TOO_LONG}.")
+        if max_len < 2:
+            raise ConfigError(f"max_len={max_len} must be >= 2 (one prompt token and one target token).")
+        if tokenizer.eos_id is None:
+            raise TokenizerError("PairDataset needs a tokenizer with an eos token to end each target.")
+        self.tokenizer, self.template, self.max_len = tokenizer, template, max_len
+        # Pads are never attended by real tokens (right padding, causal) and carry -100 labels, so any valid id
+        # works; prefer <pad>, else <eos>.
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        pre = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+        pre += [_tag_id(tokenizer, src_lang_tag)] if src_lang_tag else []
+        post = [_tag_id(tokenizer, tgt_lang_tag)] if tgt_lang_tag else []
+        self.pairs = read_pairs(source, src_col, tgt_col)
+        self.ids: list[list[int]] = []
+        self.labels: list[list[int]] = []
+        self.prompt_lens: list[int] = []
+        dropped = 0
+        for i, (src, tgt) in enumerate(self.pairs):
+            try:
+                prompt_text = template.format(src=src)
+            except (KeyError, IndexError) as e:
+                raise ConfigError(f"Prompt template {template!r} uses field {e}; only {{src}} is filled in "
+                                  "(double literal braces: '{{' and '}}').") from e
+            prompt = pre + list(tokenizer.encode(prompt_text)) + post
+            target = list(tokenizer.encode(tgt)) + [tokenizer.eos_id]
+            n = len(prompt) + len(target)
+            if n > max_len:
+                if too_long == "drop":
+                    dropped += 1
+                    continue
+                if too_long == "error" or len(prompt) >= max_len:
+                    raise DataError(f"Example {i} has {n} tokens (prompt {len(prompt)}, target {len(target)}) but "
+                                    f"max_len={max_len}; raise max_len or pass too_long='drop' / 'truncate'.")
+                target = target[:max_len - len(prompt)]
+            self.ids.append(prompt + target)
+            self.labels.append([IGNORE_INDEX] * len(prompt) + target)
+            self.prompt_lens.append(len(prompt))
+        if dropped:
+            warnings.warn(f"PairDataset dropped {dropped} of {len(self.pairs)} examples longer than max_len={max_len}.",
+                          stacklevel=2)
+        if not self.ids:
+            raise DataError(f"No example fits max_len={max_len}; raise max_len.")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Input tokens in one pass (real tokens only): the Trainer counts epochs in tokens, and its count
+        includes padding, so with ragged lengths an epoch boundary comes slightly early."""
+        return sum(len(s) - 1 for s in self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.ids[i], "labels": self.labels[i], "prompt_len": self.prompt_lens[i]}
+
+    def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T) and y (B, T): right-padded and shifted; y is -100 on prompt positions and pads."""
+        return pad_batch([self.ids[i] for i in indices], [self.labels[i] for i in indices], self.pad_id)
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch (with replacement), drawn with ``generator`` for reproducibility."""
+        idx = torch.randint(len(self.ids), (batch_size,), generator=generator)
+        return self.collate(idx.tolist())
+
+    def iter_eval(self, batch_size: int, max_batches: int | None = None
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every example once, in order (the last batch may be smaller), up to ``max_batches`` batches."""
+        for b, start in enumerate(range(0, len(self.ids), batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            yield self.collate(range(start, min(start + batch_size, len(self.ids))))
+
+    def prompt(self, i: int) -> list[int]:
+        """The prompt ids of example ``i``, as to feed ``generate`` for evaluation."""
+        return self.ids[i][:self.prompt_lens[i]]

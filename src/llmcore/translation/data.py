@@ -1,0 +1,276 @@
+"""The English→Chinese parallel corpus shipped with llmcore, its splits, and batches for the Trainer.
+
+Two sources, assembled once by :func:`build_parallel_data` from the project's shared data folder into
+``llmcore/translation/data/`` (see the README there for sources and licences):
+
+* Bible verses, World English Bible (derived text) → Chinese Union Version 1919 (Simplified); public domain.
+  Cleaning follows the source README: rows with an empty side are dropped; where CUV merged verse *k* into
+  verse *k-1* (empty Chinese in row *k*) rows *k-1* and *k* are both dropped (John 7:53 is merged into 8:1
+  instead, so 8:1 goes too); the rows the README lists as split differently are dropped; pairs whose
+  Chinese/English character ratio lies outside [median/2, 2·median] are dropped as misaligned; and verses
+  longer than :data:`MAX_EN_CHARS` English characters are left out to keep the examples CPU-sized.
+* HSK everyday sentences (CC-BY-SA-4.0, "hsk-sentences-audio contributors"): all pairs, exact duplicates removed.
+
+Splits are a pure function of an example's *split key* (:func:`split_of`), never of file order, so they are
+stable across rebuilds and machines: SHA-1 of the key, modulo 1000. Bible verses are split by **chapter**
+(key ``bible:Gen.1``), so near-identical neighbouring verses never straddle train and test; HSK sentences
+by their lower-cased English text (``hsk:<text>``), so repeated English sentences with different Chinese
+stay on one side. Test takes 15‰ of Bible chapters and 100‰ of HSK keys; validation the next 15‰ / 50‰.
+
+At run time :func:`load_parallel` reads only the shipped files. :class:`Seq2SeqPairs` turns pairs into the
+packed ``[source | decoder input]`` batches that :class:`~llmcore.models.seq2seq.Seq2SeqForTrainer` expects.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import lzma
+import statistics
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from ..errors import DataError, TokenizerError
+
+DATA_DIR = Path(__file__).parent / "data"
+PAIRS_FILE = "en_zh_pairs.tsv.xz"  # id, source, en, zh
+CUV_FILE = "cuv_zh.txt.xz"  # the whole CUV (Simplified), one verse per line, book order
+DICT_FILE = "en_zh_dict.tsv.xz"  # English word -> Chinese word, for the dictionary baseline
+SPLITS = ("train", "validation", "test")
+MAX_EN_CHARS = 240  # longest English verse kept (~95% of verses)
+# (test, validation) upper bounds in per-mille of the SHA-1 bucket, per source.
+SPLIT_PERMILLE = {"bible": (15, 30), "hsk": (100, 150)}
+# Rows whose alignment the source README flags: CUV versification differs (3 John 1:14, Rev 12:17, 13:1,
+# Rom 16:23-24) or the WEB moved the Romans doxology to the end of Rom 14:23.
+FLAGGED = {"3John.1.14", "Rev.12.17", "Rev.13.1", "Rom.16.23", "Rom.16.24", "Rom.14.23"}
+
+
+class Pair(NamedTuple):
+    """One parallel example: ``id`` (``bible:Gen.1.1`` / ``hsk:hsk1-0001``), ``source`` (bible|hsk), en, zh."""
+
+    id: str
+    source: str
+    en: str
+    zh: str
+
+    @property
+    def split_key(self) -> str:
+        if self.source == "bible":
+            return "bible:" + self.id.split(":", 1)[1].rsplit(".", 1)[0]  # the chapter
+        return "hsk:" + self.en.strip().lower()
+
+
+def split_of(pair: Pair) -> str:
+    """``"train"``, ``"validation"`` or ``"test"``: SHA-1 of the pair's split key, modulo 1000 (see module doc)."""
+    bucket = int(hashlib.sha1(pair.split_key.encode("utf-8")).hexdigest(), 16) % 1000
+    test, val = SPLIT_PERMILLE[pair.source]
+    return "test" if bucket < test else "validation" if bucket < val else "train"
+
+
+# ---------------------------------------------------------------------------------------------- run time
+def _read_xz_lines(name: str, data_dir: Path | None) -> list[str]:
+    path = Path(data_dir or DATA_DIR) / name
+    if not path.is_file():
+        raise DataError(f"{path} is missing: the translation data ships inside the llmcore package. Reinstall "
+                        "llmcore, or rebuild it with llmcore.translation.data.build_parallel_data(shared_dir, out_dir).")
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        return f.read().split("\n")
+
+
+def load_parallel(split: str | None = "train", sources: Sequence[str] = ("bible", "hsk"),
+                  data_dir: str | Path | None = None) -> list[Pair]:
+    """The shipped English→Chinese pairs of one split (``None``: all), in file order.
+
+    Args:
+        split: ``"train"``, ``"validation"``, ``"test"`` or None.
+        sources: any of ``"bible"``, ``"hsk"``.
+        data_dir: read from here instead of the package (e.g. a fresh :func:`build_parallel_data` output).
+    """
+    if split is not None and split not in SPLITS:
+        raise DataError(f"Unknown split {split!r}; choose one of {SPLITS} (or None for all pairs).")
+    unknown = sorted(set(sources) - set(SPLIT_PERMILLE))
+    if unknown:
+        raise DataError(f"Unknown sources {unknown}; choose from {sorted(SPLIT_PERMILLE)}.")
+    path = (Path(data_dir) if data_dir else DATA_DIR) / PAIRS_FILE
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    return [p for p, s in _pairs_with_splits(str(path), stamp)
+            if p.source in sources and (split is None or s == split)]
+
+
+@functools.lru_cache(maxsize=4)
+def _pairs_with_splits(path: str, stamp: int | None) -> tuple[tuple[Pair, str], ...]:
+    """Parsed pairs with their splits, cached per file (and modification time): parsing takes a second."""
+    lines = _read_xz_lines(Path(path).name, Path(path).parent)
+    pairs = (Pair(*line.split("\t")) for line in lines[1:] if line)
+    return tuple((p, split_of(p)) for p in pairs)
+
+
+def load_cuv_text(data_dir: str | Path | None = None) -> str:
+    """The Chinese Union Version (1919, Simplified), one verse per line: ~1.05 M characters of Chinese text."""
+    return "\n".join(line for line in _read_xz_lines(CUV_FILE, data_dir) if line) + "\n"
+
+
+def load_dictionary(data_dir: str | Path | None = None) -> dict[str, str]:
+    """English word (lower case) → one Chinese rendering, from CC-CEDICT; see :func:`build_dictionary`."""
+    lines = _read_xz_lines(DICT_FILE, data_dir)
+    return dict(line.split("\t") for line in lines[1:] if line)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+class Seq2SeqPairs:
+    """(source, target) pairs as Trainer batches for an encoder-decoder, packed as ``[source | decoder input]``.
+
+    Source ids are ``encode(src) + [eos]``, right-padded to ``src_len`` columns; the decoder input is
+    ``[start] + encode(tgt)`` and the labels ``encode(tgt) + [eos]`` (``-100`` on padding), where ``start`` is
+    the target-language tag (``tgt_lang_tag``), so the same model could serve several target languages.
+    Longer examples are cut (source at ``src_len`` tokens, target at ``tgt_len``) and counted in
+    :attr:`truncated`. Wrap the model in :class:`~llmcore.models.seq2seq.Seq2SeqForTrainer` with the same
+    ``src_len`` and ``pad_id``.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], tokenizer: Any, src_len: int = 64, tgt_len: int = 64,
+                 tgt_lang_tag: str = "<2zh>") -> None:
+        if tokenizer.eos_id is None or tokenizer.pad_id is None:
+            raise TokenizerError("Seq2SeqPairs needs a tokenizer with eos and pad tokens.")
+        if not pairs:
+            raise DataError("Seq2SeqPairs got no pairs.")
+        self.src_len, self.tgt_len, self.pad_id = src_len, tgt_len, tokenizer.pad_id
+        self.start_id = language_tag_id(tokenizer, tgt_lang_tag)
+        eos = tokenizer.eos_id
+        srcs = tokenizer.encode([s for s, _ in pairs])
+        tgts = tokenizer.encode([t for _, t in pairs])
+        self.truncated = sum(len(s) + 1 > src_len or len(t) + 1 > tgt_len for s, t in zip(srcs, tgts))
+        self.src = [(s + [eos])[:src_len] for s in srcs]
+        self.tgt = [([self.start_id] + t + [eos])[:tgt_len + 1] for t in tgts]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    @property
+    def num_tokens(self) -> int:
+        """Target tokens in one pass (epochs are counted in these)."""
+        return sum(len(t) - 1 for t in self.tgt)
+
+    def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, src_len + T) = [source | decoder input], y (B, T) labels; T = longest target in the batch."""
+        T = max(len(self.tgt[i]) for i in indices) - 1
+        x = torch.full((len(indices), self.src_len + T), self.pad_id, dtype=torch.long)
+        y = torch.full((len(indices), T), -100, dtype=torch.long)
+        for row, i in enumerate(indices):
+            s, t = self.src[i], self.tgt[i]
+            x[row, :len(s)] = torch.tensor(s)
+            x[row, self.src_len:self.src_len + len(t) - 1] = torch.tensor(t[:-1])
+            y[row, :len(t) - 1] = torch.tensor(t[1:])
+        return x, y
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.src), (batch_size,), generator=generator)
+        return self.collate(idx.tolist())
+
+    def iter_eval(self, batch_size: int, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for b, start in enumerate(range(0, len(self.src), batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            yield self.collate(range(start, min(start + batch_size, len(self.src))))
+
+
+def language_tag_id(tokenizer: Any, tag: str) -> int:
+    """The single id of a language tag such as ``<2zh>``; TokenizerError if the tokenizer lacks it."""
+    try:
+        i = tokenizer.token_to_id(tag)
+    except (TokenizerError, KeyError, ValueError):
+        i = None
+    if i is None or i == getattr(tokenizer, "unk_id", None):
+        raise TokenizerError(f"The tokenizer has no target-language tag {tag!r}; train it with "
+                             f"user_defined_symbols=[{tag!r}, ...] (and the model with that tag).")
+    return int(i)
+
+
+# ---------------------------------------------------------------------------------------------- build
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise DataError(f"{path} not found; pass the shared data directory that holds it.")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line]
+
+
+def bible_pairs(verses_tsv: Path) -> tuple[list[Pair], dict[str, int]]:
+    """Clean WEB→CUV verse pairs (see the module docstring) and counts of what each rule dropped."""
+    rows = _read_tsv(verses_tsv)
+    ids = [f"{r['book']}.{r['chapter']}.{r['verse']}" for r in rows]
+    drop: dict[int, str] = {}
+    for k, r in enumerate(rows):
+        if not r["en_web"].strip():
+            drop.setdefault(k, "empty_en")
+        if not r["zh_cuv"].strip():
+            drop.setdefault(k, "empty_zh")
+            merged_into = k + 1 if ids[k] == "John.7.53" else k - 1
+            drop.setdefault(merged_into, "merged_verse")
+        if ids[k] in FLAGGED:
+            drop.setdefault(k, "flagged")
+    kept = [k for k in range(len(rows)) if k not in drop]
+    ratio = {k: len(rows[k]["zh_cuv"]) / len(rows[k]["en_web"]) for k in kept}
+    med = statistics.median(ratio.values())
+    for k in kept:
+        if not med / 2 <= ratio[k] <= 2 * med:
+            drop[k] = "length_ratio"
+        elif len(rows[k]["en_web"]) > MAX_EN_CHARS:
+            drop[k] = "too_long"
+    counts: dict[str, int] = {}
+    for why in drop.values():
+        counts[why] = counts.get(why, 0) + 1
+    pairs = [Pair("bible:" + ids[k], "bible", rows[k]["en_web"].strip(), rows[k]["zh_cuv"].strip())
+             for k in range(len(rows)) if k not in drop]
+    return pairs, counts
+
+
+def hsk_pairs(hsk_tsv: Path) -> list[Pair]:
+    """All HSK sentence pairs (Simplified Chinese), exact (en, zh) duplicates removed."""
+    seen, pairs = set(), []
+    for r in _read_tsv(hsk_tsv):
+        en, zh = r["en"].strip(), r["zh_hans"].strip()
+        if en and zh and (en, zh) not in seen:
+            seen.add((en, zh))
+            pairs.append(Pair("hsk:" + r["id"], "hsk", en, zh))
+    return pairs
+
+
+def _write_xz(path: Path, text: str) -> None:
+    with lzma.open(path, "wt", encoding="utf-8", preset=9 | lzma.PRESET_EXTREME) as f:
+        f.write(text)
+
+
+def build_parallel_data(shared_dir: str | Path, out_dir: str | Path = DATA_DIR) -> dict[str, Any]:
+    """Rebuild the shipped files from the shared data folder (``bible-parallel``, ``hsk-sentences``, ``cc-cedict``).
+
+    Writes :data:`PAIRS_FILE`, :data:`CUV_FILE` and :data:`DICT_FILE` into ``out_dir`` and returns statistics
+    (pairs per source and split, rows dropped per rule). Deterministic: the same inputs give the same bytes.
+    """
+    from .metrics import build_dictionary  # the dictionary is the baseline's business
+
+    shared, out = Path(shared_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bible, dropped = bible_pairs(shared / "bible-parallel" / "verses.tsv")
+    hsk = hsk_pairs(shared / "hsk-sentences" / "hsk_en_zh.tsv")
+    pairs = bible + hsk
+    bad = [p.id for p in pairs if "\t" in p.en + p.zh or "\n" in p.en + p.zh]
+    if bad:
+        raise DataError(f"Pairs {bad[:3]} contain tabs or newlines, which the TSV format cannot hold.")
+    _write_xz(out / PAIRS_FILE, "id\tsource\ten\tzh\n" + "".join("\t".join(p) + "\n" for p in pairs))
+    cuv = [r["zh_cuv"].strip() for r in _read_tsv(shared / "bible-parallel" / "verses.tsv")]
+    _write_xz(out / CUV_FILE, "".join(v + "\n" for v in cuv if v))
+    train = [p for p in pairs if split_of(p) == "train"]
+    dictionary = build_dictionary(shared / "cc-cedict" / "cedict.tsv", train)
+    _write_xz(out / DICT_FILE, "en\tzh\n" + "".join(f"{w}\t{z}\n" for w, z in sorted(dictionary.items())))
+    stats: dict[str, Any] = {"dropped": dropped, "dictionary_words": len(dictionary)}
+    for source in ("bible", "hsk"):
+        for split in SPLITS:
+            stats[f"{source}_{split}"] = sum(p.source == source and split_of(p) == split for p in pairs)
+    stats["bytes"] = {f.name: f.stat().st_size for f in sorted(out.glob("*.xz"))}
+    return stats
+

@@ -1,0 +1,192 @@
+"""Translation: data build rules and split determinism, metrics and baselines, Trainer batches, Translator, CLI."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import pytest
+import torch
+
+from llmcore import ModelConfig
+from llmcore.cli import main
+from llmcore.errors import DataError, TokenizerError
+from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer
+from llmcore.models.transformer import TransformerLM
+from llmcore.tokenizer import CharTokenizer
+from llmcore.translation import (
+    DictionaryBaseline,
+    Pair,
+    Seq2SeqPairs,
+    bleu,
+    build_parallel_data,
+    chrf,
+    copy_source,
+    load_parallel,
+    split_of,
+)
+from llmcore.translation.metrics import build_dictionary
+from llmcore.translation.translator import Translator
+
+TAGS = ("<bos>", "<eos>", "<pad>", "<2en>", "<2zh>")
+PAIRS = [("hello", "你好"), ("good morning", "早上好"), ("thank you", "谢谢你"), ("good night", "晚安")]
+
+
+@pytest.fixture
+def tok() -> CharTokenizer:
+    return CharTokenizer.from_text("".join(s + t for s, t in PAIRS) + " ?,.abcdefghijklmnopqrstuvwxyz", specials=TAGS)
+
+
+def tiny_seq2seq(tok) -> Seq2SeqTransformer:
+    torch.set_num_threads(1)
+    return Seq2SeqTransformer(Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=24, d_model=32, n_layers=1,
+                                            n_heads=4, pos_encoding="learned")).eval()
+
+
+# ------------------------------------------------------------------------------------------- data
+def test_shipped_splits_are_deterministic_and_disjoint():
+    splits = {s: load_parallel(s) for s in ("train", "validation", "test")}
+    assert [len(v) for v in splits.values()] == [31700, 656, 889]  # the README's table; changes are deliberate
+    ids = [p.id for v in splits.values() for p in v]
+    assert len(ids) == len(set(ids)) == len(load_parallel(None))
+    assert load_parallel("test") == splits["test"]  # same call, same answer
+    test_hsk = [p for p in splits["test"] if p.source == "hsk"]
+    assert len(test_hsk) == 387
+    # Whole Bible chapters and whole English HSK sentences stay on one side.
+    side = {}
+    for name, pairs in splits.items():
+        for p in pairs:
+            assert side.setdefault(p.split_key, name) == name
+    # The rule is a pure function of the key, independent of file order or of the rest of the data.
+    assert split_of(Pair("bible:Gen.1.1", "bible", "x", "y")) == split_of(Pair("bible:Gen.1.31", "bible", "a", "b"))
+    with pytest.raises(DataError, match="Unknown split"):
+        load_parallel("dev")
+
+
+def _write(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_build_parallel_data_applies_the_cleaning_rules(tmp_path):
+    shared = tmp_path / "shared"
+    cols = ["book", "chapter", "verse", "en_web", "en_kjv", "en_bbe", "zh_cuv", "es_rv1909", "fr_lsg1910"]
+    en, zh = "In the beginning God created the heavens.", "起初神创造天地。"  # ratio ~0.2
+    verses = [["Gen", "1", str(v), en, "", "", zh, "", ""] for v in range(1, 11)]
+    verses[3][6] = ""  # CUV merged verse 4 into verse 3: verses 3 and 4 go
+    verses[6][3] = ""  # verse 7: empty English
+    verses[8][6] = "起" * 60  # verse 9: length-ratio outlier
+    verses.append(["John", "7", "53", en, "", "", "", "", ""])  # merged into the NEXT verse
+    verses.append(["John", "8", "1", en, "", "", zh, "", ""])
+    verses.append(["John", "8", "2", en, "", "", zh, "", ""])
+    _write(shared / "bible-parallel" / "verses.tsv", cols, verses)
+    _write(shared / "hsk-sentences" / "hsk_en_zh.tsv", ["id", "hsk_level", "topic", "en", "zh_hans", "zh_hant", "pinyin"],
+           [["hsk1-1", "1", "g", "Hello!", "你好！", "", ""], ["hsk1-2", "1", "g", "Hello!", "你好！", "", ""]])
+    _write(shared / "cc-cedict" / "cedict.tsv", ["traditional", "simplified", "pinyin", "english"],
+           [["神", "神", "shen2", "God,deity"], ["天地", "天地", "tian1 di4", "heaven and earth,world"]])
+    stats = build_parallel_data(shared, tmp_path / "out")
+    kept = {p.id for p in load_parallel(None, data_dir=tmp_path / "out")}
+    bible = {i for i in kept if i.startswith("bible")}
+    assert bible == {"bible:Gen.1.1", "bible:Gen.1.2", "bible:Gen.1.5", "bible:Gen.1.6", "bible:Gen.1.8",
+                     "bible:Gen.1.10", "bible:John.8.2"}
+    assert stats["dropped"] == {"empty_zh": 2, "merged_verse": 2, "empty_en": 1, "length_ratio": 1}
+    assert {i for i in kept if i.startswith("hsk")} == {"hsk:hsk1-1"}  # duplicate pair removed
+    assert (tmp_path / "out" / "en_zh_dict.tsv.xz").is_file()
+    # Same inputs, same bytes.
+    first = (tmp_path / "out" / "en_zh_pairs.tsv.xz").read_bytes()
+    build_parallel_data(shared, tmp_path / "again")
+    assert (tmp_path / "again" / "en_zh_pairs.tsv.xz").read_bytes() == first
+
+
+def test_build_dictionary_prefers_co_occurring_candidates(tmp_path):
+    path = tmp_path / "cedict.tsv"
+    _write(path, ["traditional", "simplified", "pinyin", "english"],
+           [["光", "光", "guang1", "light,ray"], ["輕", "轻", "qing1", "light (not heavy)"],
+            ["好", "好", "hao3", "good,surname Hao"], ["李", "李", "li3", "surname Li"]])
+    pairs = [Pair(f"x:{i}", "hsk", "good light", "好光") for i in range(3)]
+    d = build_dictionary(path, pairs)
+    assert d == {"light": "光", "good": "好"}
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def test_metrics_and_baselines():
+    refs = ["你好，很高兴认识你。", "谢谢你！"]
+    assert bleu(refs, refs) == pytest.approx(100.0)
+    assert chrf(refs, refs) == pytest.approx(100.0)
+    assert bleu(copy_source(["Hello.", "Thanks!"]), refs) < 5
+    with pytest.raises(DataError, match="pair up"):
+        bleu(["a"], refs)
+    base = DictionaryBaseline({"hello": "你好", "thank": "谢谢", "you": "你", "be": "是"})
+    assert base.translate("Hello, thank you!") == "你好，谢谢你！"
+    assert base(["They were thanked."]) == ["是谢谢。"]  # irregular and suffixed forms, unknown words dropped
+    shipped = DictionaryBaseline()
+    assert shipped.translate("God") == "神"
+
+
+def test_missing_sacrebleu_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)
+    with pytest.raises(ImportError, match=r"llmcore\[eval\]"):
+        bleu(["a"], ["a"])
+
+
+# ------------------------------------------------------------------------------------------- training
+def test_seq2seq_pairs_train_with_the_trainer(tok):
+    from llmcore.training import TrainConfig, Trainer
+
+    data = Seq2SeqPairs(PAIRS * 4, tok, src_len=16, tgt_len=8)
+    x, y = data.collate([0, 1])
+    assert x.shape[1] == 16 + y.shape[1]
+    assert x[0, 16].item() == tok.token_to_id("<2zh>") and y[0, 2].item() == tok.eos_id and y[0, 3] == -100
+    model = tiny_seq2seq(tok)
+    wrapped = Seq2SeqForTrainer(model, src_len=16, pad_id=tok.pad_id)
+    # The wrapper equals a direct call with the unpacked source.
+    src_mask = (x[:, :16] != tok.pad_id).long()
+    torch.testing.assert_close(wrapped(x), model(x[:, 16:], src_ids=x[:, :16], src_mask=src_mask))
+    cfg = TrainConfig(max_steps=100, batch_size=8, lr=5e-3, warmup_steps=0, eval_interval=30, eval_batches=2,
+                      progress=False, num_samples=0, label_smoothing=0.1, device="cpu")
+    summary = Trainer(wrapped, cfg, data, val_data=data).fit()
+    assert summary["final_val_loss"] < 0.5
+    assert Translator(model, tok).translate([s for s, _ in PAIRS]) == [t for _, t in PAIRS]
+
+
+# ------------------------------------------------------------------------------------------- translator / CLI
+def test_translator_errors_and_truncation(tok):
+    model = tiny_seq2seq(tok)
+    no_tag = CharTokenizer.from_text("helo你好", specials=("<bos>", "<eos>", "<pad>"))
+    with pytest.raises(TokenizerError, match="<2zh>"):
+        Translator(model, no_tag)
+    tr = Translator(model, tok)
+    with pytest.raises(DataError, match="Input 2 is empty"):
+        tr.translate(["hello", "  "])
+    long = "hello " * 10
+    with pytest.raises(DataError, match="source context"):
+        tr.translate([long], too_long="error")
+    with pytest.warns(UserWarning, match="only the first 23"):
+        out = tr.translate([long, "hello"], max_new_tokens=3)
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    # A decoder-only model builds PairDataset's prompt and continues it.
+    lm = TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=48)).eval()
+    lm.config.extra["translation"] = {"template": "{src}"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(Translator(lm, tok).translate(["hello", "good night"], num_beams=2, max_new_tokens=4)) == 2
+
+
+def test_cli_translate(tok, tmp_path, capsys):
+    model = tiny_seq2seq(tok)
+    model.save_pretrained(tmp_path / "m", tokenizer=tok)
+    assert main(["translate", "--model", str(tmp_path / "m"), "--max-new-tokens", "4", "hello", "good night"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    lm = TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=48))
+    lm.save_pretrained(tmp_path / "lm", tokenizer=tok)  # a decoder-only directory is detected from config.json
+    lines = tmp_path / "stdin.txt"
+    lines.write_text("hello\ngood night\n", encoding="utf-8")
+    assert main(["translate", "--model", str(tmp_path / "lm"), "--input", str(lines), "--num-beams", "2",
+                 "--max-new-tokens", "3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    (tmp_path / "in.txt").write_text("hello\n\nthank you\n", encoding="utf-8")
+    assert main(["translate", "--model", str(tmp_path / "m"), "--input", str(tmp_path / "in.txt")]) == 2
+    assert "Input line 2 is empty" in capsys.readouterr().err
+    CharTokenizer.from_text("helo", specials=("<bos>", "<eos>", "<pad>")).save(tmp_path / "m" / "tokenizer")
+    assert main(["translate", "--model", str(tmp_path / "m"), "hello"]) == 2
+    assert "target-language tag '<2zh>'" in capsys.readouterr().err
