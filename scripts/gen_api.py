@@ -23,7 +23,7 @@ def summary(obj: object) -> str:
 
 def signature(obj: object) -> str:
     try:
-        return str(inspect.signature(obj))  # type: ignore[arg-type]
+        return str(inspect.signature(obj)).replace("'", "")  # postponed annotations are strings
     except (TypeError, ValueError):
         return ""
 
