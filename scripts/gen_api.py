@@ -23,7 +23,11 @@ def summary(obj: object) -> str:
 
 def signature(obj: object) -> str:
     try:
-        return str(inspect.signature(obj)).replace("'", "")  # postponed annotations are strings
+        try:  # resolve postponed (string) annotations where the names are importable
+            sig = inspect.signature(obj, eval_str=True)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - fall back to the annotations as written
+            sig = inspect.signature(obj)  # type: ignore[arg-type]
+        return str(sig).replace("typing.", "").replace("collections.abc.", "")
     except (TypeError, ValueError):
         return ""
 
