@@ -2,9 +2,12 @@
 SequenceClassifier head for transfer to classification."""
 
 from .classifier import SequenceClassifier
-from .lstm import LSTMLM
+from .lstm import LSTMLM, LSTMState
 from .pretrained import PreTrainedMixin
-from .seq2seq import Seq2SeqTransformer
+from .seq2seq import Seq2SeqCache, Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer, shift_targets
 from .transformer import TransformerLM
 
-__all__ = ["PreTrainedMixin", "TransformerLM", "Seq2SeqTransformer", "LSTMLM", "SequenceClassifier"]
+__all__ = [
+    "PreTrainedMixin", "TransformerLM", "Seq2SeqTransformer", "Seq2SeqConfig", "Seq2SeqCache", "Seq2SeqForTrainer",
+    "shift_targets", "LSTMLM", "LSTMState", "SequenceClassifier",
+]
