@@ -8,7 +8,7 @@
 """
 
 from .corpora import bundled_corpus_path, read_text, resolve_paths
-from .datasets import IGNORE_INDEX, OnTheFlyTextDataset, TokenDataset, collate_pad
+from .datasets import IGNORE_INDEX, ExampleDataset, OnTheFlyTextDataset, TokenDataset, collate_pad
 from .prepare import build_tokenizer, choose_dtype, load_meta, prepare
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "load_meta",
     "TokenDataset",
     "OnTheFlyTextDataset",
+    "ExampleDataset",
     "collate_pad",
     "IGNORE_INDEX",
 ]

@@ -200,6 +200,26 @@ class TokenDataset(torch.utils.data.Dataset):
         return math.ceil(mine / batch_size)
 
 
+class ExampleDataset:
+    """Batches over a list of examples for the Trainer: subclasses define ``__len__`` and ``collate(indices)``.
+
+    ``sample_batch`` draws examples with replacement from ``generator`` (reproducible); ``iter_eval`` visits
+    every example once, in order. Pair, classification and seq2seq datasets share this.
+    """
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        """A random batch (with replacement), drawn with ``generator`` for reproducibility."""
+        return self.collate(torch.randint(len(self), (batch_size,), generator=generator).tolist())
+
+    def iter_eval(self, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
+        """Every example once, in order (the last batch may be smaller), up to ``max_batches`` batches."""
+        n = len(self)
+        for b, start in enumerate(range(0, n, batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            yield self.collate(range(start, min(start + batch_size, n)))
+
+
 class OnTheFlyTextDataset:
     """Random text spans tokenized at draw time, so sampling tokenizers give new segmentations every time.
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data.datasets import collate_pad
+from ..data.datasets import ExampleDataset, collate_pad
 from ..errors import ConfigError, DataError, TokenizerError
 
 IGNORE_INDEX = -100
@@ -119,7 +119,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pa
     return ids[:, :-1], lab[:, 1:]  # y[t] labels the token at t + 1
 
 
-class PairDataset:
+class PairDataset(ExampleDataset):
     """Prompt-masked (source, target) examples for the Trainer: ``sample_batch`` and ``iter_eval``.
 
     Args:
@@ -202,20 +202,6 @@ class PairDataset:
     def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T) and y (B, T): right-padded and shifted; y is -100 on prompt positions and pads."""
         return pad_batch([self.ids[i] for i in indices], [self.labels[i] for i in indices], self.pad_id)
-
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch (with replacement), drawn with ``generator`` for reproducibility."""
-        idx = torch.randint(len(self.ids), (batch_size,), generator=generator)
-        return self.collate(idx.tolist())
-
-    def iter_eval(self, batch_size: int, max_batches: int | None = None
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every example once, in order (the last batch may be smaller), up to ``max_batches`` batches."""
-        for b, start in enumerate(range(0, len(self.ids), batch_size)):
-            if max_batches is not None and b >= max_batches:
-                return
-            yield self.collate(range(start, min(start + batch_size, len(self.ids))))
 
     def prompt(self, i: int) -> list[int]:
         """The prompt ids of example ``i``, as to feed ``generate`` for evaluation."""

@@ -20,7 +20,7 @@ Also here: :class:`ClassificationDataset` (texts + labels → padded batches for
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.datasets import ExampleDataset
 from ..errors import CheckpointError, ConfigError, DataError
 from .pretrained import (
     CONFIG_NAME,
@@ -132,7 +133,7 @@ class SequenceClassifier(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- data
-class ClassificationDataset:
+class ClassificationDataset(ExampleDataset):
     """Texts and class labels as right-padded batches: ``(x (B, T), y (B,))``.
 
     Args:
@@ -189,18 +190,6 @@ class ClassificationDataset:
 
         x, _ = collate_pad([self.ids[i] for i in indices], self.pad_id, "right")  # (B, T), right-padded
         return x, torch.tensor([self.y[i] for i in indices], dtype=torch.long)  # (B, T), (B,)
-
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.collate(torch.randint(len(self.ids), (batch_size,), generator=generator).tolist())
-
-    def iter_eval(self, batch_size: int, max_batches: int | None = None
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for b, start in enumerate(range(0, len(self.ids), batch_size)):
-            if max_batches is not None and b >= max_batches:
-                return
-            yield self.collate(range(start, min(start + batch_size, len(self.ids))))
-
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of class logits (B, C) against class ids (B,): the Trainer's ``loss_fn`` for classifiers.

@@ -22,7 +22,15 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import DataError
-from ..modules import POSITIONAL, DecoderBlock, KVCache, RotaryEmbedding, build_norm, dropout, make_attention_mask
+from ..modules import (
+    POSITIONAL,
+    DecoderBlock,
+    KVCache,
+    RotaryEmbedding,
+    build_norm,
+    dropout,
+    make_attention_mask,
+)
 from .pretrained import PreTrainedMixin
 
 

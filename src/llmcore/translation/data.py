@@ -27,12 +27,13 @@ import functools
 import hashlib
 import lzma
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from ..data.datasets import ExampleDataset
 from ..errors import DataError, TokenizerError
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -120,7 +121,7 @@ def load_dictionary(data_dir: str | Path | None = None) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-class Seq2SeqPairs:
+class Seq2SeqPairs(ExampleDataset):
     """(source, target) pairs as Trainer batches for an encoder-decoder, packed as ``[source | decoder input]``.
 
     Source ids are ``encode(src) + [eos]``, right-padded to ``src_len`` columns; the decoder input is
@@ -165,18 +166,6 @@ class Seq2SeqPairs:
             x[row, self.src_len:self.src_len + len(t) - 1] = torch.tensor(t[:-1])
             y[row, :len(t) - 1] = torch.tensor(t[1:])
         return x, y
-
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(self.src), (batch_size,), generator=generator)
-        return self.collate(idx.tolist())
-
-    def iter_eval(self, batch_size: int, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for b, start in enumerate(range(0, len(self.src), batch_size)):
-            if max_batches is not None and b >= max_batches:
-                return
-            yield self.collate(range(start, min(start + batch_size, len(self.src))))
-
 
 def language_tag_id(tokenizer: Any, tag: str) -> int:
     """The single id of a language tag such as ``<2zh>``; TokenizerError if the tokenizer lacks it."""
