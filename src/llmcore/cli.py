@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for path in COMMANDS:
-        try:
-            module = importlib.import_module(path)
-        except ModuleNotFoundError as e:
-            if e.name is None or not path.startswith(e.name):  # TEMP while parts land; removed before release
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(path).register(sub)
     return parser
 
 
