@@ -16,7 +16,14 @@
    trained **from scratch** (random body) as the baseline transfer has to beat.
 4. Print a Markdown table: trainable parameters, validation loss and accuracy, wall time.
 
-    python examples/finetune_strategies.py                 # the reported run (~10 min on 2 CPU cores)
+What to expect (the reported run: 8.5 minutes on 2 CPU cores, 6 of them pretraining): full fine-tuning,
+gradual unfreezing and ULMFiT beat training from scratch by 7-9 points of accuracy (about 52% against 44%,
+chance is 25%), and every transfer method has a far lower validation loss than the from-scratch model,
+which overfits 600 examples and is confidently wrong. Frozen bodies (freeze, linear probe) and LoRA only
+match the baseline: a 1M-parameter LM pretrained for minutes has weak features, so methods that cannot
+move most of the body lose most of the benefit. Single-seed numbers move by a few points between runs.
+
+    python examples/finetune_strategies.py                 # the reported run (~9 min on 2 CPU cores)
     python examples/finetune_strategies.py --quick         # smoke test (well under a minute)
     python examples/finetune_strategies.py --pretrained runs/ft_base   # reuse a saved pretrained model
 """
@@ -100,7 +107,7 @@ def pretrain(args: argparse.Namespace, text: str, tok: SentencePieceTokenizer) -
     ids = torch.tensor(tok.encode(text), dtype=torch.int32)
     cut = int(0.98 * len(ids))
     train, val = TokenDataset(ids[:cut], args.block_size), TokenDataset(ids[cut:], args.block_size, split="val")
-    tc = TrainConfig(max_steps=args.pretrain_steps, batch_size=args.pretrain_batch, lr=2e-3, min_lr=2e-4,
+    tc = TrainConfig(max_steps=args.pretrain_steps, batch_size=args.pretrain_batch, lr=3e-3, min_lr=3e-4,
                      warmup_steps=max(1, args.pretrain_steps // 20), eval_interval=args.pretrain_steps,
                      eval_batches=10, num_samples=0, progress=False, device="cpu", seed=args.seed)
     t0 = time.perf_counter()
@@ -167,14 +174,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pretrained", default=None, help="load this model dir (with tokenizer/) instead of pretraining")
     ap.add_argument("--save-pretrained", default=None, help="save the pretrained model here for reuse")
-    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--pretrain-steps", type=int, default=2000)
     ap.add_argument("--pretrain-batch", type=int, default=32)
     ap.add_argument("--block-size", type=int, default=64, help="context length (passages are ~45 tokens)")
-    ap.add_argument("--vocab-size", type=int, default=4000)
+    ap.add_argument("--vocab-size", type=int, default=2000)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--per-class", type=int, default=150, help="training passages per play")
-    ap.add_argument("--val-per-class", type=int, default=100)
+    ap.add_argument("--val-per-class", type=int, default=200)
     ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps per strategy")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
