@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import DataError
+from .inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 
@@ -85,16 +86,6 @@ class LSTMLM(PreTrainedMixin, nn.Module):
                 with torch.no_grad():
                     p[H:2 * H].fill_(1.0)
 
-    def _check_input(self, input_ids: torch.Tensor) -> None:
-        if input_ids.dim() != 2:
-            raise DataError(f"input_ids must be 2-D (batch, seq_len); got shape {tuple(input_ids.shape)}. "
-                            "Use ids[None] for a single sequence.")
-        if input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise DataError(f"Token id {hi if hi >= self.config.vocab_size else lo} is outside the vocabulary "
-                                f"[0, {self.config.vocab_size}); the tokenizer and the model disagree on vocab_size.")
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 kv_cache: LSTMState | None = None, **_: object) -> torch.Tensor:
         """Next-token logits.
@@ -109,7 +100,7 @@ class LSTMLM(PreTrainedMixin, nn.Module):
         Returns:
             logits (B, T, vocab_size).
         """
-        self._check_input(input_ids)
+        check_token_ids(input_ids, self.config, check_length=False)  # an LSTM has no context limit
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         if attention_mask is not None and attention_mask.shape[-1] != past + T:

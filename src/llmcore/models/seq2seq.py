@@ -42,6 +42,7 @@ from ..modules import (
     build_norm,
     make_attention_mask,
 )
+from .inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 
@@ -161,19 +162,6 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
             nn.init.normal_(self.lm_head.weight, 0.0, std)
 
     # ------------------------------------------------------------------ helpers
-    def _check_ids(self, ids: torch.Tensor, past: int, what: str) -> None:
-        if ids.dim() != 2:
-            raise DataError(f"{what} must be 2-D (batch, seq_len); got shape {tuple(ids.shape)}. "
-                            "Use ids[None] for a single sequence.")
-        if past + ids.shape[1] > self.config.max_seq_len:
-            raise DataError(f"{what} length {past + ids.shape[1]} exceeds max_seq_len={self.config.max_seq_len}; "
-                            "truncate it or use a model with a longer context.")
-        if ids.numel():
-            lo, hi = int(ids.min()), int(ids.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise DataError(f"{what} holds token id {hi if hi >= self.config.vocab_size else lo}, outside the "
-                                f"vocabulary [0, {self.config.vocab_size}); the tokenizer and the model disagree.")
-
     @staticmethod
     def _positions(mask: torch.Tensor | None, past: int, B: int, T: int, device: torch.device) -> torch.Tensor:
         """(B, T) position ids; with a padding mask real tokens count from 0 (left or right padding)."""
@@ -199,7 +187,7 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         Returns:
             memory (B, S, D), the final-normed encoder states the decoder attends to.
         """
-        self._check_ids(src_ids, 0, "src_ids")
+        check_token_ids(src_ids, self.config, 0, "src_ids")
         B, S = src_ids.shape
         if src_mask is not None and src_mask.shape != src_ids.shape:
             raise DataError(f"src_mask shape {tuple(src_mask.shape)} differs from src_ids shape {(B, S)}.")
@@ -219,7 +207,7 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         """Final-normed decoder states (B, T, D); see :meth:`forward` for the arguments."""
         memory, memory_mask = self._resolve_memory(memory, memory_mask, src_ids, src_mask, kv_cache)
         past = kv_cache.length if kv_cache is not None else 0
-        self._check_ids(tgt_ids, past, "tgt_ids")
+        check_token_ids(tgt_ids, self.config, past, "tgt_ids")
         B, T = tgt_ids.shape
         if memory.shape[0] != B:
             raise DataError(f"memory holds {memory.shape[0]} sequences but tgt_ids {B}; encode the matching sources.")

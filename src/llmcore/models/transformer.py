@@ -31,6 +31,7 @@ from ..modules import (
     dropout,
     make_attention_mask,
 )
+from .inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 
@@ -84,32 +85,12 @@ class TransformerLM(PreTrainedMixin, nn.Module):
             x = x + self.pos_embeddings(position_ids)
         return self.drop(x)
 
-    def _check_input(self, input_ids: torch.Tensor, past: int) -> None:
-        if input_ids.dim() != 2:
-            raise DataError(f"input_ids must be 2-D (batch, seq_len); got shape {tuple(input_ids.shape)}. "
-                            "Use ids[None] for a single sequence.")
-        T = input_ids.shape[1]
-        if past + T > self.config.max_seq_len:
-            raise DataError(
-                f"Sequence length {past + T} exceeds max_seq_len={self.config.max_seq_len}; "
-                "truncate the input (keep the last max_seq_len tokens) or use a model with a longer context."
-            )
-        if input_ids.numel() and not (past and T == 1):
-            # Skipped for one-token cached decode steps: those ids come from this model's own vocabulary, and
-            # the check costs a device sync per generated token.
-            lo, hi = (int(v) for v in torch.aminmax(input_ids))
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise DataError(
-                    f"Token id {hi if hi >= self.config.vocab_size else lo} is outside the vocabulary "
-                    f"[0, {self.config.vocab_size}); the tokenizer and the model disagree on vocab_size."
-                )
-
     def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        kv_cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
                        return_weights: bool = False) -> torch.Tensor:
         """Final-normed hidden states (B, T, D); see :meth:`forward` for the arguments."""
         past = kv_cache.length if kv_cache is not None else 0
-        self._check_input(input_ids, past)
+        check_token_ids(input_ids, self.config, past, check_vocab=not (past and input_ids.shape[-1] == 1))
         B, T = input_ids.shape
         if attention_mask is not None and attention_mask.shape[-1] != past + T:
             raise DataError(f"attention_mask covers {attention_mask.shape[-1]} positions but the cache holds {past} "
