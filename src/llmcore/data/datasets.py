@@ -205,11 +205,47 @@ class ExampleDataset:
 
     ``sample_batch`` draws examples with replacement from ``generator`` (reproducible); ``iter_eval`` visits
     every example once, in order. Pair, classification and seq2seq datasets share this.
+
+    Length bucketing (``bucket = k > 1``, for subclasses that define ``example_length``): draw ``k·B``
+    examples, sort them by length, cut them into ``k`` slices of ``B`` and return one slice, chosen with
+    probability proportional to the tokens it holds. A batch then holds examples of similar length and pads
+    far less, and the expected gradient is still the per-token mean over the drawn examples, the quantity the
+    Trainer's per-token loss estimates with plain random batches. (Choosing the slice uniformly instead, as
+    a length-grouped sampler does, gives the few tokens of a short-sentence batch a whole optimizer step and
+    so over-weights short examples.) Batches are correlated by length, so keep ``k`` modest (4-16).
     """
+
+    _bucket: int = 1
+
+    @property
+    def bucket(self) -> int:
+        """Length-bucketing factor ``k`` of :meth:`sample_batch` (1 = plain random batches)."""
+        return self._bucket
+
+    @bucket.setter
+    def bucket(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise DataError(f"bucket={k!r} must be an integer >= 1 (1 turns length bucketing off).")
+        if k > 1 and type(self).example_length is ExampleDataset.example_length:
+            raise DataError(f"{type(self).__name__} defines no example_length, so it cannot bucket by length; "
+                            "use bucket=1.")
+        self._bucket = k
+
+    def example_length(self, i: int) -> int:
+        """Tokens of example ``i`` (what padding is paid on); subclasses that support bucketing define it."""
+        raise NotImplementedError
 
     def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """A random batch (with replacement), drawn with ``generator`` for reproducibility."""
-        return self.collate(torch.randint(len(self), (batch_size,), generator=generator).tolist())
+        k = self.bucket
+        indices = torch.randint(len(self), (batch_size * k,), generator=generator).tolist()
+        if k > 1:  # only then draw the slice, so bucket=1 consumes the generator exactly as before
+            indices.sort(key=self.example_length)
+            tokens = torch.tensor([self.example_length(i) for i in indices], dtype=torch.float64)
+            mass = tokens.view(k, batch_size).sum(1)  # (k,) tokens per slice
+            j = int(torch.multinomial(mass, 1, generator=generator))
+            indices = indices[j * batch_size:(j + 1) * batch_size]
+        return self.collate(indices)
 
     def iter_eval(self, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
         """Every example once, in order (the last batch may be smaller), up to ``max_batches`` batches."""

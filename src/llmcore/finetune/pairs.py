@@ -134,11 +134,13 @@ class PairDataset(ExampleDataset):
             with a warning giving the count) or ``"truncate"`` (the target is cut at the end, losing its
             ``<eos>``; a prompt that leaves no room for a target token is still an error).
         add_bos: start each example with ``<bos>`` (when the tokenizer has one).
+        bucket: length-bucketing factor of ``sample_batch`` (1 = plain random batches; see
+            :class:`~llmcore.data.ExampleDataset`).
     """
 
     def __init__(self, source: Any, tokenizer: Any, template: str = "{src}", src_col: str = "src",
                  tgt_col: str = "tgt", src_lang_tag: str | None = None, tgt_lang_tag: str | None = None,
-                 max_len: int = 256, too_long: str = "error", add_bos: bool = True) -> None:
+                 max_len: int = 256, too_long: str = "error", add_bos: bool = True, bucket: int = 1) -> None:
         template = TEMPLATES.get(template, template)
         if "{src}" not in template:
             raise ConfigError(f"Prompt template {template!r} has no '{{src}}' field; use one of {list(TEMPLATES)} "
@@ -186,6 +188,7 @@ class PairDataset(ExampleDataset):
                           stacklevel=2)
         if not self.ids:
             raise DataError(f"No example fits max_len={max_len}; raise max_len.")
+        self.bucket = bucket
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -195,6 +198,9 @@ class PairDataset(ExampleDataset):
         """Input tokens in one pass (real tokens only): the Trainer counts epochs in tokens, and its count
         includes padding, so with ragged lengths an epoch boundary comes slightly early."""
         return sum(len(s) - 1 for s in self.ids)
+
+    def example_length(self, i: int) -> int:
+        return len(self.ids[i])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"input_ids": self.ids[i], "labels": self.labels[i], "prompt_len": self.prompt_lens[i]}

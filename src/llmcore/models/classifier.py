@@ -185,6 +185,9 @@ class ClassificationDataset(ExampleDataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def example_length(self, i: int) -> int:
+        return len(self.ids[i])
+
     def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         from ..data.datasets import collate_pad  # models do not import data at module level
 

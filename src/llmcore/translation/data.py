@@ -129,11 +129,12 @@ class Seq2SeqPairs(ExampleDataset):
     the target-language tag (``tgt_lang_tag``), so the same model could serve several target languages.
     Longer examples are cut (source at ``src_len`` tokens, target at ``tgt_len``) and counted in
     :attr:`truncated`. Wrap the model in :class:`~llmcore.models.seq2seq.Seq2SeqForTrainer` with the same
-    ``src_len`` and ``pad_id``.
+    ``src_len`` and ``pad_id``. ``bucket`` > 1 draws training batches of similar length
+    (see :class:`~llmcore.data.ExampleDataset`).
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], tokenizer: Any, src_len: int = 64, tgt_len: int = 64,
-                 tgt_lang_tag: str = "<2zh>") -> None:
+                 tgt_lang_tag: str = "<2zh>", bucket: int = 1) -> None:
         if tokenizer.eos_id is None or tokenizer.pad_id is None:
             raise TokenizerError("Seq2SeqPairs needs a tokenizer with eos and pad tokens.")
         if not pairs:
@@ -146,6 +147,11 @@ class Seq2SeqPairs(ExampleDataset):
         self.truncated = sum(len(s) + 1 > src_len or len(t) + 1 > tgt_len for s, t in zip(srcs, tgts))
         self.src = [(s + [eos])[:src_len] for s in srcs]
         self.tgt = [([self.start_id] + t + [eos])[:tgt_len + 1] for t in tgts]
+        self.bucket = bucket
+
+    def example_length(self, i: int) -> int:
+        # The source is trimmed to the batch's longest and the target padded to it: both cost.
+        return len(self.src[i]) + len(self.tgt[i])
 
     def __len__(self) -> int:
         return len(self.src)
