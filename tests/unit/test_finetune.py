@@ -252,7 +252,7 @@ def test_cli_finetune_classify_with_lora(tiny_config, tmp_path):
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     args = parser.parse_args(["finetune", "--model", str(tmp_path / "base"), "--data", str(data), "--task", "classify",
-                              "--strategy", "lora", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
+                              "--strategy", "lora", "--max-steps", "2", "--batch-size", "4", "--bucket", "3", "--device", "cpu",
                               "--out", str(tmp_path / "out")])
     assert args.func(args) == 0
     report = json.loads((tmp_path / "out" / "finetune.json").read_text())

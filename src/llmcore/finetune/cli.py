@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--block-size", type=int, default=None, help="lm: window length (default: model context)")
     p.add_argument("--max-len", type=int, default=None, help="pairs/classify: max tokens per example")
+    p.add_argument("--bucket", type=int, default=1,
+                   help="pairs/classify: draw batches of similar length from a pool of BUCKET batches (1 = off)")
     p.add_argument("--src-col", default="src")
     p.add_argument("--tgt-col", default="tgt")
     p.add_argument("--template", default="{src}", help="pairs: prompt template name or format string with {src}")
@@ -133,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
                       for part in (tr, va))
         model = SequenceClassifier(lm, len(names), pooling=args.pooling, pad_id=train.pad_id)
         loss_fn, keep = classification_loss, ("head",)
+    if args.task != "lm":
+        train.bucket = args.bucket
     groups = layer_groups(model)
     strategies = build_strategies(args, len(groups), len(groups) - 2, keep)
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
