@@ -22,6 +22,7 @@ from llmcore.translation import (
     build_parallel_data,
     chrf,
     copy_source,
+    evaluate_translations,
     load_parallel,
     split_of,
 )
@@ -190,3 +191,31 @@ def test_cli_translate(tok, tmp_path, capsys):
     CharTokenizer.from_text("helo", specials=("<bos>", "<eos>", "<pad>")).save(tmp_path / "m" / "tokenizer")
     assert main(["translate", "--model", str(tmp_path / "m"), "hello"]) == 2
     assert "target-language tag '<2zh>'" in capsys.readouterr().err
+
+
+def test_cli_eval_translate(tok, tmp_path, capsys):
+    import json
+
+    model = tiny_seq2seq(tok)
+    model.save_pretrained(tmp_path / "m", tokenizer=tok)
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("en\tzh\n" + "".join(f"{s}\t{t}\n" for s, t in PAIRS), encoding="utf-8")
+    hyp_file = tmp_path / "hyps.txt"
+    assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--data", str(pairs),
+                 "--num-beams", "2", "--baselines", "--hypotheses", str(hyp_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{pairs}: 4 pairs")
+    rows = [json.loads(line) for line in lines[1:]]
+    assert [r["system"] for r in rows] == [str(tmp_path / "m"), "copy source", "CC-CEDICT word lookup"]
+    # The printed scores are those of the model's own translations, which were written to --hypotheses.
+    hyps = hyp_file.read_text(encoding="utf-8").splitlines()
+    assert hyps == Translator(model, tok).translate([s for s, _ in PAIRS], num_beams=2)
+    expected = evaluate_translations(hyps, [t for _, t in PAIRS])
+    assert rows[0]["bleu"] == round(expected["bleu"], 2) and rows[0]["chrf"] == round(expected["chrf"], 2)
+    assert rows[1] == {"system": "copy source", "bleu": 0.0, "chrf": 0.0}
+    assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--data", str(pairs),
+                 "--src-col", "english"]) == 2
+    assert "english" in capsys.readouterr().err
+    assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--data", str(pairs),
+                 str(pairs)]) == 2
+    assert "one pair file" in capsys.readouterr().err

@@ -62,11 +62,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("eval", help="loss / perplexity / token accuracy of a trained model",
-                              description="Evaluate a model directory on its run's validation split or on text files.")
+    e = subparsers.add_parser("eval", help="loss / perplexity / token accuracy, or BLEU / chrF of a translator",
+                              description="Evaluate a model directory: language-model loss on its run's validation "
+                                          "split or on text files (--task lm), or translation BLEU / chrF on "
+                                          "sentence pairs (--task translate).")
     e.add_argument("--model", required=True, metavar="DIR", help="model (run) directory")
+    e.add_argument("--task", choices=["lm", "translate"], default="lm")
     e.add_argument("--data", nargs="+", action="extend", metavar="PATH",
-                   help="text files to score, tokenized with the model's tokenizer (default: DIR/data val split)")
+                   help="lm: text files to score, tokenized with the model's tokenizer (default: DIR/data val "
+                        "split); translate: one TSV/JSONL file of pairs (default: the shipped --split)")
+    e.add_argument("--split", choices=["train", "validation", "test"], default="test",
+                   help="translate: split of the shipped English-Chinese pairs when --data is not given")
+    e.add_argument("--src-col", default="en", help="translate: source column of --data")
+    e.add_argument("--tgt-col", default="zh", help="translate: reference column of --data")
+    e.add_argument("--num-beams", type=int, default=1, help="translate: beam width (1 = greedy)")
+    e.add_argument("--bleu-tokenize", default="zh", help="translate: sacrebleu tokenizer (zh, 13a, intl, ...)")
+    e.add_argument("--baselines", action="store_true",
+                   help="translate: also score copying the source and word-by-word CC-CEDICT lookup (en->zh)")
+    e.add_argument("--hypotheses", metavar="FILE", help="translate: write the translations here, one per line")
     e.add_argument("--batch-size", type=int, default=12)
     e.add_argument("--max-batches", type=int, help="stop after N batches (default: all)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -182,6 +195,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.task == "translate":
+        from ..translation.cli import run_eval as run_translation_eval
+
+        return run_translation_eval(args)
     from contextlib import nullcontext
 
     import torch

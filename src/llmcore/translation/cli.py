@@ -7,6 +7,9 @@ neither, from standard input; translations are printed one per line, in order, d
 ``--batch-size``. ``--num-beams N`` uses beam search. Refused with a one-line error (exit status 2): a model
 whose tokenizer lacks the target-language tag, an empty input line, and (with ``--too-long error``) a
 sentence longer than the model's source context; by default such a sentence is cut with a warning.
+
+``llmcore eval --task translate --model DIR`` (registered with ``eval``, run by :func:`run_eval`) translates
+the sources of a pair file, or of a shipped split, and prints corpus BLEU and chrF against the references.
 """
 
 from __future__ import annotations
@@ -72,4 +75,40 @@ def run(args: argparse.Namespace) -> int:
     outs = translator.translate(lines, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                                 batch_size=args.batch_size, too_long=args.too_long)
     sys.stdout.write("".join(o + "\n" for o in outs))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``llmcore eval --task translate``: BLEU / chrF of DIR on ``--data`` pairs or the shipped ``--split``."""
+    import json
+
+    from ..finetune.pairs import read_pairs
+    from ..training.distributed import DistEnv, resolve_device
+    from .data import load_parallel
+    from .metrics import DictionaryBaseline, copy_source, evaluate_translations
+    from .translator import Translator
+
+    if args.num_beams < 1 or args.batch_size < 1:
+        raise DataError("--num-beams and --batch-size must be >= 1.")
+    if args.data and len(args.data) > 1:
+        raise DataError(f"--task translate takes one pair file, got {len(args.data)}; concatenate them first.")
+    if args.data:
+        pairs, where = read_pairs(args.data[0], args.src_col, args.tgt_col), args.data[0]
+    else:
+        pairs, where = [(p.en, p.zh) for p in load_parallel(args.split)], f"shipped en-zh {args.split} split"
+    if args.max_batches:
+        pairs = pairs[:args.max_batches * args.batch_size]
+    sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    translator = Translator.from_pretrained(args.model, device=resolve_device(args.device, DistEnv()))
+    hyps = translator.translate(sources, num_beams=args.num_beams, batch_size=args.batch_size)
+    if args.hypotheses:
+        Path(args.hypotheses).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    systems = {str(args.model): hyps}
+    if args.baselines:
+        systems.update({"copy source": copy_source(sources), "CC-CEDICT word lookup": DictionaryBaseline()(sources)})
+    print(f"{where}: {len(pairs)} pairs, sacrebleu tokenize={args.bleu_tokenize!r}, beams={args.num_beams}")
+    for name, out in systems.items():
+        m = evaluate_translations(out, refs, tokenize=args.bleu_tokenize)
+        print(json.dumps({"system": name, "bleu": round(m["bleu"], 2), "chrf": round(m["chrf"], 2)},
+                         ensure_ascii=False))
     return 0
