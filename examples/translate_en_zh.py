@@ -27,9 +27,11 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from llmcore import ModelConfig, TransformerLM
+from llmcore.data import TokenDataset
 from llmcore.finetune import PairDataset
 from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer
 from llmcore.tokenizer import SentencePieceTokenizer
@@ -78,10 +80,11 @@ class TimeBudget:
                   flush=True)
 
 
-def train(model: torch.nn.Module, data, val, minutes: float, lr: float, batch_size: int, quick: bool) -> dict:
+def train(model: torch.nn.Module, data, val, minutes: float, lr: float, batch_size: int, quick: bool,
+          label_smoothing: float = 0.1) -> dict:
     budget = TimeBudget(minutes * 60, warmup_steps=20 if quick else 100)
     cfg = TrainConfig(max_steps=10**7, batch_size=batch_size, lr=lr, min_lr=lr * 0.1, schedule=budget.schedule,
-                      weight_decay=0.01, label_smoothing=0.1, eval_interval=100 if quick else 500,
+                      weight_decay=0.01, label_smoothing=label_smoothing, eval_interval=100 if quick else 500,
                       eval_batches=4 if quick else 20, progress=False, num_samples=0, device="cpu")
     summary = Trainer(model, cfg, data, val_data=val, callbacks=[budget]).fit()
     summary["minutes"] = budget.elapsed() / 60
@@ -97,10 +100,24 @@ def score(name: str, hyps: list[str], test) -> dict:
     return row
 
 
+def monolingual(pairs, tok) -> TokenDataset:
+    """Both sides of the pairs as separate sentences, ``<2en> English <eos>`` / ``<2zh> Chinese <eos>``, in a
+    shuffled stream of 128-token windows: the language-model pretraining text of the decoder-only route.
+    Built from the given split only, so no test sentence is seen."""
+    tag = {lang: tok.token_to_id(TAGS[f"{side}_lang_tag"]) for lang, side in (("en", "src"), ("zh", "tgt"))}
+    lines = [(lang, getattr(p, lang)) for p in pairs for lang in ("en", "zh")]
+    order = torch.randperm(len(lines), generator=torch.Generator().manual_seed(0)).tolist()
+    encoded = tok.encode([lines[i][1] for i in order])
+    ids = [t for i, e in zip(order, encoded) for t in [tag[lines[i][0]], *e, tok.eos_id]]
+    return TokenDataset(np.asarray(ids, dtype=np.int64), block_size=128)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="training time of the encoder-decoder")
-    ap.add_argument("--lm-minutes", type=float, default=8.0, help="training time of the decoder-only model")
+    ap.add_argument("--lm-minutes", type=float, default=8.0, help="training time of the decoder-only model on pairs")
+    ap.add_argument("--lm-pretrain-minutes", type=float, default=0.0,
+                    help="pretrain the decoder-only model as a plain LM on both sides of the training pairs first")
     ap.add_argument("--vocab-size", type=int, default=4000, help="joint BPE vocabulary (the output layer is a large part of the compute)")
     ap.add_argument("--hsk-repeat", type=int, default=3, help="HSK pairs are this many times in the training mix")
     ap.add_argument("--num-beams", type=int, default=4, help="beam width for the test translations (1 = greedy)")
@@ -117,7 +134,8 @@ def main() -> None:
     train_pairs, val_pairs, test = load_parallel("train"), load_parallel("validation"), load_parallel("test")
     if args.quick:
         train_pairs, val_pairs, test = train_pairs[::15], val_pairs[::10], test[::15]
-        args.minutes = args.lm_minutes = 0.5
+        args.minutes, args.lm_minutes = min(args.minutes, 0.5), 0.5
+        args.lm_pretrain_minutes = min(args.lm_pretrain_minutes, 0.3)
         args.vocab_size = min(args.vocab_size, 3000)
     hsk = [p for p in train_pairs if p.source == "hsk"]
     rows = [(p.en, p.zh) for p in train_pairs] + [(p.en, p.zh) for p in hsk] * (args.hsk_repeat - 1)
@@ -132,21 +150,22 @@ def main() -> None:
     d, layers = (64, 1) if args.quick else (192, 2)
     results, systems = [], {}
 
-    # ---- encoder-decoder
-    # Learned absolute positions: with RoPE alone the encoder output carries no absolute position, which
-    # cross-attention would need to learn alignment from content only (much slower on a copy task).
-    # No dropout: in this budget the models see each pair about once, so they underfit rather than overfit.
-    cfg = Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=128, d_model=d, n_heads=4, n_layers=layers,
-                        n_encoder_layers=layers, pos_encoding="learned", norm="layernorm", activation="gelu",
-                        bias=False, dropout=0.0, extra={"translation": TAGS})
-    s2s = Seq2SeqTransformer(cfg)
-    data = Seq2SeqPairs(rows, tok, src_len=96, tgt_len=96, tgt_lang_tag=TAGS["tgt_lang_tag"], bucket=args.bucket)
-    val = Seq2SeqPairs([(p.en, p.zh) for p in val_pairs], tok, src_len=96, tgt_len=96)
-    print(f"\nencoder-decoder: {s2s.num_parameters() / 1e6:.1f} M parameters, {args.minutes} min "
-          f"({data.truncated} training pairs cut at 96 tokens)")
-    s = train(Seq2SeqForTrainer(s2s, 96, tok.pad_id), data, val, args.minutes, 2e-3, 32, args.quick)
-    s2s.save_pretrained(out / "seq2seq", tokenizer=tok)
-    systems["encoder-decoder"] = (Translator(s2s, tok), s)
+    # ---- encoder-decoder (--minutes 0 skips it)
+    if args.minutes > 0:
+        # Learned absolute positions: with RoPE alone the encoder output carries no absolute position, which
+        # cross-attention would need to learn alignment from content only (much slower on a copy task).
+        # No dropout: in this budget the models see each pair about once, so they underfit rather than overfit.
+        cfg = Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=128, d_model=d, n_heads=4, n_layers=layers,
+                            n_encoder_layers=layers, pos_encoding="learned", norm="layernorm", activation="gelu",
+                            bias=False, dropout=0.0, extra={"translation": TAGS})
+        s2s = Seq2SeqTransformer(cfg)
+        data = Seq2SeqPairs(rows, tok, src_len=96, tgt_len=96, tgt_lang_tag=TAGS["tgt_lang_tag"], bucket=args.bucket)
+        val = Seq2SeqPairs([(p.en, p.zh) for p in val_pairs], tok, src_len=96, tgt_len=96)
+        print(f"\nencoder-decoder: {s2s.num_parameters() / 1e6:.1f} M parameters, {args.minutes} min "
+              f"({data.truncated} training pairs cut at 96 tokens)")
+        s = train(Seq2SeqForTrainer(s2s, 96, tok.pad_id), data, val, args.minutes, 2e-3, 32, args.quick)
+        s2s.save_pretrained(out / "seq2seq", tokenizer=tok)
+        systems["encoder-decoder"] = (Translator(s2s, tok), s)
 
     # ---- decoder-only, trained on prompt-masked pairs
     lm_cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=192, d_model=d, n_heads=4, n_layers=2 * layers,
@@ -157,10 +176,18 @@ def main() -> None:
                    max_len=192, too_long="drop")
     lm_data = PairDataset(rows, tok, bucket=args.bucket, **pair_kw)
     lm_val = PairDataset([(p.en, p.zh) for p in val_pairs], tok, **pair_kw)
-    print(f"\ndecoder-only: {lm.num_parameters() / 1e6:.1f} M parameters, {args.lm_minutes} min")
+    name = "decoder-only"
+    if args.lm_pretrain_minutes > 0:
+        # ULMFiT's order: a language model of both languages first, then the task (prompt-masked pairs).
+        print(f"\ndecoder-only: {lm.num_parameters() / 1e6:.1f} M parameters, LM pretraining "
+              f"{args.lm_pretrain_minutes} min on both sides of the training pairs")
+        mono, mono_val = monolingual(train_pairs, tok), monolingual(val_pairs, tok)
+        pre = train(lm, mono, mono_val, args.lm_pretrain_minutes, 2e-3, 16, args.quick, label_smoothing=0.0)
+        name = f"decoder-only, LM-pretrained {pre['minutes']:.1f} min"
+    print(f"\ndecoder-only: {lm.num_parameters() / 1e6:.1f} M parameters, {args.lm_minutes} min on pairs")
     s = train(lm, lm_data, lm_val, args.lm_minutes, 2e-3, 32, args.quick)
     lm.save_pretrained(out / "decoder_only", tokenizer=tok)
-    systems["decoder-only"] = (Translator(lm, tok), s)
+    systems[name] = (Translator(lm, tok), s)
 
     # ---- evaluation
     sources = [p.en for p in test]
