@@ -6,7 +6,8 @@
    ``--minutes`` of wall-clock time (the learning rate decays over the time budget, not over a step count).
 3. **Decoder-only**: a :class:`TransformerLM` of about the same size trained on the same pairs as prompts
    ``<bos> <2en> English <2zh>`` → ``Chinese <eos>`` with the loss on the Chinese only (:class:`PairDataset`),
-   for ``--lm-minutes``.
+   for ``--lm-minutes``; with ``--lm-pretrain-minutes`` it is first pretrained as a plain language model on
+   both sides of the training pairs (ULMFiT's order: general LM, then the task).
 4. Both translate the test split (Bible chapters never seen in training + HSK everyday sentences) with beam
    search (``--num-beams``, 4 by default);
    corpus BLEU (character-tokenized) and chrF are reported next to a word-by-word CC-CEDICT dictionary
@@ -16,6 +17,7 @@ The models are saved under ``--out`` with their tokenizer, so ``llmcore translat
 "Hello, how are you?"`` works afterwards. Data: ``llmcore/translation/data`` (see its README for licences).
 
     python examples/translate_en_zh.py --minutes 60 --lm-minutes 10     # the reported run (about 75 min)
+    python examples/translate_en_zh.py --minutes 0 --lm-pretrain-minutes 4 --lm-minutes 6   # LM-pretrained
     python examples/translate_en_zh.py --quick                          # smoke test, about a minute
 """
 
