@@ -206,9 +206,9 @@ class ExampleDataset:
     ``sample_batch`` draws examples with replacement from ``generator`` (reproducible); ``iter_eval`` visits
     every example once, in order. Pair, classification and seq2seq datasets share this.
 
-    Length bucketing (``bucket = k > 1``, for subclasses that define ``example_length``): draw ``k·B``
-    examples, sort them by length, cut them into ``k`` slices of ``B`` and return one slice, chosen with
-    probability proportional to the tokens it holds. A batch then holds examples of similar length and pads
+    Length bucketing (``bucket = k > 1``, for subclasses that define ``example_length(i)``, the tokens of
+    example ``i``): draw ``k·B`` examples, sort them by length, cut them into ``k`` slices of ``B`` and return
+    one slice, chosen with probability proportional to the tokens it holds. A batch then holds examples of similar length and pads
     far less, and the expected gradient is still the per-token mean over the drawn examples, the quantity the
     Trainer's per-token loss estimates with plain random batches. (Choosing the slice uniformly instead, as
     a length-grouped sampler does, gives the few tokens of a short-sentence batch a whole optimizer step and
@@ -226,14 +226,10 @@ class ExampleDataset:
     def bucket(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise DataError(f"bucket={k!r} must be an integer >= 1 (1 turns length bucketing off).")
-        if k > 1 and type(self).example_length is ExampleDataset.example_length:
+        if k > 1 and not callable(getattr(self, "example_length", None)):
             raise DataError(f"{type(self).__name__} defines no example_length, so it cannot bucket by length; "
                             "use bucket=1.")
         self._bucket = k
-
-    def example_length(self, i: int) -> int:
-        """Tokens of example ``i`` (what padding is paid on); subclasses that support bucketing define it."""
-        raise NotImplementedError
 
     def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """A random batch (with replacement), drawn with ``generator`` for reproducibility."""
