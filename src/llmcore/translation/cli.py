@@ -64,11 +64,16 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def check_decoding_args(args: argparse.Namespace) -> None:
+    """``--num-beams`` and ``--batch-size`` of ``translate`` and ``eval --task translate`` must be >= 1."""
+    if args.num_beams < 1 or args.batch_size < 1:
+        raise DataError("--num-beams and --batch-size must be >= 1.")
+
+
 def run(args: argparse.Namespace) -> int:
     from .translator import Translator  # torch and the models load only when the command runs
 
-    if args.num_beams < 1 or args.batch_size < 1:
-        raise DataError("--num-beams and --batch-size must be >= 1.")
+    check_decoding_args(args)
     lines = read_inputs(args)
     translator = Translator.from_pretrained(args.model, device=args.device, src_lang_tag=args.src_tag,
                                             tgt_lang_tag=args.tgt_tag)
@@ -88,8 +93,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .metrics import DictionaryBaseline, copy_source, evaluate_translations
     from .translator import Translator
 
-    if args.num_beams < 1 or args.batch_size < 1:
-        raise DataError("--num-beams and --batch-size must be >= 1.")
+    check_decoding_args(args)
     if args.data and len(args.data) > 1:
         raise DataError(f"--task translate takes one pair file, got {len(args.data)}; concatenate them first.")
     if args.data:
