@@ -43,6 +43,7 @@ from llmcore.translation import (
     Seq2SeqPairs,
     copy_source,
     evaluate_translations,
+    load_dictionary,
     load_parallel,
 )
 from llmcore.translation.translator import Translator
@@ -122,7 +123,11 @@ def main() -> None:
                     help="pretrain the decoder-only model as a plain LM on both sides of the training pairs first")
     ap.add_argument("--vocab-size", type=int, default=4000, help="joint BPE vocabulary (the output layer is a large part of the compute)")
     ap.add_argument("--hsk-repeat", type=int, default=3, help="HSK pairs are this many times in the training mix")
+    ap.add_argument("--dict-repeat", type=int, default=0,
+                    help="add the dictionary's word pairs (the baseline's own lexicon) this many times to the pairs")
     ap.add_argument("--num-beams", type=int, default=4, help="beam width for the test translations (1 = greedy)")
+    ap.add_argument("--no-repeat-ngram", type=int, default=0,
+                    help="forbid repeating any n-gram of this many tokens in a translation (0 = off)")
     ap.add_argument("--bucket", type=int, default=8,
                     help="length bucketing of training batches (1 = off; see ExampleDataset)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -141,7 +146,9 @@ def main() -> None:
         args.vocab_size = min(args.vocab_size, 3000)
     hsk = [p for p in train_pairs if p.source == "hsk"]
     rows = [(p.en, p.zh) for p in train_pairs] + [(p.en, p.zh) for p in hsk] * (args.hsk_repeat - 1)
-    print(f"pairs: train {len(train_pairs)} (+{len(hsk) * (args.hsk_repeat - 1)} repeated HSK), "
+    rows += list(load_dictionary().items()) * args.dict_repeat
+    print(f"pairs: train {len(train_pairs)} (+{len(hsk) * (args.hsk_repeat - 1)} repeated HSK, "
+          f"+{len(rows) - len(train_pairs) - len(hsk) * (args.hsk_repeat - 1)} dictionary), "
           f"validation {len(val_pairs)}, test {len(test)}")
 
     t0 = time.perf_counter()
@@ -193,10 +200,11 @@ def main() -> None:
 
     # ---- evaluation
     sources = [p.en for p in test]
+    decode = dict(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram)
     print(f"\ntranslating {len(test)} test sentences ...")
     for name, (translator, summary) in systems.items():
         t0 = time.perf_counter()
-        hyps = translator.translate(sources, num_beams=args.num_beams, batch_size=64)
+        hyps = translator.translate(sources, batch_size=64, **decode)
         row = score(name, hyps, test)
         row.update(train_min=round(summary["minutes"], 1), steps=summary["steps"],
                    val_loss=round(summary["final_val_loss"], 3), decode_s=round(time.perf_counter() - t0))
@@ -212,7 +220,7 @@ def main() -> None:
     for r in results:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     print("\nsamples:")
-    samples = {name: tr.translate(SAMPLES, num_beams=args.num_beams) for name, (tr, _) in systems.items()}
+    samples = {name: tr.translate(SAMPLES, **decode) for name, (tr, _) in systems.items()}
     samples["dictionary"] = DictionaryBaseline()(SAMPLES)
     for i, src in enumerate(SAMPLES):
         print(f"  {src}")

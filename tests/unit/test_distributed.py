@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -54,9 +55,17 @@ def _free_port() -> int:
 
 def test_two_process_gloo_equals_one_process(tmp_path):
     single = _train(batch_size=4)
-    # fork: the workers inherit the imported modules (a spawned interpreter re-imports torch, which takes
-    # seconds); safe here because nothing in the parent holds CUDA or a process group.
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: the parent has just run torch ops, and a child forked from a process whose OpenMP
+    # thread pool is live can deadlock (a full-suite run hung here in this test). A spawned interpreter
+    # re-imports torch, a few seconds. The join has a deadline so a hang fails the test instead of CI.
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the 2-process gloo run did not finish in 180 s")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
         assert r["losses"] == pytest.approx(single["losses"], abs=1e-5)

@@ -202,14 +202,17 @@ def test_cli_eval_translate(tok, tmp_path, capsys):
     pairs.write_text("en\tzh\n" + "".join(f"{s}\t{t}\n" for s, t in PAIRS), encoding="utf-8")
     hyp_file = tmp_path / "hyps.txt"
     assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--data", str(pairs),
-                 "--num-beams", "2", "--baselines", "--hypotheses", str(hyp_file)]) == 0
+                 "--num-beams", "2", "--no-repeat-ngram-size", "2", "--baselines", "--hypotheses", str(hyp_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{pairs}: 4 pairs")
     rows = [json.loads(line) for line in lines[1:]]
     assert [r["system"] for r in rows] == [str(tmp_path / "m"), "copy source", "CC-CEDICT word lookup"]
     # The printed scores are those of the model's own translations, which were written to --hypotheses.
     hyps = hyp_file.read_text(encoding="utf-8").splitlines()
-    assert hyps == Translator(model, tok).translate([s for s, _ in PAIRS], num_beams=2)
+    assert hyps == Translator(model, tok).translate([s for s, _ in PAIRS], num_beams=2, no_repeat_ngram_size=2)
+    for h in hyps:  # the option reached the decoder: no token bigram occurs twice
+        ids = tok.encode(h)
+        assert len(set(zip(ids, ids[1:]))) == len(ids) - 1 or len(ids) < 2, h
     expected = evaluate_translations(hyps, [t for _, t in PAIRS])
     assert rows[0]["bleu"] == round(expected["bleu"], 2) and rows[0]["chrf"] == round(expected["chrf"], 2)
     assert rows[1] == {"system": "copy source", "bleu": 0.0, "chrf": 0.0}
@@ -219,3 +222,5 @@ def test_cli_eval_translate(tok, tmp_path, capsys):
     assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--data", str(pairs),
                  str(pairs)]) == 2
     assert "one pair file" in capsys.readouterr().err
+    assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--no-repeat-ngram-size", "-1"]) == 2
+    assert "--no-repeat-ngram-size -1 must be >= 0" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def options_from_args(args: argparse.Namespace, prompt_len: int, max_seq_len: in
             raise GenerationError(f"The prompt ({prompt_len} tokens) already fills the model's context "
                                   f"(max_seq_len={max_seq_len}); shorten it or pass --sliding-window.")
         opts["max_new_tokens"] = min(100, room)
-    for name in ("num_beams", "seed", "repetition_penalty"):
+    for name in ("num_beams", "seed", "repetition_penalty", "no_repeat_ngram_size"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)
     if args.stop:
@@ -93,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
     p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeats")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat an n-gram of this many tokens")
     p.add_argument("--num-beams", type=int, default=None, help="beam search with this many beams")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")

@@ -76,6 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--src-col", default="en", help="translate: source column of --data")
     e.add_argument("--tgt-col", default="zh", help="translate: reference column of --data")
     e.add_argument("--num-beams", type=int, default=1, help="translate: beam width (1 = greedy)")
+    e.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="translate: never repeat an n-gram of this many tokens in a translation (0 = off)")
     e.add_argument("--bleu-tokenize", default="zh", help="translate: sacrebleu tokenizer (zh, 13a, intl, ...)")
     e.add_argument("--baselines", action="store_true",
                    help="translate: also score copying the source and word-by-word CC-CEDICT lookup (en->zh)")

@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer/)")
     p.add_argument("--input", help="file with one sentence per line ('-' = stdin)")
     p.add_argument("--num-beams", type=int, default=1, help="beam width; 1 = greedy (default)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                   help="never repeat an n-gram of this many tokens in a translation (0 = off)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="output budget (default: 2 x source + 10)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--src-tag", default=None, help="source-language tag (default: from the model, else <2en>)")
@@ -65,9 +67,11 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
 
 
 def check_decoding_args(args: argparse.Namespace) -> None:
-    """``--num-beams`` and ``--batch-size`` of ``translate`` and ``eval --task translate`` must be >= 1."""
+    """Decoding options of ``translate`` and ``eval --task translate``, checked before any model loads."""
     if args.num_beams < 1 or args.batch_size < 1:
         raise DataError("--num-beams and --batch-size must be >= 1.")
+    if args.no_repeat_ngram_size < 0:
+        raise DataError(f"--no-repeat-ngram-size {args.no_repeat_ngram_size} must be >= 0 (0 turns it off).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     translator = Translator.from_pretrained(args.model, device=args.device, src_lang_tag=args.src_tag,
                                             tgt_lang_tag=args.tgt_tag)
     outs = translator.translate(lines, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                                batch_size=args.batch_size, too_long=args.too_long)
+                                batch_size=args.batch_size, too_long=args.too_long,
+                                no_repeat_ngram_size=args.no_repeat_ngram_size)
     sys.stdout.write("".join(o + "\n" for o in outs))
     return 0
 
@@ -104,13 +109,15 @@ def run_eval(args: argparse.Namespace) -> int:
         pairs = pairs[:args.max_batches * args.batch_size]
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     translator = Translator.from_pretrained(args.model, device=resolve_device(args.device, DistEnv()))
-    hyps = translator.translate(sources, num_beams=args.num_beams, batch_size=args.batch_size)
+    hyps = translator.translate(sources, num_beams=args.num_beams, batch_size=args.batch_size,
+                                no_repeat_ngram_size=args.no_repeat_ngram_size)
     if args.hypotheses:
         Path(args.hypotheses).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     systems = {str(args.model): hyps}
     if args.baselines:
         systems.update({"copy source": copy_source(sources), "CC-CEDICT word lookup": DictionaryBaseline()(sources)})
-    print(f"{where}: {len(pairs)} pairs, sacrebleu tokenize={args.bleu_tokenize!r}, beams={args.num_beams}")
+    print(f"{where}: {len(pairs)} pairs, sacrebleu tokenize={args.bleu_tokenize!r}, beams={args.num_beams}, "
+          f"no-repeat n-gram={args.no_repeat_ngram_size or 'off'}")
     for name, out in systems.items():
         m = evaluate_translations(out, refs, tokenize=args.bleu_tokenize)
         print(json.dumps({"system": name, "bleu": round(m["bleu"], 2), "chrf": round(m["chrf"], 2)},
