@@ -1,4 +1,4 @@
-"""English→Chinese translation on a CPU budget, two ways, scored with BLEU/chrF next to trivial baselines.
+"""English→Chinese translation on a CPU budget, three ways, scored with BLEU/chrF next to trivial baselines.
 
 1. Train one sentencepiece tokenizer (BPE, joint English+Chinese vocabulary) on the training pairs, with the
    language tags ``<2en>`` and ``<2zh>`` as single tokens.
@@ -7,17 +7,21 @@
 3. **Decoder-only**: a :class:`TransformerLM` of about the same size trained on the same pairs as prompts
    ``<bos> <2en> English <2zh>`` → ``Chinese <eos>`` with the loss on the Chinese only (:class:`PairDataset`),
    for ``--lm-minutes``; with ``--lm-pretrain-minutes`` it is first pretrained as a plain language model on
-   both sides of the training pairs (ULMFiT's order: general LM, then the task).
-4. Both translate the test split (Bible chapters never seen in training + HSK everyday sentences) with beam
-   search (``--num-beams``, 4 by default);
+   both sides of the training pairs (ULMFiT's order: general LM, then the task). ``--decoder lstm`` trains
+   the :class:`LSTMLM` baseline with the same recipe and budget instead.
+4. Each translates the test split (Bible chapters never seen in training + HSK everyday sentences) with beam
+   search (``--num-beams``, 4 by default; no repeated token trigram, ``--no-repeat-ngram``);
    corpus BLEU (character-tokenized) and chrF are reported next to a word-by-word CC-CEDICT dictionary
    baseline and the copy-the-source baseline, plus sample translations including "Hello, how are you?".
 
-The models are saved under ``--out`` with their tokenizer, so ``llmcore translate --model OUT/seq2seq
+The models are saved under ``--out`` with their tokenizer, so ``llmcore translate --model runs/dec52/decoder_only
 "Hello, how are you?"`` works afterwards. Data: ``llmcore/translation/data`` (see its README for licences).
+The reported runs (docs/benchmarks.md), 52 minutes of training each on one core, two at a time:
 
-    python examples/translate_en_zh.py --minutes 60 --lm-minutes 10     # the reported run (about 75 min)
-    python examples/translate_en_zh.py --minutes 0 --lm-pretrain-minutes 4 --lm-minutes 6   # LM-pretrained
+    python examples/translate_en_zh.py --minutes 0 --lm-pretrain-minutes 12 --lm-minutes 40 --threads 1 --out runs/dec52
+    python examples/translate_en_zh.py --minutes 52 --lm-minutes 0 --threads 1 --out runs/s2s52
+    python examples/translate_en_zh.py --minutes 0 --decoder lstm --lm-pretrain-minutes 12 --lm-minutes 40 \\
+        --threads 1 --out runs/lstm52
     python examples/translate_en_zh.py --quick                          # smoke test, about a minute
 """
 
@@ -35,6 +39,7 @@ import torch
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import TokenDataset
 from llmcore.finetune import PairDataset
+from llmcore.models.lstm import LSTMLM
 from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer
 from llmcore.tokenizer import SentencePieceTokenizer
 from llmcore.training import TrainConfig, Trainer
@@ -115,10 +120,32 @@ def monolingual(pairs, tok) -> TokenDataset:
     return TokenDataset(np.asarray(ids, dtype=np.int64), block_size=128)
 
 
+def train_decoder_only(lm: torch.nn.Module, name: str, rows, train_pairs, val_pairs, tok,
+                       args: argparse.Namespace) -> tuple[str, dict]:
+    """Prompt-masked pair training ``<2en> English <2zh> → Chinese <eos>`` (loss on the Chinese only), after
+    ``--lm-pretrain-minutes`` of plain LM pretraining on both sides of the training pairs (ULMFiT's order:
+    a language model of both languages first, then the task)."""
+    pair_kw = dict(template=TAGS["template"], src_lang_tag=TAGS["src_lang_tag"], tgt_lang_tag=TAGS["tgt_lang_tag"],
+                   max_len=192, too_long="drop")
+    data = PairDataset(rows, tok, bucket=args.bucket, **pair_kw)
+    val = PairDataset([(p.en, p.zh) for p in val_pairs], tok, **pair_kw)
+    params = lm.num_parameters() / 1e6
+    if args.lm_pretrain_minutes > 0:
+        print(f"\n{name}: {params:.1f} M parameters, LM pretraining {args.lm_pretrain_minutes} min on both sides "
+              "of the training pairs")
+        mono, mono_val = monolingual(train_pairs, tok), monolingual(val_pairs, tok)
+        pre = train(lm, mono, mono_val, args.lm_pretrain_minutes, 2e-3, 16, args.quick, label_smoothing=0.0)
+        name = f"{name}, LM-pretrained {pre['minutes']:.1f} min"
+    print(f"\n{name}: {params:.1f} M parameters, {args.lm_minutes} min on pairs")
+    return name, train(lm, data, val, args.lm_minutes, 2e-3, 32, args.quick)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="training time of the encoder-decoder")
-    ap.add_argument("--lm-minutes", type=float, default=8.0, help="training time of the decoder-only model on pairs")
+    ap.add_argument("--lm-minutes", type=float, default=8.0, help="training time of the decoder-only model on pairs (0 skips it)")
+    ap.add_argument("--decoder", choices=("transformer", "lstm"), default="transformer",
+                    help="architecture of the decoder-only route (lstm: the LSTMLM baseline, same recipe and budget)")
     ap.add_argument("--lm-pretrain-minutes", type=float, default=0.0,
                     help="pretrain the decoder-only model as a plain LM on both sides of the training pairs first")
     ap.add_argument("--vocab-size", type=int, default=4000, help="joint BPE vocabulary (the output layer is a large part of the compute)")
@@ -126,8 +153,8 @@ def main() -> None:
     ap.add_argument("--dict-repeat", type=int, default=0,
                     help="add the dictionary's word pairs (the baseline's own lexicon) this many times to the pairs")
     ap.add_argument("--num-beams", type=int, default=4, help="beam width for the test translations (1 = greedy)")
-    ap.add_argument("--no-repeat-ngram", type=int, default=0,
-                    help="forbid repeating any n-gram of this many tokens in a translation (0 = off)")
+    ap.add_argument("--no-repeat-ngram", type=int, default=3,
+                    help="forbid repeating any n-gram of this many tokens in a translation (0 = off; 3 chosen on the validation split)")
     ap.add_argument("--bucket", type=int, default=8,
                     help="length bucketing of training batches (1 = off; see ExampleDataset)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -176,35 +203,29 @@ def main() -> None:
         s2s.save_pretrained(out / "seq2seq", tokenizer=tok)
         systems["encoder-decoder"] = (Translator(s2s, tok), s)
 
-    # ---- decoder-only, trained on prompt-masked pairs
-    lm_cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=192, d_model=d, n_heads=4, n_layers=2 * layers,
-                         pos_encoding="learned", norm="layernorm", activation="gelu", bias=False, dropout=0.0,
-                         extra={"translation": TAGS})
-    lm = TransformerLM(lm_cfg)
-    pair_kw = dict(template=TAGS["template"], src_lang_tag=TAGS["src_lang_tag"], tgt_lang_tag=TAGS["tgt_lang_tag"],
-                   max_len=192, too_long="drop")
-    lm_data = PairDataset(rows, tok, bucket=args.bucket, **pair_kw)
-    lm_val = PairDataset([(p.en, p.zh) for p in val_pairs], tok, **pair_kw)
-    name = "decoder-only"
-    if args.lm_pretrain_minutes > 0:
-        # ULMFiT's order: a language model of both languages first, then the task (prompt-masked pairs).
-        print(f"\ndecoder-only: {lm.num_parameters() / 1e6:.1f} M parameters, LM pretraining "
-              f"{args.lm_pretrain_minutes} min on both sides of the training pairs")
-        mono, mono_val = monolingual(train_pairs, tok), monolingual(val_pairs, tok)
-        pre = train(lm, mono, mono_val, args.lm_pretrain_minutes, 2e-3, 16, args.quick, label_smoothing=0.0)
-        name = f"decoder-only, LM-pretrained {pre['minutes']:.1f} min"
-    print(f"\ndecoder-only: {lm.num_parameters() / 1e6:.1f} M parameters, {args.lm_minutes} min on pairs")
-    s = train(lm, lm_data, lm_val, args.lm_minutes, 2e-3, 32, args.quick)
-    lm.save_pretrained(out / "decoder_only", tokenizer=tok)
-    systems[name] = (Translator(lm, tok), s)
+    # ---- decoder-only (--lm-minutes 0 skips it): a Transformer, or with --decoder lstm the LSTM baseline
+    if args.lm_minutes > 0:
+        if args.decoder == "lstm":
+            # 2 x 304: about the Transformer's parameter count (2.6 M), with fewer multiply-adds per token.
+            lm = LSTMLM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=192, d_model=304, n_heads=1,
+                                    n_layers=2, dropout=0.0, extra={"translation": TAGS}))
+        else:
+            lm = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=192, d_model=d, n_heads=4,
+                                           n_layers=2 * layers, pos_encoding="learned", norm="layernorm",
+                                           activation="gelu", bias=False, dropout=0.0, extra={"translation": TAGS}))
+        name = "decoder-only" if args.decoder == "transformer" else "LSTM decoder-only"
+        name, summary = train_decoder_only(lm, name, rows, train_pairs, val_pairs, tok, args)
+        lm.save_pretrained(out / ("decoder_only" if args.decoder == "transformer" else "lstm"), tokenizer=tok)
+        systems[name] = (Translator(lm, tok), summary)
 
     # ---- evaluation
     sources = [p.en for p in test]
     decode = dict(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram)
     print(f"\ntranslating {len(test)} test sentences ...")
+    hypotheses = {}
     for name, (translator, summary) in systems.items():
         t0 = time.perf_counter()
-        hyps = translator.translate(sources, batch_size=64, **decode)
+        hyps = hypotheses[name] = translator.translate(sources, batch_size=64, **decode)
         row = score(name, hyps, test)
         row.update(train_min=round(summary["minutes"], 1), steps=summary["steps"],
                    val_loss=round(summary["final_val_loss"], 3), decode_s=round(time.perf_counter() - t0))
@@ -227,8 +248,9 @@ def main() -> None:
         for name, outs in samples.items():
             print(f"    {name:16s} {outs[i]}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "samples": samples},
-                                                 ensure_ascii=False, indent=2), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "samples": samples,
+                                                  "test_hypotheses": hypotheses}, ensure_ascii=False, indent=2),
+                                      encoding="utf-8")
     print(f"\nsaved models and results.json under {out}")
 
 

@@ -11,6 +11,7 @@ import torch
 from llmcore import ModelConfig
 from llmcore.cli import main
 from llmcore.errors import DataError, TokenizerError
+from llmcore.models.lstm import LSTMLM
 from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer
 from llmcore.models.transformer import TransformerLM
 from llmcore.tokenizer import CharTokenizer
@@ -171,6 +172,20 @@ def test_translator_errors_and_truncation(tok):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(Translator(lm, tok).translate(["hello", "good night"], num_beams=2, max_new_tokens=4)) == 2
+
+
+def test_lstm_translator_batched_equals_one_at_a_time_and_reloads(tok, tmp_path):
+    # The LSTM baseline of the decoder-only route: left-padded batches must not change its translations
+    # (padding leaves the recurrent state alone), and a saved LSTMLM directory loads as a translator.
+    torch.manual_seed(0)
+    lstm = LSTMLM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=48, d_model=32, n_heads=1, n_layers=2,
+                              extra={"translation": {"template": "{src}"}})).eval()
+    tr, srcs = Translator(lstm, tok), ["hello", "good night", "thank you", "good morning"]
+    batched = tr.translate(srcs, num_beams=2, max_new_tokens=6)
+    assert batched == [tr.translate(s, num_beams=2, max_new_tokens=6)[0] for s in srcs]
+    assert any(batched)
+    lstm.save_pretrained(tmp_path / "lstm", tokenizer=tok)
+    assert Translator.from_pretrained(tmp_path / "lstm").translate(srcs, num_beams=2, max_new_tokens=6) == batched
 
 
 def test_cli_translate(tok, tmp_path, capsys):

@@ -32,7 +32,8 @@ DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}
 
 
 def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
-    """A Seq2SeqTransformer or TransformerLM from ``directory``, chosen by its config.json."""
+    """A Seq2SeqTransformer, TransformerLM or LSTMLM from ``directory``, chosen by its config.json."""
+    from ..models.lstm import LSTMLM
     from ..models.pretrained import CONFIG_NAME, read_json
     from ..models.seq2seq import Seq2SeqTransformer
     from ..models.transformer import TransformerLM
@@ -41,10 +42,10 @@ def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.
     if not (d / CONFIG_NAME).is_file():
         raise CheckpointError(f"{d} has no {CONFIG_NAME}; pass a model directory written by save_pretrained.")
     arch = read_json(d / CONFIG_NAME).get("architecture", "TransformerLM")
-    classes = {"Seq2SeqTransformer": Seq2SeqTransformer, "TransformerLM": TransformerLM}
+    classes = {"Seq2SeqTransformer": Seq2SeqTransformer, "TransformerLM": TransformerLM, "LSTMLM": LSTMLM}
     if arch not in classes:
-        raise CheckpointError(f"{d} holds a {arch}; translation needs a Seq2SeqTransformer or a TransformerLM "
-                              "fine-tuned on translation pairs.")
+        raise CheckpointError(f"{d} holds a {arch}; translation needs a Seq2SeqTransformer, or a TransformerLM "
+                              "or LSTMLM fine-tuned on translation pairs.")
     return classes[arch].from_pretrained(d, device=device).eval()
 
 
