@@ -173,9 +173,10 @@ def main() -> None:
         args.vocab_size = min(args.vocab_size, 3000)
     hsk = [p for p in train_pairs if p.source == "hsk"]
     rows = [(p.en, p.zh) for p in train_pairs] + [(p.en, p.zh) for p in hsk] * (args.hsk_repeat - 1)
-    rows += list(load_dictionary().items()) * args.dict_repeat
+    dictionary_rows = list(load_dictionary().items()) * args.dict_repeat
+    rows += dictionary_rows
     print(f"pairs: train {len(train_pairs)} (+{len(hsk) * (args.hsk_repeat - 1)} repeated HSK, "
-          f"+{len(rows) - len(train_pairs) - len(hsk) * (args.hsk_repeat - 1)} dictionary), "
+          f"+{len(dictionary_rows)} dictionary), "
           f"validation {len(val_pairs)}, test {len(test)}")
 
     t0 = time.perf_counter()
@@ -209,13 +210,14 @@ def main() -> None:
             # 2 x 304: about the Transformer's parameter count (2.6 M), with fewer multiply-adds per token.
             lm = LSTMLM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=192, d_model=304, n_heads=1,
                                     n_layers=2, dropout=0.0, extra={"translation": TAGS}))
+            name, subdir = "LSTM decoder-only", "lstm"
         else:
             lm = TransformerLM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=192, d_model=d, n_heads=4,
                                            n_layers=2 * layers, pos_encoding="learned", norm="layernorm",
                                            activation="gelu", bias=False, dropout=0.0, extra={"translation": TAGS}))
-        name = "decoder-only" if args.decoder == "transformer" else "LSTM decoder-only"
+            name, subdir = "decoder-only", "decoder_only"
         name, summary = train_decoder_only(lm, name, rows, train_pairs, val_pairs, tok, args)
-        lm.save_pretrained(out / ("decoder_only" if args.decoder == "transformer" else "lstm"), tokenizer=tok)
+        lm.save_pretrained(out / subdir, tokenizer=tok)
         systems[name] = (Translator(lm, tok), summary)
 
     # ---- evaluation
