@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import DataError
-from .inputs import check_token_ids
+from ..inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 

@@ -42,7 +42,7 @@ from ..modules import (
     build_norm,
     make_attention_mask,
 )
-from .inputs import check_token_ids
+from ..inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 

@@ -31,7 +31,7 @@ from ..modules import (
     dropout,
     make_attention_mask,
 )
-from .inputs import check_token_ids
+from ..inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 

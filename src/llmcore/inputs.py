@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig
-from ..errors import DataError
+from .config import ModelConfig
+from .errors import DataError
 
 
 def check_token_ids(ids: torch.Tensor, config: ModelConfig, past: int = 0, what: str = "input_ids",

@@ -1,0 +1,95 @@
+"""Open name → object tables: architectures, norms, MLPs, positional encodings, attention variants.
+
+A config stores names (``norm="rmsnorm"``, ``"architecture": "TransformerLM"`` in ``config.json``); a
+:class:`Registry` turns a name back into the class or factory that builds it. Built-in parts register
+themselves where they are defined; a user registers their own the same way, from their own file::
+
+    from llmcore.registry import NORMS
+
+    @NORMS.register("scalenorm")
+    class ScaleNorm(nn.Module): ...
+
+after which ``ModelConfig(norm="scalenorm")`` builds it, and every command that imports the file (``--import
+my_file.py``) can load a directory saved with it. An unknown name raises :class:`ConfigError` listing the
+registered ones; registering a taken name twice with a different object is refused, so two plugins never
+silently shadow each other.
+
+This module sits at the bottom of the package: it imports nothing but the errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry:
+    """A named table of classes or factories, e.g. ``NORMS.get("rmsnorm") -> RMSNorm``."""
+
+    def __init__(self, kind: str, var: str) -> None:
+        self.kind = kind  # used in error messages: "Unknown norm 'x'; registered: ..."
+        self.var = var  # the module-level name, so the message can say how to register one
+        self._table: dict[str, Any] = {}
+
+    def register(self, name: str, obj: Any = None) -> Any:
+        """``REG.register("name", obj)``, or ``@REG.register("name")`` as a decorator; returns ``obj``."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"A {self.kind} name must be a non-empty string, got {name!r}.")
+
+        def add(o: T) -> T:
+            old = self._table.get(name, _MISSING)
+            if old is not _MISSING and old is not o and _qualname(old) != _qualname(o):
+                raise ConfigError(f"{self.kind} {name!r} is already registered to {_qualname(old)}; "
+                                  f"pick another name for {_qualname(o)}.")
+            self._table[name] = o  # re-registering the same definition (a re-imported module) is fine
+            return o
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> Any:
+        """The object registered as ``name``; :class:`ConfigError` listing the registered names if none."""
+        try:
+            return self._table[name]
+        except (KeyError, TypeError):
+            raise ConfigError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: Any) -> str:
+        return (f"Unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._table)) or '(none)'}. "
+                f"Register a new one with llmcore.registry.{self.var}.register(name, ...).")
+
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._table))
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+_MISSING = object()
+
+
+def _qualname(obj: Any) -> str:
+    if obj is None:
+        return "None"
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+# The tables. Each is filled by the module that defines the built-ins (importing llmcore fills them all).
+ARCHITECTURES = Registry("architecture", "ARCHITECTURES")  # config.json "architecture" -> model class (nn.Module with config_cls)
+NORMS = Registry("norm", "NORMS")  # ModelConfig.norm -> factory(config) -> nn.Module
+MLPS = Registry("activation", "MLPS")  # ModelConfig.activation -> factory(config, layer_idx) -> nn.Module
+POS_ENCODINGS = Registry("pos_encoding", "POS_ENCODINGS")  # ModelConfig.pos_encoding -> factory(config) -> nn.Module | None
+
+__all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS"]
