@@ -32,3 +32,8 @@ def check_token_ids(ids: torch.Tensor, config: ModelConfig, past: int = 0, what:
             bad = hi if hi >= config.vocab_size else lo
             raise DataError(f"Token id {bad} is outside the vocabulary [0, {config.vocab_size}) in {what}; "
                             "the tokenizer and the model disagree on vocab_size.")
+
+
+# Labels equal to this take no part in the loss (padding, prompt tokens): PyTorch's cross-entropy default,
+# and Hugging Face's. Defined once; every dataset and loss uses this name.
+IGNORE_INDEX = -100

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
+from ..inputs import check_token_ids
 from ..modules import (
     POSITIONAL,
     CrossDecoderBlock,
@@ -42,7 +43,6 @@ from ..modules import (
     build_norm,
     make_attention_mask,
 )
-from ..inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import DataError
+from ..inputs import check_token_ids
 from ..modules import (
     POSITIONAL,
     DecoderBlock,
@@ -31,7 +32,6 @@ from ..modules import (
     dropout,
     make_attention_mask,
 )
-from ..inputs import check_token_ids
 from .pretrained import PreTrainedMixin
 
 

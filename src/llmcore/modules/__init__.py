@@ -15,10 +15,12 @@ from .positional import (
     SinusoidalPositionalEmbedding,
     apply_rotary,
 )
+from .utils import eval_mode, num_parameters
 
 __all__ = [
     "Attention", "make_attention_mask", "reference_attention",
     "DecoderBlock", "EncoderBlock", "CrossDecoderBlock", "KVCache",
     "LayerNorm", "RMSNorm", "MLP", "SwiGLU", "NORMS", "MLPS", "build_norm", "build_mlp", "dropout",
     "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding", "RotaryEmbedding", "apply_rotary", "POSITIONAL",
+    "eval_mode", "num_parameters",
 ]

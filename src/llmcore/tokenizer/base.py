@@ -102,6 +102,15 @@ class Tokenizer(abc.ABC):
         return None
 
     @property
+    def fill_id(self) -> int | None:
+        """The id that pads batches: ``pad_id``, or ``eos_id`` when the vocabulary has no pad token.
+
+        Padded positions are masked (attention) and ignored (loss), so any id works as filler; eos is the
+        conventional choice (GPT-2 has no pad token). One definition, so every batcher pads alike.
+        """
+        return self.pad_id if self.pad_id is not None else self.eos_id
+
+    @property
     def unk_id(self) -> int | None:
         return None
 
