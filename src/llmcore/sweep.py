@@ -1,14 +1,14 @@
 """Hyper-parameter sweeps: grid or random search over ``llmcore train`` settings, resumable.
 
-Each point of the search is an ordinary ``llmcore train`` run, made by calling the training command's own
-function (:func:`llmcore.training.cli.run_train`) in-process, into ``OUT/run-<key=value,...>/``: a normal run
+Each point of the search is an ordinary training run, made by calling :func:`llmcore.training.run.train`
+in-process with one :class:`~llmcore.training.run.RunConfig`, into ``OUT/run-<key=value,...>/``: a normal run
 directory that ``from_pretrained``, ``llmcore plot`` and ``llmcore eval`` understand. ::
 
     llmcore sweep --grid lr=1e-3,3e-3 --grid n_layers=2,4 --out sweeps/lr --max-steps 200 --preset char-small
     llmcore sweep --grid lr=3e-4,1e-3,3e-3 --grid dropout=0,0.1,0.2 --random 4 --seed 0 --out sweeps/rand
 
-A grid key is any ``llmcore train`` option (``lr``, ``max_steps``, ``preset``, ``tokenizer``, ...) or any
-``ModelConfig`` / ``TrainConfig`` field (``n_layers``, ``dropout``, ``weight_decay``, ... passed as ``--set``).
+A grid key is any ``RunConfig`` field (``preset``, ``tokenizer``, ``data``, ``arch``, ...) or any ``ModelConfig``
+/ ``TrainConfig`` field (``lr``, ``max_steps``, ``n_layers``, ``dropout``, ``weight_decay``, ...).
 Every key and every value is checked before the first run starts, so a typo costs nothing. Other arguments
 pass through to every run; in ``llmcore sweep`` ``--seed`` seeds the random search, so the training seed is
 set with ``--set seed=N`` (or swept with ``--grid seed=1,2,3``).
@@ -24,7 +24,6 @@ several ``llmcore sweep --random ... --seed ...`` or plain ``llmcore train`` pro
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -43,22 +42,14 @@ RESULT_FILE = "sweep_result.json"  # written into a run directory when its run i
 RESULTS_CSV = "results.csv"
 METRIC_COLUMNS = ["best_val_loss", "best_step", "final_val_loss", "final_train_loss", "steps", "stopped_early",
                   "time_s"]
-# train options that the sweep itself decides (the run directory, resuming) or that make no sense per run.
-_RESERVED = {"help", "out", "resume", "func", "sets", "command", "debug"}
+# RunConfig fields that the sweep itself decides (the run directory, resuming, the override dicts).
+_RESERVED = {"out_dir", "resume", "model", "train"}
 
 
-# ---------------------------------------------------------------------------------------------- the train parser
-def _train_parser() -> argparse.ArgumentParser:
-    """The ``llmcore train`` parser itself, so the sweep always accepts exactly what training accepts."""
-    from .training.cli import register
+def _run_fields() -> set[str]:
+    from .training.run import RunConfig
 
-    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
-    register(sub)
-    return sub.choices["train"]
-
-
-def _train_actions() -> dict[str, argparse.Action]:
-    return {a.dest: a for a in _train_parser()._actions if a.dest not in _RESERVED}
+    return {f.name for f in dataclasses.fields(RunConfig)} - _RESERVED
 
 
 def _config_fields() -> set[str]:
@@ -68,34 +59,23 @@ def _config_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(ModelConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def _route(key: str, actions: dict[str, argparse.Action], fields: set[str], where: str) -> str:
-    """"arg" (a train option) or "set" (a config field, passed as --set); ConfigError for anything else."""
-    if key in actions:
-        return "arg"
-    if key in fields:
-        return "set"
-    raise ConfigError(f"Unknown {where} key {key!r}: use an `llmcore train` option ({', '.join(sorted(actions))}) "
-                      f"or a ModelConfig/TrainConfig field ({', '.join(sorted(fields))}).")
+def _route(key: str, run_fields: set[str], fields: set[str], where: str) -> None:
+    """ConfigError unless ``key`` is a RunConfig, ModelConfig or TrainConfig field."""
+    if key not in run_fields and key not in fields:
+        raise ConfigError(f"Unknown {where} key {key!r}: use a RunConfig field ({', '.join(sorted(run_fields))}) "
+                          f"or a ModelConfig/TrainConfig field ({', '.join(sorted(fields))}).")
 
 
-def _coerce(key: str, value: Any, action: argparse.Action) -> Any:
-    """Convert a value the way argparse would have converted the same text on the command line."""
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false.")
-        return value
-    if action.nargs in ("+", "*"):  # e.g. --data: one grid value is one list of paths
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-    if value is not None and callable(action.type) and not isinstance(value, bool):
-        try:
-            value = action.type(str(value))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{key}={value!r} is invalid: {e}.") from None
-    elif value is not None and not isinstance(value, str):
-        value = str(value)
-    if action.choices is not None and value not in action.choices:
-        raise ConfigError(f"{key}={value!r} is invalid; choose from {', '.join(map(str, action.choices))}.")
-    return value
+def run_config(base: dict[str, Any], point: dict[str, Any], out: Path) -> Any:
+    """The :class:`~llmcore.training.run.RunConfig` of one run: ``base`` settings, then the grid point."""
+    from .training.run import RunConfig, split_overrides
+
+    run_fields = _run_fields()
+    run, overrides = {}, {}
+    for key, value in {**base, **point}.items():
+        (run if key in run_fields else overrides)[key] = value
+    model, train = split_overrides(overrides)
+    return RunConfig(**run, model=model, train=train, out_dir=str(out))
 
 
 # ---------------------------------------------------------------------------------------------- points of the search
@@ -151,35 +131,6 @@ def _hashable(v: Any) -> Any:
 
 def _unhashable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
-
-
-def _namespace(base: dict[str, Any], point: dict[str, Any], actions: dict[str, argparse.Action],
-               fields: set[str], out: Path) -> argparse.Namespace:
-    """The ``llmcore train`` arguments of one run: parser defaults, then base args, then the grid point."""
-    ns = _train_parser().parse_args([])
-    sets = list(base.get("sets") or [])
-    for where, items in (("base_args", base), ("grid", point)):
-        for key, value in items.items():
-            if key == "sets":
-                continue
-            if _route(key, actions, fields, where) == "arg":
-                setattr(ns, key, _coerce(key, value, actions[key]))
-            else:
-                sets.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
-    ns.sets, ns.out, ns.resume = sets, str(out), False
-    return ns
-
-
-def _check_run(ns: argparse.Namespace) -> None:
-    """Build the run's configs without training, so bad values fail before the first run starts."""
-    from .config import ModelConfig
-    from .training import TrainConfig
-    from .training.cli import FLAGS, split_sets
-
-    model_sets, train_sets = split_sets(ns.sets)
-    flags = {field: getattr(ns, flag) for flag, field in FLAGS.items() if getattr(ns, flag) is not None}
-    TrainConfig.from_dict({**train_sets, **flags, "out_dir": ns.out})
-    ModelConfig.from_preset(ns.preset, **model_sets)  # the real vocab_size comes from the tokenizer later
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -247,9 +198,8 @@ def sweep(base_args: dict[str, Any], grid: dict[str, list[Any]], out_dir: str | 
     """Train one run per grid point (or ``random_n`` random points) into ``out_dir``; rows sorted by val loss.
 
     Args:
-        base_args: settings shared by every run: ``llmcore train`` options by their Python name (``max_steps``,
-            ``preset``, ``data``, ``tokenizer``, ``no_progress``, ``sets``: a list of ``"key=value"``) and/or
-            ModelConfig / TrainConfig fields (``dropout``, ``warmup_steps``, ...).
+        base_args: settings shared by every run: RunConfig fields (``preset``, ``data``, ``tokenizer``, ...)
+            and/or ModelConfig / TrainConfig fields (``max_steps``, ``dropout``, ``progress``, ...).
         grid: key -> list of values; keys as for ``base_args``.
         out_dir: the sweep directory; run ``i`` goes to ``out_dir/run-<key=value,...>/``.
         random_n: sample this many distinct grid points (``seed``) instead of running the whole grid.
@@ -260,41 +210,40 @@ def sweep(base_args: dict[str, Any], grid: dict[str, list[Any]], out_dir: str | 
         ``skipped`` when already complete, ``failed``), ``error`` and ``run_dir``; best first.
     """
     from .training import distributed as dist
+    from .training import run as runs
     from .training.checkpoint import latest_checkpoint
-    from .training.cli import run_train
 
-    actions, fields = _train_actions(), _config_fields()
+    run_fields, fields = _run_fields(), _config_fields()
     base = {k.replace("-", "_"): v for k, v in base_args.items()}
     grid = {k.replace("-", "_"): (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in grid.items()}
     for where, items in (("base_args", base), ("grid", grid)):
         for key in items:
-            if key != "sets" or where == "grid":
-                _route(key, actions, fields, where)
+            _route(key, run_fields, fields, where)
     out = Path(out_dir)
     plan = []
     for point in points(grid, random_n, seed):  # build and check every run before training any
-        ns = _namespace(base, point, actions, fields, out / run_name(point))
-        _check_run(ns)
-        plan.append((point, ns))
+        config = run_config(base, point, out / run_name(point))
+        config.check()
+        plan.append((point, config))
     is_main = dist.detect().is_main
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sweep.json").write_text(json.dumps({"base_args": base, "grid": grid, "random": random_n,
                                                     "seed": seed}, indent=2, default=str) + "\n", encoding="utf-8")
     rows: list[dict[str, Any]] = []
-    for i, (point, ns) in enumerate(plan, 1):
-        run_dir = Path(ns.out)
+    for i, (point, config) in enumerate(plan, 1):
+        run_dir = config.out
         done = run_dir / RESULT_FILE
         if done.is_file():
             row = {**json.loads(done.read_text(encoding="utf-8")), "status": "skipped"}
             logger.info("[%d/%d] %s: already complete, skipped", i, len(plan), run_dir.name)
         else:
-            ns.resume = latest_checkpoint(run_dir) is not None
-            status, error = ("resumed" if ns.resume else "trained"), None
-            logger.info("[%d/%d] %s: %s", i, len(plan), run_dir.name, "resuming" if ns.resume else "training")
+            config.resume = latest_checkpoint(run_dir) is not None
+            status, error = ("resumed" if config.resume else "trained"), None
+            logger.info("[%d/%d] %s: %s", i, len(plan), run_dir.name, "resuming" if config.resume else "training")
             t0 = time.perf_counter()
             try:
-                run_train(ns)
+                runs.train(config)
             except TrainingError as e:  # a diverging setting is a result, not a reason to stop the sweep
                 status, error = "failed", str(e)
                 logger.warning("%s failed: %s", run_dir.name, e)
@@ -311,7 +260,7 @@ def sweep(base_args: dict[str, Any], grid: dict[str, list[Any]], out_dir: str | 
     return sorted(rows, key=_sort_key)
 
 
-# ---------------------------------------------------------------------------------------------- command line
+# ---------------------------------------------------------------------------------------------- grid syntax
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["lr=1e-3,3e-3", "n_layers=2,4"]`` -> ``{"lr": [0.001, 0.003], "n_layers": [2, 4]}``."""
     grid: dict[str, list[Any]] = {}
@@ -333,35 +282,4 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    train = _train_parser()
-    p = subparsers.add_parser(
-        "sweep", parents=[train], conflict_handler="resolve", help="grid or random hyper-parameter search",
-        description="Train one `llmcore train` run per grid point into OUT/run-<key=value,...>/, skip runs that "
-                    "are complete, resume interrupted ones, and write OUT/results.csv sorted by best "
-                    "validation loss. Every `llmcore train` option passes through to all runs.")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="values to sweep; a train option or a ModelConfig/TrainConfig field (repeatable)")
-    p.add_argument("--random", type=int, metavar="N", help="run N random grid points instead of the whole grid")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of --random (default 0); set the training seed with --set seed=N")
-    p.add_argument("--out", required=True, metavar="DIR", help="sweep directory")
-    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # a sweep always resumes
-    p.set_defaults(func=run_sweep)
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    logging.basicConfig(format="%(message)s")  # as `llmcore train` does: progress lines without a bar
-    logging.getLogger("llmcore").setLevel(logging.INFO)
-    grid = parse_grid(args.grid)
-    defaults = vars(_train_parser().parse_args([]))
-    base = {k: getattr(args, k) for k in _train_actions() if k != "seed" and getattr(args, k) != defaults[k]}
-    if args.sets:
-        base["sets"] = list(args.sets)
-    rows = sweep(base, grid, args.out, random_n=args.random, seed=args.seed)
-    print(format_table(rows, list(grid)))
-    print(f"{len(rows)} runs; results in {Path(args.out) / RESULTS_CSV}")
-    return 0
-
-
-__all__ = ["sweep", "points", "run_name", "read_results", "write_csv", "format_table", "parse_grid", "register"]
+__all__ = ["sweep", "run_config", "points", "run_name", "read_results", "write_csv", "format_table", "parse_grid"]

@@ -271,7 +271,7 @@ def test_build_tokenizer_specs(tmp_path, shakespeare):
 
 
 def test_cli_prepare(tmp_path, shakespeare, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "COMMANDS", ["llmcore.data.cli"])  # only this command; others land separately
+    monkeypatch.setattr(cli, "COMMANDS", ["llmcore.cli.prepare"])  # only this command; others land separately
     src = tmp_path / "input.txt"
     src.write_text(shakespeare, encoding="utf-8")
     out = tmp_path / "out"

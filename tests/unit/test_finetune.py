@@ -243,7 +243,7 @@ def test_cli_finetune_classify_with_lora(tiny_config, tmp_path):
     import argparse
     import json
 
-    from llmcore.finetune import cli
+    from llmcore.cli import finetune as cli
 
     tok = ByteTokenizer()
     TransformerLM(tiny_config.replace(vocab_size=tok.vocab_size)).save_pretrained(tmp_path / "base", tokenizer=tok)

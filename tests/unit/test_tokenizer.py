@@ -316,7 +316,7 @@ def test_training_errors_are_helpful(tmp_path: Path) -> None:
 @pytest.fixture()
 def only_tokenizer_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     # Other sub-commands are owned elsewhere; keep this test about ours.
-    monkeypatch.setattr(cli, "COMMANDS", ["llmcore.tokenizer.cli"])
+    monkeypatch.setattr(cli, "COMMANDS", ["llmcore.cli.tokenizer"])
 
 
 def test_cli_train_and_encode(tmp_path: Path, capsys, monkeypatch, only_tokenizer_cli) -> None:

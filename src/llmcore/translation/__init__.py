@@ -5,7 +5,7 @@
   encoder-decoder) and :func:`build_parallel_data` (rebuilds the shipped files from the raw sources).
 - :mod:`.metrics` — :func:`bleu` and :func:`chrf` (sacrebleu, optional), :class:`DictionaryBaseline` and
   :func:`copy_source`.
-- :mod:`.cli` — the ``llmcore translate`` command (encoder-decoder or decoder-only models).
+- ``llmcore translate`` (in :mod:`llmcore.cli.translate`) runs it from the command line (encoder-decoder or decoder-only models).
 
 The models live in :mod:`llmcore.models` (:class:`~llmcore.models.seq2seq.Seq2SeqTransformer`); decoding in
 :mod:`llmcore.generation`.

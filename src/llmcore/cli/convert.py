@@ -11,15 +11,21 @@ import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..models.pretrained import CONFIG_NAME, read_json
-from ..models.transformer import TransformerLM
-from .hf import save_hf
+from .common import add_model_command
+
+CONFIG_NAME = "config.json"
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..convert.hf import save_hf
+    from ..io import read_json
+    from .common import load_model_dir
+
     src, dst = Path(args.src), Path(args.dst)
-    model = TransformerLM.from_pretrained(src)  # raises CheckpointError for a missing or bad SRC
-    src_format = "llmcore" if read_json(src / CONFIG_NAME).get("format") == "llmcore" else "hf"
+    if not src.is_dir():
+        raise CheckpointError(f"Model directory {src} does not exist; pass a directory written by save_pretrained.")
+    model = load_model_dir(src)  # raises CheckpointError for a bad SRC
+    src_format = "llmcore" if read_json(src / CONFIG_NAME, "model config", CheckpointError).get("format") == "llmcore" else "hf"
     to = args.to or ("hf" if src_format == "llmcore" else "llmcore")
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"DST {dst} is SRC; write the converted model to another directory.")
@@ -32,15 +38,15 @@ def run(args: argparse.Namespace) -> int:
     if (src / "tokenizer").is_dir():
         shutil.copytree(src / "tokenizer", dst / "tokenizer", dirs_exist_ok=True)
     c = model.config
-    kind = read_json(dst / CONFIG_NAME)["model_type"] if to == "hf" else "TransformerLM"
+    kind = read_json(dst / CONFIG_NAME)["model_type"] if to == "hf" else type(model).__name__
     print(f"converted {src} ({src_format}) -> {dst} ({to}, {kind}): {c.n_layers} layers, d_model {c.d_model}, "
           f"{model.num_parameters() / 1e6:.2f}M parameters")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("convert", help="convert a model directory between llmcore and Hugging Face formats",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_model_command(subparsers, "convert", description=__doc__,
+                          help="convert a model directory between llmcore and Hugging Face formats")
     p.add_argument("src", help="model directory to read (llmcore or Hugging Face format)")
     p.add_argument("dst", help="directory to write")
     p.add_argument("--to", choices=("hf", "llmcore"), default=None,

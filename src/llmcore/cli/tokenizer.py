@@ -13,9 +13,6 @@ import time
 from pathlib import Path
 
 from ..errors import TokenizerError
-from .base import load_tokenizer
-from .corpus import TrainingCorpus
-from .spm import SentencePieceTokenizer
 
 _ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})  # keep one output line per input line
 
@@ -91,6 +88,9 @@ def _count_lines(paths: list[Path]) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..tokenizer.corpus import TrainingCorpus
+    from ..tokenizer.spm import SentencePieceTokenizer
+
     if not 0.0 <= args.held_out < 1.0:
         raise TokenizerError(f"--held-out {args.held_out} must be in [0, 1)")
     corpus = TrainingCorpus(list(args.input))  # checks that the files exist
@@ -149,6 +149,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    from ..tokenizer import load_tokenizer
+
     tok = load_tokenizer(args.tokenizer)
     text = args.text if args.text is not None else sys.stdin.read()
     lines = text.split("\n")

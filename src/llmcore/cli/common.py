@@ -1,0 +1,274 @@
+"""What every command shares: flags generated from the config dataclasses, plugins, and model loading.
+
+Defaults live once, on the dataclass fields (:class:`~llmcore.training.TrainConfig`,
+:class:`~llmcore.generation.GenerationConfig`, :class:`~llmcore.training.run.RunConfig`, the small option
+dataclasses of the commands). :func:`add_dataclass_args` turns fields into flags whose type and default come
+from the field and whose help text comes from :data:`HELP`; the help shows the default. A generated flag that
+is not given is *absent* from the parsed namespace (``argparse.SUPPRESS``), so :func:`given` tells what the
+user chose from what the dataclass supplies, and ``--set key=value`` can be overridden by an explicit flag.
+
+This module imports no torch: ``llmcore --help`` builds every parser without loading a model library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, ConfigError
+
+PLUGIN_GROUP = "llmcore.plugins"  # importlib.metadata entry-point group loaded by model commands
+
+# Help text of each generated flag, by field name (one concept, one name, one text across commands).
+HELP = {
+    # TrainConfig
+    "max_steps": "optimizer steps",
+    "batch_size": "sequences (or sentences) per batch, per process",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "peak learning rate",
+    "min_lr": "learning rate at the end of the schedule",
+    "warmup_steps": "linear warm-up steps",
+    "eval_interval": "evaluate and checkpoint every N steps",
+    "eval_batches": "validation batches per evaluation",
+    "patience": "early stopping after N evaluations without improvement (default: off)",
+    "seed": "seed of the data order and the initial weights",
+    "device": "device to run on (auto: cuda when available)",
+    "dtype": "float32, or bfloat16 autocast",
+    "compile": "torch.compile the model",
+    "progress": "show a progress bar",
+    "num_samples": "text samples printed at the end",
+    # RunConfig (data and model choice)
+    "data": "UTF-8 text files, .gz files or directories of *.txt / *.txt.gz (default: the bundled Shakespeare)",
+    "tokenizer": "char (alphabet of the data), byte (UTF-8 bytes), sp (train a sentencepiece BPE on the data) "
+                 "or a saved tokenizer directory",
+    "vocab_size": "vocabulary size for --tokenizer sp (default: 4096)",
+    "val_fraction": "share of the data, taken from the end (text) or at random (examples), held out for "
+                    "validation",
+    "preset": "ModelConfig preset",
+    "arch": "registered architecture to build (llmcore.registry.ARCHITECTURES; see --import)",
+    # GenerationConfig
+    "max_new_tokens": "tokens to generate (capped to the room left in the model's context)",
+    "do_sample": "sample instead of greedy decoding (implied by any sampling option)",
+    "temperature": "sampling temperature (0 = greedy)",
+    "top_k": "sample from the k most likely tokens (default: off)",
+    "top_p": "nucleus sampling mass in (0, 1] (1.0 = off)",
+    "min_p": "drop tokens below min_p x the top probability (default: off)",
+    "repetition_penalty": "> 1 discourages tokens already present (1.0 = off)",
+    "no_repeat_ngram_size": "never repeat an n-gram of this many tokens (0 = off)",
+    "num_beams": "beam width (1 = greedy or sampling)",
+    "sliding_window": "generate past the model's context by keeping only the last max_seq_len tokens",
+}
+
+METAVARS = {"data": "PATH", "tokenizer": "char|byte|sp|DIR", "preset": "NAME", "arch": "NAME"}
+
+# Fields whose value is one of a fixed set (the dataclass validates them too; this makes argparse list them).
+CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("float32", "bfloat16")}
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass field ``name`` of ``cls`` (calling its default_factory if it has one)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ConfigError(f"{cls.__name__}.{name} has no default; it cannot become an optional flag.")
+
+
+def _scalar(hint: Any) -> Any:
+    """``int | None`` -> int; ``list[str] | None`` -> (list, str); ``Any`` -> str."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0] if args else str
+    if typing.get_origin(hint) in (list, tuple):
+        return (list, typing.get_args(hint)[0] if typing.get_args(hint) else str)
+    return hint if hint in (int, float, str, bool) else str
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type, fields: list[str], *,
+                       defaults: dict[str, Any] | None = None, flags: dict[str, list[str]] | None = None,
+                       help: dict[str, str] | None = None) -> None:
+    """Add one flag per dataclass field: type, default and choices from ``cls``, help from :data:`HELP`.
+
+    Args:
+        parser: an argparse parser or argument group.
+        cls: the dataclass whose fields these are.
+        fields: the field names, in the order the flags are listed.
+        defaults: command-specific defaults that replace the field's (shown in the help and applied by
+            :func:`given`); e.g. a fine-tune's lower learning rate.
+        flags: extra spellings per field (a hidden alias keeps an old name working).
+        help: help texts that replace :data:`HELP` for this command.
+    """
+    hints = typing.get_type_hints(cls)
+    for name in fields:
+        default = (defaults or {}).get(name, field_default(cls, name))
+        text = (help or {}).get(name, HELP.get(name, name.replace("_", " ")))
+        kind = _scalar(hints[name])
+        names = [flag_name(name), *(flags or {}).get(name, [])]
+        if kind is bool:
+            if default:  # an option that is on by default is turned off with --no-NAME
+                names = ["--no-" + name.replace("_", "-"), *(flags or {}).get(name, [])]
+                parser.add_argument(*names, dest=name, action="store_false", default=argparse.SUPPRESS,
+                                    help=f"do not {text[0].lower() + text[1:]}")
+            else:
+                parser.add_argument(*names, dest=name, action="store_true", default=argparse.SUPPRESS,
+                                    help=f"{text} (default: off)")
+            continue
+        shown = "" if "(default:" in text else f" (default: {_show(default)})"
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text + shown}
+        if isinstance(kind, tuple):
+            kw.update(nargs="+", action="extend", type=kind[1], metavar=METAVARS.get(name, name.upper()))
+        else:
+            kw["type"] = kind
+            if name in CHOICES:
+                kw["choices"] = CHOICES[name]
+            else:
+                kw["metavar"] = METAVARS.get(name) or {int: "N", float: "X"}.get(kind, name.upper())
+        parser.add_argument(*names, **kw)
+
+
+def _show(value: Any) -> str:
+    return "off" if value is None else str(value)
+
+
+def given(args: argparse.Namespace, cls: type, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields of ``cls`` set on the command line, plus the command's own ``defaults`` for the others."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {k: v for k, v in (defaults or {}).items() if k in names}
+    values.update({k: getattr(args, k) for k in names if hasattr(args, k)})
+    return values
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["dropout=0.1", "warmup_steps=50"]`` -> ``{"dropout": 0.1, "warmup_steps": 50}`` (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE, e.g. --set dropout=0.1.")
+        out[key] = parse_value(value)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """JSON when it parses (numbers, true/false/null, lists), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def add_set_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a ModelConfig or TrainConfig field, e.g. --set dropout=0.1 "
+                             "--set warmup_steps=50 (repeatable)")
+
+
+# ---------------------------------------------------------------------------------------------- plugins
+PLUGIN_EPILOG = f"""\
+plugins:
+  --import FILE_OR_MODULE (repeatable) imports a .py file or a dotted module before the command runs, so
+  an architecture it registers with llmcore.registry.ARCHITECTURES.register(name, cls) can be built
+  (llmcore train --arch NAME) and loaded from its run directory by every command.
+  Installed packages do the same through the entry-point group '{PLUGIN_GROUP}', e.g. in pyproject.toml:
+      [project.entry-points."{PLUGIN_GROUP}"]
+      myarch = "mypkg.models"
+  Those load for every command that builds or loads a model."""
+
+
+def add_import_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import this .py file or module first, e.g. to register an architecture (repeatable)")
+
+
+def import_plugin(spec: str) -> types.ModuleType:
+    """Import ``spec``: a path to a ``.py`` file, or a dotted module name on ``sys.path``."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"--import {spec}: no such file; pass an existing .py file or a module name.")
+        name = f"llmcore_plugin_{path.stem}"
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise ConfigError(f"--import {spec}: cannot be imported as a Python file.")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module  # dataclasses and pickling look classes up through sys.modules
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"--import {spec}: no module named {e.name!r}; pass a path to a .py file or a module "
+                          "importable from the current environment.") from e
+
+
+def load_plugins(specs: list[str], entry_points: bool = True) -> list[str]:
+    """Load the ``llmcore.plugins`` entry points (if ``entry_points``), then each ``--import``; their names."""
+    loaded = []
+    if entry_points:
+        from importlib.metadata import entry_points as eps
+
+        for ep in eps(group=PLUGIN_GROUP):
+            ep.load()
+            loaded.append(ep.name)
+    for spec in specs:
+        import_plugin(spec)
+        loaded.append(spec)
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------- models
+def load_model_dir(directory: str | Path, device: Any = "cpu") -> Any:
+    """Load the model saved in ``directory``, whatever its registered architecture (every command uses this)."""
+    from .. import models
+    from ..io import read_json
+    from ..registry import ARCHITECTURES
+
+    d = Path(directory)
+    if not (d / "config.json").is_file():
+        raise CheckpointError(f"{d} is not a model directory (no config.json); pass the --out of a run.")
+    meta = read_json(d / "config.json", "model config", error=CheckpointError)
+    if meta.get("format") != "llmcore":  # a Hugging Face directory: GPT-2 / Llama load as TransformerLM
+        return models.TransformerLM.from_pretrained(d, device=device)
+    arch = meta.get("architecture", "TransformerLM")
+    if arch in ARCHITECTURES:
+        cls = ARCHITECTURES.get(arch)
+    elif arch in models.__all__:
+        cls = getattr(models, arch)
+    else:
+        raise CheckpointError(f"{d} holds architecture {arch!r}, which is not registered; define and register "
+                              "it, then pass --import FILE_OR_MODULE to the command.")
+    return cls.from_pretrained(d, device=device)
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` | ``cpu`` | ``cuda`` -> a torch.device (for commands outside a training run)."""
+    from ..training.distributed import DistEnv
+    from ..training.distributed import resolve_device as resolve
+
+    return resolve(name, DistEnv())
+
+
+def add_model_command(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command that builds or loads a model: it takes ``--import`` and documents plugins in its epilog."""
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(name, epilog=PLUGIN_EPILOG, **kwargs)
+    add_import_arg(parser)
+    return parser

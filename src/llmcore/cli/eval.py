@@ -1,0 +1,139 @@
+"""``llmcore eval --model DIR``: language-model loss, perplexity and token accuracy, or BLEU / chrF.
+
+``--task lm`` (default) scores the run's validation split (``DIR/data``), or ``--data`` text files tokenized
+with the model's tokenizer. ``--task translate`` translates the sources of a pair file (``--data``), or of a
+shipped English-Chinese split, and prints corpus BLEU and chrF against the references.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from ..generation.config import GenerationConfig
+from ..training.trainer import TrainConfig
+from .common import add_dataclass_args, add_model_command, given
+
+
+@dataclass
+class EvalConfig:
+    """Options only ``eval`` has (batch size, device and dtype come from TrainConfig, decoding from
+    GenerationConfig)."""
+
+    max_batches: int | None = None  # stop after N batches; None = the whole split
+    split: str = "test"  # translate: shipped split used when --data is not given
+    src_col: str = "en"  # translate: source column of --data
+    tgt_col: str = "zh"  # translate: reference column of --data
+    bleu_tokenize: str = "zh"  # translate: sacrebleu tokenizer
+
+
+EVAL_HELP = {"max_batches": "stop after N batches (default: all)",
+             "split": "translate: split of the shipped English-Chinese pairs when --data is not given",
+             "src_col": "translate: source column of --data", "tgt_col": "translate: reference column of --data",
+             "bleu_tokenize": "translate: sacrebleu tokenizer (zh, 13a, intl, ...)"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = add_model_command(subparsers, "eval", description=__doc__,
+                          help="loss / perplexity / token accuracy, or BLEU / chrF of a translator")
+    p.add_argument("--model", required=True, metavar="DIR", help="model (run) directory")
+    p.add_argument("--task", choices=["lm", "translate"], default="lm", help="what to measure (default: lm)")
+    p.add_argument("--data", nargs="+", action="extend", metavar="PATH",
+                   help="lm: text files to score, tokenized with the model's tokenizer (default: DIR/data val "
+                        "split); translate: one TSV/JSONL file of pairs (default: the shipped --split)")
+    add_dataclass_args(p, EvalConfig, ["max_batches", "split", "src_col", "tgt_col", "bleu_tokenize"],
+                       help=EVAL_HELP)
+    add_dataclass_args(p, TrainConfig, ["batch_size", "device", "dtype"])
+    add_dataclass_args(p, GenerationConfig, ["num_beams", "no_repeat_ngram_size"],
+                       help={"num_beams": "translate: beam width (1 = greedy)",
+                             "no_repeat_ngram_size": "translate: never repeat an n-gram of this many tokens in a "
+                                                     "translation (0 = off)"})
+    p.add_argument("--baselines", action="store_true",
+                   help="translate: also score copying the source and word-by-word CC-CEDICT lookup (en->zh)")
+    p.add_argument("--hypotheses", metavar="FILE", help="translate: write the translations here, one per line")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    opts = EvalConfig(**given(args, EvalConfig))
+    train = TrainConfig(**given(args, TrainConfig))
+    decoding = GenerationConfig(**{k: v for k, v in given(args, GenerationConfig).items()
+                                   if k in ("num_beams", "no_repeat_ngram_size")})
+    if args.task == "translate":
+        return _translate(args, opts, train, decoding)
+    return _lm(args, opts, train)
+
+
+def _lm(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig) -> int:
+    from contextlib import nullcontext
+
+    import numpy as np
+    import torch
+
+    from ..data import TokenDataset, read_text
+    from ..tokenizer import load_tokenizer
+    from ..training.loss import eval_metrics, eval_sums
+    from ..training.run import val_split
+    from .common import load_model_dir, resolve_device
+
+    model_dir = Path(args.model)
+    device = resolve_device(train.device)
+    model = load_model_dir(model_dir, device=device)
+    block = getattr(getattr(model, "config", None), "max_seq_len", 256)
+    if args.data:
+        ids = load_tokenizer(model_dir).encode(read_text([Path(p) for p in args.data]))
+        data = TokenDataset(np.asarray(ids, dtype=np.int64), block)
+        where = ", ".join(args.data)
+    else:
+        if not (model_dir / "data" / "meta.json").is_file():
+            raise DataError(f"{model_dir / 'data'} has no prepared data; pass --data FILE to evaluate on text.")
+        data, where = val_split(model_dir / "data", block), f"{model_dir / 'data'} (val split)"
+        if data is None:
+            raise DataError(f"The validation split in {model_dir / 'data'} is empty; pass --data FILE.")
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if train.dtype == "bfloat16" else nullcontext()
+
+    batches = data.iter_eval(train.batch_size, opts.max_batches)
+    metrics = eval_metrics(eval_sums(model, batches, device, autocast))
+    print(f"{where}: loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}, "
+          f"token accuracy {metrics['val_acc']:.4f}")
+    return 0
+
+
+def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, decoding: GenerationConfig) -> int:
+    """BLEU / chrF of DIR on ``--data`` pairs or the shipped ``--split``."""
+    import json
+
+    from ..finetune.pairs import read_pairs
+    from ..translation.data import load_parallel
+    from ..translation.metrics import DictionaryBaseline, copy_source, evaluate_translations
+    from ..translation.translator import Translator
+    from .common import resolve_device
+
+    if args.data and len(args.data) > 1:
+        raise DataError(f"--task translate takes one pair file, got {len(args.data)}; concatenate them first.")
+    if args.data:
+        pairs, where = read_pairs(args.data[0], opts.src_col, opts.tgt_col), args.data[0]
+    else:
+        pairs, where = [(p.en, p.zh) for p in load_parallel(opts.split)], f"shipped en-zh {opts.split} split"
+    if opts.max_batches:
+        pairs = pairs[:opts.max_batches * train.batch_size]
+    sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    translator = Translator.from_pretrained(args.model, device=resolve_device(train.device))
+    hyps = translator.translate(sources, num_beams=decoding.num_beams, batch_size=train.batch_size,
+                                no_repeat_ngram_size=decoding.no_repeat_ngram_size)
+    if args.hypotheses:
+        Path(args.hypotheses).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    systems = {str(args.model): hyps}
+    if args.baselines:
+        systems.update({"copy source": copy_source(sources), "CC-CEDICT word lookup": DictionaryBaseline()(sources)})
+    print(f"{where}: {len(pairs)} pairs, sacrebleu tokenize={opts.bleu_tokenize!r}, beams={decoding.num_beams}, "
+          f"no-repeat n-gram={decoding.no_repeat_ngram_size or 'off'}")
+    for name, out in systems.items():
+        m = evaluate_translations(out, refs, tokenize=opts.bleu_tokenize)
+        print(json.dumps({"system": name, "bleu": round(m["bleu"], 2), "chrf": round(m["chrf"], 2)},
+                         ensure_ascii=False))
+    return 0

@@ -1,0 +1,83 @@
+"""``llmcore translate --model DIR "Hello, how are you?"``: translate sentences with a saved model.
+
+DIR holds a :class:`~llmcore.models.seq2seq.Seq2SeqTransformer` or a decoder-only
+:class:`~llmcore.models.TransformerLM` fine-tuned on pairs (told apart by ``config.json``), with its tokenizer
+in ``DIR/tokenizer``. Sentences come from the command line, from ``--input FILE`` (one per line) or, with
+neither, from standard input; translations are printed one per line, in order, decoded in batches of
+``--batch-size``. ``--num-beams N`` uses beam search. Refused with a one-line error (exit status 2): a model
+whose tokenizer lacks the target-language tag, an empty input line, and (with ``--too-long error``) a
+sentence longer than the model's source context; by default such a sentence is cut with a warning.
+
+``llmcore eval --task translate --model DIR`` (in :mod:`llmcore.cli.eval`) scores a translator with BLEU / chrF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import DataError
+from ..generation.config import GenerationConfig
+from ..training.trainer import TrainConfig
+from .common import add_dataclass_args, add_model_command, given
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = add_model_command(subparsers, "translate", help="translate sentences with a trained model",
+                          description=__doc__.split("\n\n")[0])
+    p.add_argument("text", nargs="*", help="sentences to translate (default: --input or stdin)")
+    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer/)")
+    p.add_argument("--input", help="file with one sentence per line ('-' = stdin)")
+    add_dataclass_args(p, GenerationConfig, ["num_beams", "no_repeat_ngram_size"])
+    # None is the translator's own budget, relative to each source: 2 x its length + 10 tokens.
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="output budget per sentence (default: 2 x source + 10)")
+    add_dataclass_args(p, TrainConfig, ["batch_size", "device"])
+    p.add_argument("--src-tag", default=None, help="source-language tag (default: from the model, else <2en>)")
+    p.add_argument("--tgt-tag", default=None, help="target-language tag (default: from the model, else <2zh>)")
+    p.add_argument("--too-long", choices=("truncate", "error"), default="truncate",
+                   help="sentences beyond the source context: cut with a warning (default) or fail")
+    p.set_defaults(func=run)
+
+
+def read_inputs(args: argparse.Namespace) -> list[str]:
+    """Sentences from the command line, ``--input`` or stdin; empty lines raise :class:`DataError`."""
+    if args.text and args.input:
+        raise DataError("Give sentences either as arguments or with --input, not both.")
+    if args.text:
+        lines, where = list(args.text), "argument"
+    else:
+        if args.input and args.input != "-":
+            path = Path(args.input)
+            if not path.is_file():
+                raise DataError(f"--input {path} does not exist.")
+            text = path.read_text(encoding="utf-8")
+        else:
+            text = sys.stdin.read()
+        lines, where = text.split("\n"), "line"
+        if lines and lines[-1] == "":
+            lines.pop()  # the final newline ends the last line; it does not start an empty one
+    if not lines:
+        raise DataError("Nothing to translate: pass sentences, --input FILE, or text on stdin.")
+    empty = [i + 1 for i, s in enumerate(lines) if not s.strip()]
+    if empty:
+        raise DataError(f"Input {where} {empty[0]} is empty ({len(empty)} empty in all); give one non-empty "
+                        "sentence per line.")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..translation.translator import Translator  # torch and the models load only when the command runs
+    from .common import resolve_device
+
+    decoding = GenerationConfig(**given(args, GenerationConfig))  # checks the values before any model loads
+    train = TrainConfig(**given(args, TrainConfig))
+    lines = read_inputs(args)
+    translator = Translator.from_pretrained(args.model, device=resolve_device(train.device),
+                                            src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag)
+    outs = translator.translate(lines, num_beams=decoding.num_beams, max_new_tokens=args.max_new_tokens,
+                                batch_size=train.batch_size, too_long=args.too_long,
+                                no_repeat_ngram_size=decoding.no_repeat_ngram_size)
+    sys.stdout.write("".join(o + "\n" for o in outs))
+    return 0

@@ -1,0 +1,193 @@
+"""A training run as a Python call: ``train(RunConfig(...))`` goes from text files to a run directory.
+
+What ``llmcore train`` does, without argparse: build the tokenizer and prepare the data into ``OUT/data``
+(reused when the same files, tokenizer and split were prepared before), build the model from a registered
+architecture, a preset and overrides, train it with the :class:`~llmcore.training.Trainer` (checkpoints,
+``metrics.jsonl``, samples) and return the Trainer's summary. ``llmcore sweep`` calls it once per grid point::
+
+    from llmcore.training.run import RunConfig, train
+
+    summary = train(RunConfig(preset="debug", train={"max_steps": 50}, out_dir="runs/tiny"))
+
+Under ``torchrun`` every rank calls :func:`train`; rank 0 prepares the data while the others wait.
+This module sits in the training layer: it uses tokenizer, models, data and training, never the commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig
+from ..errors import CheckpointError, ConfigError
+from . import distributed as dist
+from .trainer import TrainConfig
+
+logger = logging.getLogger("llmcore.training")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run depends on. ``model`` / ``train`` override ModelConfig / TrainConfig fields."""
+
+    data: list[str] | None = None  # text files or directories; None = the bundled Shakespeare
+    tokenizer: str = "char"  # char | byte | sp | a saved tokenizer directory
+    vocab_size: int | None = None  # for tokenizer "sp" (the data layer's default when None)
+    val_fraction: float = 0.1  # last share of the text held out for validation
+    preset: str = "char-small"  # ModelConfig preset the model starts from
+    arch: str = "TransformerLM"  # name in llmcore.registry.ARCHITECTURES
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides, e.g. {"dropout": 0.1}
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, e.g. {"max_steps": 600}
+    out_dir: str | None = None  # run directory; None = runs/<preset>
+    resume: bool = False  # continue the newest checkpoint in out_dir
+
+    def __post_init__(self) -> None:
+        if self.data is not None:
+            self.data = [str(p) for p in ([self.data] if isinstance(self.data, (str, Path)) else self.data)]
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction {self.val_fraction} must be in [0, 1); e.g. 0.1 holds out the last "
+                              "10% for validation (0: no validation).")
+        split_overrides({**self.model, **self.train})  # unknown keys fail now, not after data preparation
+
+    @property
+    def out(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.preset}")
+
+    def train_config(self) -> TrainConfig:
+        """The run's TrainConfig (``out_dir`` set to the run directory)."""
+        return TrainConfig.from_dict({**self.train, "out_dir": str(self.out)})
+
+    def model_config(self, vocab_size: int) -> Any:
+        """The preset with the overrides applied, sized to the tokenizer's vocabulary."""
+        cls = getattr(architecture(self.arch), "config_cls", ModelConfig)
+        return cls.from_preset(self.preset, **{"vocab_size": vocab_size, **self.model})
+
+    def check(self) -> None:
+        """Build both configs without touching data, so a bad value fails before any work starts."""
+        self.train_config()
+        self.model_config(self.model.get("vocab_size", 256))
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``{"dropout": 0.1, "warmup_steps": 50}`` -> (ModelConfig overrides, TrainConfig overrides)."""
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    model, train = {}, {}
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key in model_keys:
+            model[key] = value
+        elif key in train_keys:
+            train[key] = value
+        else:
+            raise ConfigError(f"Unknown --set key {key!r}; valid keys are ModelConfig fields "
+                              f"({', '.join(sorted(model_keys))}) and TrainConfig fields "
+                              f"({', '.join(sorted(train_keys))}).")
+    return model, train
+
+
+def architecture(name: str) -> type:
+    """The model class registered as ``name`` (TransformerLM while the registry is still empty)."""
+    from ..models import TransformerLM
+    from ..registry import ARCHITECTURES
+
+    if name in ARCHITECTURES or len(ARCHITECTURES):
+        return ARCHITECTURES.get(name)  # ConfigError listing the registered names
+    if name != "TransformerLM":
+        raise ConfigError(f"Unknown architecture {name!r}; registered: TransformerLM. Register a new one with "
+                          "llmcore.registry.ARCHITECTURES.register(name, cls) and pass --import FILE_OR_MODULE.")
+    return TransformerLM
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _fingerprint(config: RunConfig) -> dict[str, Any]:
+    """What the prepared data depends on; a match means OUT/data can be reused as is."""
+    from ..data import resolve_paths
+
+    files = resolve_paths([Path(p) for p in config.data] if config.data else None)
+    return {"files": [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in files],
+            "tokenizer": str(config.tokenizer), "vocab_size": config.vocab_size,
+            "val_fraction": config.val_fraction}
+
+
+def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> Any:
+    """Tokenizer + ``data_dir/{train,val}.bin``; rank 0 builds them (unless already there), the others wait."""
+    from ..data import build_tokenizer, prepare
+    from ..tokenizer import load_tokenizer
+
+    stamp = data_dir / "source.json"
+    if env.is_main:
+        wanted = _fingerprint(config)
+        fresh = not (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted
+                     and (data_dir / "tokenizer").is_dir() and (data_dir / "meta.json").is_file())
+        if fresh:
+            paths = [Path(p) for p in config.data] if config.data else None
+            tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
+            tokenizer.save(data_dir / "tokenizer")
+            prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction)
+            stamp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+    dist.barrier(env)
+    return load_tokenizer(data_dir / "tokenizer")
+
+
+def val_split(data_dir: Path, block_size: int) -> Any:
+    """The prepared validation split, or None when it is too short for one window."""
+    from ..data import TokenDataset, load_meta
+
+    if load_meta(data_dir).get("n_val_tokens", 0) <= block_size:
+        return None  # no (or too little) held-out text: train without evaluation
+    return TokenDataset(data_dir, block_size, split="val")
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def train(config: RunConfig) -> dict[str, Any]:
+    """Prepare the data, build the model, train; returns the Trainer's summary (plus ``out_dir``).
+
+    Raises:
+        CheckpointError: ``resume`` without a checkpoint in the run directory, or a checkpoint of another run.
+        ConfigError: an unknown override, preset or architecture.
+    """
+    import torch
+
+    from ..data import TokenDataset
+    from .trainer import Trainer
+
+    out = config.out
+    train_cfg = config.train_config()
+    if config.resume and not (out / "trainer_state").is_dir():
+        raise CheckpointError(f"No checkpoint to resume in {out / 'trainer_state'}; run without --resume to "
+                              "start a fresh run, or point --out at the run directory.")
+    cls = architecture(config.arch)
+    env = dist.detect()
+    env, created = dist.setup(dist.resolve_device(train_cfg.device, env), env)
+    try:
+        tokenizer = prepare_run_data(config, out / "data", env)
+        model_cfg = config.model_config(tokenizer.vocab_size)
+        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank and every run
+        model = cls(model_cfg)
+        block = model_cfg.max_seq_len
+        train_data = TokenDataset(out / "data", block, split="train")
+        summary = Trainer(model, train_cfg, train_data, val_split(out / "data", block),
+                          tokenizer=tokenizer).fit(resume=config.resume)
+    finally:
+        dist.cleanup(created)
+    return {**summary, "out_dir": str(out), "is_main": env.is_main}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line for people: steps, throughput, validation losses, early stop, where the model is."""
+    best = summary.get("best_val_loss")
+    line = (f"trained {summary['steps']} steps ({summary.get('tokens_seen') or 0:,} tokens, "
+            f"{summary.get('tokens_per_s') or 0:,.0f} tokens/s)")
+    if best is not None:
+        line += (f"; val loss {summary['final_val_loss']:.4f}, best {best:.4f} at step {summary['best_step']}")
+    if summary.get("stopped_early"):
+        line += " (early stop)"
+    return line + f"; model in {summary.get('out_dir')}"
+
+
+__all__ = ["RunConfig", "train", "split_overrides", "architecture", "format_summary"]
