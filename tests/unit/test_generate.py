@@ -486,4 +486,4 @@ def test_cli_generate(tmp_path, capsys, monkeypatch):
     assert main(args + ["--num-beams", "3"]) == 0
     capsys.readouterr()
     assert main(args + ["--top-p", "2"]) == 2
-    assert "top_p" in capsys.readouterr().err
+    assert "--top-p 2.0 is invalid" in capsys.readouterr().err  # the flag, not the Python field

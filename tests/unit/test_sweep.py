@@ -6,7 +6,8 @@ import csv
 
 import pytest
 
-import llmcore.training.cli as train_cli
+import llmcore.sweep as sweep_module
+import llmcore.training.run as run_module
 from llmcore.cli import main
 from llmcore.errors import ConfigError, TrainingError
 from llmcore.sweep import parse_grid, points, run_name, sweep
@@ -19,19 +20,20 @@ def base(tmp_path):
     corpus = tmp_path / "tiny.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     return {"data": [str(corpus)], "preset": "debug", "max_steps": 2, "batch_size": 2, "eval_interval": 2,
-            "no_progress": True, "num_samples": 0, "eval_batches": 1, "warmup_steps": 0}
+            "progress": False, "num_samples": 0, "eval_batches": 1, "warmup_steps": 0}
 
 
 @pytest.fixture
 def count_runs(monkeypatch):
     calls = []
-    real = train_cli.run_train
+    real = run_module.train
 
-    def counting(args):
-        calls.append(args.out)
-        return real(args)
+    def counting(config):
+        assert isinstance(config, run_module.RunConfig)  # the Python API, no argparse Namespace
+        calls.append(config.out_dir)
+        return real(config)
 
-    monkeypatch.setattr(train_cli, "run_train", counting)
+    monkeypatch.setattr(run_module, "train", counting)
     return calls
 
 
@@ -99,13 +101,23 @@ def test_cli(tmp_path, base, capsys):
 def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, base, monkeypatch):
     calls = []
 
-    def diverge(args):
-        calls.append(args.out)
+    def diverge(config):
+        calls.append(config.out_dir)
         raise TrainingError("Training diverged at step 1: the loss is nan.")
 
-    monkeypatch.setattr(train_cli, "run_train", diverge)
+    monkeypatch.setattr(run_module, "train", diverge)
     rows = sweep(base, {"lr": [10.0, 20.0]}, tmp_path / "s")
     assert len(calls) == 2 and {r["status"] for r in rows} == {"failed"}
     assert all("diverged" in r["error"] for r in rows)
     assert {r["status"] for r in sweep(base, {"lr": [10.0, 20.0]}, tmp_path / "s")} == {"skipped"}
     assert len(calls) == 2
+
+
+def test_sweep_builds_run_configs_without_argparse(tmp_path, base):
+    config = sweep_module.run_config(base, {"lr": 3e-3, "n_layers": 1, "preset": "debug"}, tmp_path / "r")
+    assert config.preset == "debug" and config.data == base["data"] and config.out_dir == str(tmp_path / "r")
+    assert config.model == {"n_layers": 1}
+    assert config.train == {"max_steps": 2, "batch_size": 2, "eval_interval": 2, "progress": False,
+                            "num_samples": 0, "eval_batches": 1, "warmup_steps": 0, "lr": 3e-3}
+    source = open(sweep_module.__file__, encoding="utf-8").read()
+    assert "argparse" not in source and "Namespace" not in source

@@ -238,4 +238,4 @@ def test_cli_eval_translate(tok, tmp_path, capsys):
                  str(pairs)]) == 2
     assert "one pair file" in capsys.readouterr().err
     assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--no-repeat-ngram-size", "-1"]) == 2
-    assert "--no-repeat-ngram-size -1 must be >= 0" in capsys.readouterr().err
+    assert "--no-repeat-ngram-size -1 is invalid: it must be an integer >= 0" in capsys.readouterr().err

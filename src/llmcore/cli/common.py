@@ -143,9 +143,10 @@ def _show(value: Any) -> str:
     return "off" if value is None else str(value)
 
 
-def given(args: argparse.Namespace, cls: type, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The fields of ``cls`` set on the command line, plus the command's own ``defaults`` for the others."""
-    names = [f.name for f in dataclasses.fields(cls)]
+def given(args: argparse.Namespace, cls: type, fields: list[str] | None = None,
+          defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields of ``cls`` (or only ``fields``) set on the command line, plus ``defaults`` for the others."""
+    names = [f.name for f in dataclasses.fields(cls) if fields is None or f.name in fields]
     values = {k: v for k, v in (defaults or {}).items() if k in names}
     values.update({k: getattr(args, k) for k in names if hasattr(args, k)})
     return values
@@ -272,3 +273,16 @@ def add_model_command(subparsers: Any, name: str, **kwargs: Any) -> argparse.Arg
     parser = subparsers.add_parser(name, epilog=PLUGIN_EPILOG, **kwargs)
     add_import_arg(parser)
     return parser
+
+
+def make_config(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)``; a validation error names the command-line flag instead of the Python field."""
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        message = str(e)
+        for name, value in values.items():
+            message = message.replace(f"{cls.__name__}.{name}={value!r}", f"{flag_name(name)} {value}")
+        if message == str(e):
+            raise
+        raise ConfigError(message) from e

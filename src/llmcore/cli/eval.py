@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..generation.config import GenerationConfig
 from ..training.trainer import TrainConfig
-from .common import add_dataclass_args, add_model_command, given
+from .common import add_dataclass_args, add_model_command, given, make_config
 
 
 @dataclass
@@ -57,10 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    opts = EvalConfig(**given(args, EvalConfig))
-    train = TrainConfig(**given(args, TrainConfig))
-    decoding = GenerationConfig(**{k: v for k, v in given(args, GenerationConfig).items()
-                                   if k in ("num_beams", "no_repeat_ngram_size")})
+    opts = make_config(EvalConfig, given(args, EvalConfig))
+    train = make_config(TrainConfig, given(args, TrainConfig, ["batch_size", "device", "dtype"]))
+    decoding = make_config(GenerationConfig, given(args, GenerationConfig, ["num_beams", "no_repeat_ngram_size"]))
     if args.task == "translate":
         return _translate(args, opts, train, decoding)
     return _lm(args, opts, train)

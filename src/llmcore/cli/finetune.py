@@ -24,7 +24,15 @@ from typing import Any
 
 from ..training.run import RunConfig, split_overrides
 from ..training.trainer import TrainConfig
-from .common import add_dataclass_args, add_model_command, add_set_arg, field_default, given, parse_sets
+from .common import (
+    add_dataclass_args,
+    add_model_command,
+    add_set_arg,
+    field_default,
+    given,
+    make_config,
+    parse_sets,
+)
 
 # Where a fine-tune departs from TrainConfig: a pretrained model wants a smaller step and a shorter run.
 FINETUNE_DEFAULTS = {"max_steps": 500, "lr": 3e-4, "num_samples": 0}
@@ -81,13 +89,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     model_sets, sets = split_overrides(parse_sets(args.sets))
     if model_sets:
         raise_model_sets(model_sets)
-    values = {**FINETUNE_DEFAULTS, **sets, **{k: v for k, v in given(args, TrainConfig).items()
-                                              if k in TRAIN_FLAGS}}
+    values = {**FINETUNE_DEFAULTS, **sets, **given(args, TrainConfig, TRAIN_FLAGS)}
     steps, lr = values["max_steps"], values["lr"]
     values.setdefault("min_lr", lr / 10)
     values.setdefault("warmup_steps", min(100, steps // 10))
     values.setdefault("eval_interval", max(1, steps // 5))
-    return TrainConfig(**values, out_dir=args.out)
+    return make_config(TrainConfig, {**values, "out_dir": args.out})
 
 
 def raise_model_sets(model_sets: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import GenerationError
 from ..generation.config import GenerationConfig
 from ..training.trainer import TrainConfig
-from .common import add_dataclass_args, add_model_command, field_default, given
+from .common import add_dataclass_args, add_model_command, field_default, given, make_config
 
 SAMPLING = ("temperature", "top_k", "top_p", "min_p")  # giving any of them means "sample"
 DECODING = ["max_new_tokens", *SAMPLING, "repetition_penalty", "no_repeat_ngram_size", "num_beams", "seed",
@@ -32,8 +32,7 @@ def _load_tokenizer(directory: str) -> Any:
 
 def options_from_args(args: argparse.Namespace, prompt_len: int, max_seq_len: int | None) -> dict[str, Any]:
     """GenerationConfig fields from the parsed command line."""
-    opts = given(args, GenerationConfig)
-    opts = {k: v for k, v in opts.items() if k in DECODING}
+    opts = given(args, GenerationConfig, DECODING)
     opts["do_sample"] = any(k in opts for k in SAMPLING) or args.sample
     if "max_new_tokens" not in opts:  # the default, fitted to the context the prompt leaves
         default = field_default(GenerationConfig, "max_new_tokens")
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     ids = tokenizer.encode(args.prompt, add_bos=args.add_bos)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     max_seq_len = getattr(getattr(model, "config", None), "max_seq_len", None)
-    config = GenerationConfig(**options_from_args(args, len(ids), max_seq_len))
+    config = make_config(GenerationConfig, options_from_args(args, len(ids), max_seq_len))
     out = sys.stdout
     if args.stream:
         if config.num_beams > 1:

@@ -10,7 +10,9 @@ import argparse
 from pathlib import Path
 
 from ..training.run import RunConfig
-from .common import add_dataclass_args, given
+from .common import add_dataclass_args, given, make_config
+
+DATA_FLAGS = ["data", "tokenizer", "vocab_size", "val_fraction"]  # RunConfig fields, shared with train
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Tokenize text into flat id files for training. Without --data, uses the bundled "
                     "Shakespeare corpus; the split is by position (last --val-fraction of characters -> val).",
     )
-    add_dataclass_args(p, RunConfig, ["data", "tokenizer", "vocab_size", "val_fraction"])
+    add_dataclass_args(p, RunConfig, DATA_FLAGS)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--workers", type=int, metavar="N",
                    help="tokenizer processes (default: all cores for large inputs, in-process for small ones)")
@@ -31,8 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import build_tokenizer, prepare, resolve_paths
 
-    opts = RunConfig(**{k: v for k, v in given(args, RunConfig).items()
-                        if k in ("data", "tokenizer", "vocab_size", "val_fraction")})  # checks val_fraction
+    opts = make_config(RunConfig, given(args, RunConfig, DATA_FLAGS))  # checks --val-fraction
     paths = [Path(p) for p in opts.data] if opts.data else None
     resolve_paths(paths)  # fail on a bad path before training a tokenizer
     out = Path(args.out)

@@ -36,9 +36,9 @@ def overrides_from_args(args: argparse.Namespace, exclude: tuple[str, ...] = ())
 
     An explicit flag wins over the same key in ``--set``; ``exclude`` names flags the command uses otherwise.
     """
-    flags = {**given(args, TrainConfig), **given(args, RunConfig)}
     chosen = [f for f in (*TRAIN_FLAGS, *RUN_FLAGS) if f not in exclude]
-    return {**parse_sets(getattr(args, "sets", [])), **{k: v for k, v in flags.items() if k in chosen}}
+    return {**parse_sets(getattr(args, "sets", [])), **given(args, TrainConfig, chosen),
+            **given(args, RunConfig, chosen)}
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:

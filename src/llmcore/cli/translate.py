@@ -20,7 +20,10 @@ from pathlib import Path
 from ..errors import DataError
 from ..generation.config import GenerationConfig
 from ..training.trainer import TrainConfig
-from .common import add_dataclass_args, add_model_command, given
+from .common import add_dataclass_args, add_model_command, given, make_config
+
+DECODING = ["num_beams", "no_repeat_ngram_size"]  # GenerationConfig fields the translator takes
+DEVICE = ["batch_size", "device"]  # TrainConfig fields
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,11 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("text", nargs="*", help="sentences to translate (default: --input or stdin)")
     p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer/)")
     p.add_argument("--input", help="file with one sentence per line ('-' = stdin)")
-    add_dataclass_args(p, GenerationConfig, ["num_beams", "no_repeat_ngram_size"])
+    add_dataclass_args(p, GenerationConfig, DECODING)
     # None is the translator's own budget, relative to each source: 2 x its length + 10 tokens.
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help="output budget per sentence (default: 2 x source + 10)")
-    add_dataclass_args(p, TrainConfig, ["batch_size", "device"])
+    add_dataclass_args(p, TrainConfig, DEVICE)
     p.add_argument("--src-tag", default=None, help="source-language tag (default: from the model, else <2en>)")
     p.add_argument("--tgt-tag", default=None, help="target-language tag (default: from the model, else <2zh>)")
     p.add_argument("--too-long", choices=("truncate", "error"), default="truncate",
@@ -71,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from ..translation.translator import Translator  # torch and the models load only when the command runs
     from .common import resolve_device
 
-    decoding = GenerationConfig(**given(args, GenerationConfig))  # checks the values before any model loads
-    train = TrainConfig(**given(args, TrainConfig))
+    decoding = make_config(GenerationConfig, given(args, GenerationConfig, DECODING))  # checked before any model loads
+    train = make_config(TrainConfig, given(args, TrainConfig, DEVICE))
     lines = read_inputs(args)
     translator = Translator.from_pretrained(args.model, device=resolve_device(train.device),
                                             src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag)
