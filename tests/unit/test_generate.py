@@ -464,8 +464,8 @@ def test_bad_inputs(lm):
 
 # ====================================================================== command line
 def test_cli_generate(tmp_path, capsys, monkeypatch):
-    from llmcore.cli import main
     from llmcore.cli import generate as gen_cli
+    from llmcore.cli import main
 
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig.from_preset("char-small", vocab_size=259, init_std=0.1))
