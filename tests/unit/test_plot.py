@@ -8,11 +8,19 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+import torch  # noqa: E402
+
 from llmcore import ModelConfig, TransformerLM  # noqa: E402
 from llmcore.cli import main  # noqa: E402
 from llmcore.errors import ConfigError, LLMCoreError  # noqa: E402
-import torch  # noqa: E402
-from llmcore.plot import attention_weights, plot_attention, plot_metrics, plot_runs, read_metrics, token_labels  # noqa: E402
+from llmcore.plot import (  # noqa: E402
+    attention_weights,
+    plot_attention,
+    plot_metrics,
+    plot_runs,
+    read_metrics,
+    token_labels,
+)
 from llmcore.tokenizer import CharTokenizer  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
