@@ -218,3 +218,14 @@ def test_bad_checkpoints_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="config.json not found"):
         TransformerLM.from_pretrained(tmp_path / "empty")
+
+
+def test_logits_to_keep_runs_the_head_on_the_last_positions():
+    model = make("llama")
+    x = torch.randint(0, 97, (2, 9))
+    full = model(x)
+    assert model(x, logits_to_keep=1).shape == (2, 1, 97)
+    torch.testing.assert_close(model(x, logits_to_keep=3), full[:, -3:], atol=1e-6, rtol=1e-6)
+    cache = model.make_cache(2)
+    model(x[:, :8], kv_cache=cache, logits_to_keep=1)
+    torch.testing.assert_close(model(x[:, 8:], kv_cache=cache, logits_to_keep=1), full[:, -1:], atol=1e-5, rtol=1e-5)
