@@ -277,6 +277,7 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         """
         from ..generation import generate  # the model does not depend on generation at import time
 
+        check_token_ids(src_ids, self.config, what="src_ids")  # ids enter here; forward checks shapes only
         if decoder_start_ids is None:
             decoder_start_ids = self.config.extra.get("decoder_start_token_id")
         if decoder_start_ids is None:
