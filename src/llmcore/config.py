@@ -1,7 +1,9 @@
 """ModelConfig: one flat, validated, JSON-serialisable dataclass describing a Transformer.
 
 Names, not classes, are stored (``norm="rmsnorm"``, ``activation="swiglu"``) so a config round-trips through
-JSON and can be diffed. Validation happens in ``__post_init__`` and raises :class:`ConfigError` naming the
+JSON and can be diffed. The names are looked up in the open registries of :mod:`llmcore.registry` (``NORMS``,
+``MLPS``, ``POS_ENCODINGS``), which the built-ins in :mod:`llmcore.modules` fill when ``llmcore`` is imported
+and a user extends from their own file. Validation happens in ``__post_init__`` and raises :class:`ConfigError` naming the
 field, the value and what is allowed. Named presets cover the shapes tests, examples and conversions need;
 ``from_preset(name, **overrides)`` is the way to get one.
 """
@@ -16,10 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-
-POS_ENCODINGS = ("learned", "rope", "sinusoidal", "none")
-NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+from .registry import MLPS, NORMS, POS_ENCODINGS
 
 
 @dataclass
@@ -70,10 +69,12 @@ class ModelConfig:
                 f"ModelConfig.n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
                 "grouped-query attention shares each key/value head between n_heads/n_kv_heads query heads."
             )
-        for name, allowed in (("pos_encoding", POS_ENCODINGS), ("norm", NORMS), ("activation", ACTIVATIONS)):
+        for name, table in (("pos_encoding", POS_ENCODINGS), ("norm", NORMS), ("activation", MLPS)):
             value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"ModelConfig.{name}={value!r} is unknown; allowed: {', '.join(allowed)}.")
+            if not isinstance(value, str) or value not in table:
+                raise ConfigError(f"ModelConfig.{name}={value!r} is unknown; registered: {', '.join(table.names())}. "
+                                  f"Register a new one with llmcore.registry.{table.var}.register(name, ...) "
+                                  "before building the config.")
         if self.pos_encoding == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head_dim, got d_model/n_heads={self.head_dim}.")
         if not 0.0 <= self.dropout < 1.0:

@@ -16,8 +16,9 @@ def check_token_ids(ids: torch.Tensor, config: ModelConfig, past: int = 0, what:
                     check_length: bool = True, check_vocab: bool = True) -> None:
     """Raise DataError unless ``ids`` is (B, T), ``past + T <= config.max_seq_len`` and ids are in the vocabulary.
 
-    ``check_vocab=False`` skips the range check, which costs a device sync (callers skip it for one-token
-    cached decode steps, whose ids come from the model's own vocabulary).
+    ``check_vocab=False`` skips the range check, which reads the ids on the host (a device sync and a
+    ``torch.compile`` graph break): model ``forward`` methods pass it and check shapes only; ids are
+    range-checked once where they enter (datasets, generation prompts, the CLI).
     """
     if ids.dim() != 2:
         raise DataError(f"{what} must be 2-D (batch, seq_len); got shape {tuple(ids.shape)}. "

@@ -4,7 +4,7 @@
 :class:`~llmcore.training.MetricsLogger`) and draws train and validation loss against the step, with the
 learning rate below. ``plot_runs(run_dirs)`` overlays the validation curves of several runs (a sweep).
 ``plot_attention(model, tokenizer, text, out)`` runs the model's reference attention path
-(``forward_hidden(..., return_weights=True)``) and draws one heat map per (layer, head) with the tokens on
+(``forward_hidden(..., attn_weights=[])``) and draws one heat map per (layer, head) with the tokens on
 both axes. ::
 
     llmcore plot runs/char-small                      # -> runs/char-small/loss_curve.png
@@ -209,24 +209,16 @@ def attention_weights(model: Any, ids: Sequence[int]) -> list[Any]:
     """Per layer, the attention weights (H, T, T) of one sequence, from the model's reference path."""
     import torch
 
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or not callable(getattr(model, "forward_hidden", None)):
-        raise ConfigError(f"{type(model).__name__} has no forward_hidden / blocks[i].attn; attention maps need a "
-                          "decoder-only TransformerLM.")
+    from .modules import eval_mode
+
+    if not callable(getattr(model, "forward_hidden", None)):
+        raise ConfigError(f"{type(model).__name__} has no forward_hidden(..., attn_weights=[]); attention maps need "
+                          "a decoder-only TransformerLM.")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model.forward_hidden(torch.tensor([list(ids)], dtype=torch.long, device=device), return_weights=True)
-        weights = []
-        for block in blocks:
-            w = block.attn.last_weights
-            block.attn.last_weights = None  # do not keep (B, H, T, T) tensors alive
-            weights.append(w[0].float().cpu())
-    finally:
-        model.train(was_training)
-    return weights
+    collected: list[torch.Tensor] = []  # each layer appends its (B, H, T, T) weights, in layer order
+    with eval_mode(model), torch.no_grad():
+        model.forward_hidden(torch.tensor([list(ids)], dtype=torch.long, device=device), attn_weights=collected)
+    return [w[0].float().cpu() for w in collected]
 
 
 def plot_attention(model: Any, tokenizer: Any, text: str, out: str | Path, layers: Sequence[int] | None = None,

@@ -8,10 +8,19 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+import torch  # noqa: E402
+
 from llmcore import ModelConfig, TransformerLM  # noqa: E402
 from llmcore.cli import main  # noqa: E402
 from llmcore.errors import ConfigError, LLMCoreError  # noqa: E402
-from llmcore.plot import plot_attention, plot_metrics, plot_runs, read_metrics, token_labels  # noqa: E402
+from llmcore.plot import (  # noqa: E402
+    attention_weights,
+    plot_attention,
+    plot_metrics,
+    plot_runs,
+    read_metrics,
+    token_labels,
+)
 from llmcore.tokenizer import CharTokenizer  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +69,11 @@ def test_attention_grid(tmp_path):
     model.train()
     out = plot_attention(model, tok, text, tmp_path / "attn.png", layers=[1], heads=[0, 3])
     assert out.read_bytes().startswith(PNG) and out.stat().st_size > 10_000
-    assert model.training and all(b.attn.last_weights is None for b in model.blocks)  # state left as found
+    assert model.training  # mode left as found
+    ids = tok.encode(text)
+    weights = attention_weights(model, ids)  # one (H, T, T) map per layer, rows are distributions
+    assert len(weights) == 2 and weights[0].shape == (4, len(ids), len(ids))
+    torch.testing.assert_close(weights[1].sum(-1), torch.ones(4, len(ids)))
     small = CharTokenizer.from_text("ab \n")
     assert token_labels(small, small.encode("a b\n")) == ["a", "␣", "b", "↵"]
     with pytest.raises(ConfigError, match="layer"):

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmcore import CheckpointError, DataError, ModelConfig, TransformerLM
+from llmcore import CheckpointError, DataError, GenerationError, ModelConfig, TransformerLM
+from llmcore.inputs import check_token_ids
 from llmcore.modules import Attention, DecoderBlock, KVCache, make_attention_mask, reference_attention
 
 CONFIGS = {
@@ -71,8 +72,10 @@ def test_sdpa_equals_reference_path():
 def test_reference_weights_are_inspectable():
     model = make("gpt2")
     x = torch.randint(0, 97, (1, 6))
-    model.forward_hidden(x, return_weights=True)
-    w = model.blocks[0].attn.last_weights
+    weights = []
+    model.forward_hidden(x, attn_weights=weights)
+    assert len(weights) == 2  # one per layer, in layer order
+    w = weights[0]
     assert w.shape == (1, 4, 6, 6)
     assert torch.all(w.triu(diagonal=1) == 0)  # causal: no weight on future tokens
 
@@ -123,7 +126,7 @@ def test_kv_cache_with_left_padding():
 def test_kv_cache_overflow_is_clear():
     model = make("llama")
     cache = KVCache.for_model(model, 1, max_len=4)
-    with pytest.raises(Exception, match="KV cache overflow"):
+    with pytest.raises(GenerationError, match="KV cache overflow"):
         model(torch.randint(0, 97, (1, 5)), kv_cache=cache)
 
 
@@ -159,9 +162,11 @@ def test_parameter_and_flop_counts():
 class ParallelBlock(DecoderBlock):
     """GPT-J / PaLM parallel residual: x + attn(norm(x)) + mlp(norm(x)), one shared norm."""
 
-    def forward(self, x, mask=None, is_causal=True, rope=None, kv_cache=None, return_weights=False, **kw):
+    norm_slots = ("attn_norm",)  # no mlp_norm: an unused parameter would break DDP
+
+    def forward(self, x, mask=None, is_causal=True, rope=None, kv_cache=None, attn_weights=None):
         h = self.attn_norm(x)
-        return x + self.attn(h, mask=mask, is_causal=is_causal, rope=rope, kv_cache=kv_cache) + self.mlp(h)
+        return x + self.attn(h, mask, is_causal, rope, kv_cache, attn_weights=attn_weights) + self.mlp(h)
 
 
 class ParallelLM(TransformerLM):
@@ -189,7 +194,7 @@ def test_bad_input_is_clear():
     with pytest.raises(DataError, match="exceeds max_seq_len=32"):
         model(torch.zeros(1, 33, dtype=torch.long))
     with pytest.raises(DataError, match="Token id 97 is outside the vocabulary \\[0, 97\\)"):
-        model(torch.tensor([[1, 97]]))
+        check_token_ids(torch.tensor([[1, 97]]), model.config)  # where ids enter; forward never syncs
     with pytest.raises(DataError, match="2-D"):
         model(torch.tensor([1, 2]))
 
@@ -213,3 +218,14 @@ def test_bad_checkpoints_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="config.json not found"):
         TransformerLM.from_pretrained(tmp_path / "empty")
+
+
+def test_logits_to_keep_runs_the_head_on_the_last_positions():
+    model = make("llama")
+    x = torch.randint(0, 97, (2, 9))
+    full = model(x)
+    assert model(x, logits_to_keep=1).shape == (2, 1, 97)
+    torch.testing.assert_close(model(x, logits_to_keep=3), full[:, -3:], atol=1e-6, rtol=1e-6)
+    cache = model.make_cache(2)
+    model(x[:, :8], kv_cache=cache, logits_to_keep=1)
+    torch.testing.assert_close(model(x[:, 8:], kv_cache=cache, logits_to_keep=1), full[:, -1:], atol=1e-5, rtol=1e-5)

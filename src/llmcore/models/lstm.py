@@ -21,6 +21,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import DataError
 from ..inputs import check_token_ids
+from ..modules import num_parameters
+from ..registry import ARCHITECTURES
 from .pretrained import PreTrainedMixin
 
 
@@ -51,6 +53,7 @@ class LSTMState:
         self.length += n
 
 
+@ARCHITECTURES.register("LSTMLM")
 class LSTMLM(PreTrainedMixin, nn.Module):
     """Multi-layer LSTM LM. ``forward(input_ids, attention_mask=None, kv_cache=None) -> logits (B, T, V)``."""
 
@@ -87,20 +90,24 @@ class LSTMLM(PreTrainedMixin, nn.Module):
                     p[H:2 * H].fill_(1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: LSTMState | None = None, **_: object) -> torch.Tensor:
+                kv_cache: LSTMState | None = None) -> torch.Tensor:
         """Next-token logits.
 
         Args:
             input_ids: (B, T) token ids.
             attention_mask: (B, past + T), 1 for real tokens and 0 for padding. Padding positions leave the
                 state unchanged, so left-padded batches give the same logits at real positions as unpadded
-                sequences (their own outputs are meaningless and ignored).
+                sequences (their own outputs are meaningless and ignored). With a mask the layers step
+                through time (the fused kernel cannot skip positions); generation passes a mask only when
+                a row is padded, and training batches need none.
             kv_cache: an :class:`LSTMState` to start from; it is updated in place.
 
         Returns:
             logits (B, T, vocab_size).
         """
-        check_token_ids(input_ids, self.config, check_length=False)  # an LSTM has no context limit
+        # Shape only: no context limit for an LSTM, and the vocabulary range would need a host sync (ids are
+        # checked where they enter: datasets, generation, the CLI).
+        check_token_ids(input_ids, self.config, check_length=False, check_vocab=False)
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         if attention_mask is not None and attention_mask.shape[-1] != past + T:
@@ -109,7 +116,7 @@ class LSTMLM(PreTrainedMixin, nn.Module):
         state = (kv_cache.h, kv_cache.c) if kv_cache is not None else None
         x = self.drop(self.tok_embeddings(input_ids))  # (B, T, D)
         new = attention_mask[:, past:] if attention_mask is not None else None
-        if new is None or bool(new.all()):
+        if new is None:
             y, state = self.lstm(x, state)  # fused over the whole sequence
         else:
             y, state = self._masked_steps(x, new.bool(), state)
@@ -135,7 +142,7 @@ class LSTMLM(PreTrainedMixin, nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count; a tied head counts once."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        return num_parameters(self, trainable_only)
 
     def make_cache(self, batch_size: int, max_len: int | None = None) -> LSTMState:
         """A zero :class:`LSTMState` for ``batch_size`` sequences (``max_len`` is recorded, never enforced)."""

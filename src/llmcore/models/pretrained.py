@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..registry import ARCHITECTURES
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -107,6 +108,28 @@ def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[
     os.replace(tmp, path)
 
 
+def register_architecture(name: str | type | None = None) -> Any:
+    """Register a model class in ``llmcore.registry.ARCHITECTURES``, so every loader can rebuild it.
+
+    ``@register_architecture`` uses the class name, ``@register_architecture("MyLM")`` another name;
+    ``save_pretrained`` writes that name into ``config.json`` and :func:`load_model` /
+    ``Base.from_pretrained`` build the class back. A command loads it once the defining file is imported
+    (``--import FILE_OR_MODULE``). A name already taken by a different class is refused (ConfigError).
+    """
+    if isinstance(name, type):  # bare @register_architecture
+        return ARCHITECTURES.register(name.__name__, name)
+
+    def add(cls: type) -> type:
+        return ARCHITECTURES.register(name or cls.__name__, cls)
+
+    return add
+
+
+def architecture_name(cls: type) -> str:
+    """The name ``cls`` is registered under in ``ARCHITECTURES`` (its class name if unregistered)."""
+    return next((n for n in ARCHITECTURES.names() if ARCHITECTURES.get(n) is cls), cls.__name__)
+
+
 class PreTrainedMixin:
     """``save_pretrained`` / ``from_pretrained`` for models with a ``config`` attribute."""
 
@@ -116,6 +139,7 @@ class PreTrainedMixin:
     def save_pretrained(self, directory: str | Path, format: str = "llmcore", tokenizer: Any = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (and ``tokenizer/`` if given) into ``directory``.
 
+        ``config.json`` names the architecture as registered (see :func:`register_architecture`).
         ``format="hf"`` writes a Hugging Face directory (GPT-2 or Llama layout, whichever the config fits).
         """
         d = Path(directory)
@@ -129,7 +153,7 @@ class PreTrainedMixin:
             dups = tied_duplicates(self)
             state = {k: v for k, v in self.state_dict().items() if k not in dups}
             save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
-            atomic_write_json(d / CONFIG_NAME, {"format": "llmcore", "architecture": type(self).__name__,
+            atomic_write_json(d / CONFIG_NAME, {"format": "llmcore", "architecture": architecture_name(type(self)),
                                                 "config": self.config.to_dict()})
         else:
             raise CheckpointError(f"Unknown save format {format!r}; use 'llmcore' or 'hf'.")
@@ -142,18 +166,20 @@ class PreTrainedMixin:
                         dtype: torch.dtype | None = None) -> Any:
         """Load an llmcore directory, or a Hugging Face GPT-2 / Llama directory (converted on the fly).
 
-        The model is returned in eval mode (dropout off), as Hugging Face does.
+        The class built is the one registered under the directory's architecture name when that is ``cls``
+        or a subclass of it (``TransformerLM.from_pretrained`` of a saved registered ``ParallelLM`` gives a
+        ``ParallelLM``); a subclass may also load its parent's directory. Any other architecture is a
+        :class:`CheckpointError`. The model is returned in eval mode (dropout off), as Hugging Face does;
+        the Trainer switches it to train mode.
         """
         d = Path(directory)
         if not d.is_dir():
             raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
         meta = read_json(d / CONFIG_NAME)
         if meta.get("format") == "llmcore":
-            arch = meta.get("architecture")
-            if arch != cls.__name__ and cls.__name__ in _BASE_NAMES:
-                raise CheckpointError(f"{d} holds a {arch}, not a {cls.__name__}; load it with {arch}.from_pretrained.")
-            config = cls.config_cls.from_dict(meta["config"])
-            model = cls(config)
+            target = _resolve_architecture(cls, meta.get("architecture"), d)
+            config = target.config_cls.from_dict(meta["config"])
+            model = target(config)
             load_state_dict_checked(model, read_state_dict(d), source=str(d / WEIGHTS_NAME))
         elif "model_type" in meta:
             from ..convert import load_hf
@@ -165,5 +191,48 @@ class PreTrainedMixin:
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
-# Built-in architectures: a directory saved by one must not silently load into another.
-_BASE_NAMES = {"TransformerLM", "Seq2SeqTransformer", "LSTMLM", "SequenceClassifier"}
+def _resolve_architecture(cls: type, arch: Any, directory: Path) -> type:
+    """The class to build for a directory saved as ``arch`` when ``cls.from_pretrained`` is called."""
+    registered = ARCHITECTURES.get(arch) if arch in ARCHITECTURES else None
+    if registered is not None and not isinstance(registered, type):
+        raise CheckpointError(f"ARCHITECTURES[{arch!r}] is {registered!r}, not a model class; register the class.")
+    if registered is not None and issubclass(registered, cls):
+        return registered  # cls itself, or a registered subclass of it
+    if registered is not None and issubclass(cls, registered):
+        return cls  # a subclass asked for explicitly loads its parent's weights (they must match)
+    if registered is None and arch == cls.__name__:
+        return cls  # an unregistered class loading its own directory
+    if registered is None:
+        raise _unregistered(arch, directory)
+    raise CheckpointError(f"{directory} holds a {arch}, not a {cls.__name__}; load it with {arch}.from_pretrained "
+                          "or llmcore.models.load_model.")
+
+
+def _unregistered(arch: Any, directory: Path) -> CheckpointError:
+    return CheckpointError(f"{directory} holds architecture {arch!r}, which is not registered (registered: "
+                           f"{', '.join(ARCHITECTURES.names())}); define and register it "
+                           "(llmcore.models.register_architecture), then pass --import FILE_OR_MODULE to the command.")
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> nn.Module:
+    """Load any registered architecture from a model directory, in eval mode.
+
+    ``config.json`` names the architecture; its class (from ``ARCHITECTURES``) rebuilds the model through
+    its ``from_pretrained``. A Hugging Face GPT-2 / Llama directory loads as a TransformerLM. An unregistered
+    name raises :class:`CheckpointError` saying how to make it known (import the file that registers it).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
+    meta = read_json(d / CONFIG_NAME)
+    if meta.get("format") == "llmcore":
+        arch = meta.get("architecture")
+        if arch not in ARCHITECTURES:
+            raise _unregistered(arch, d)
+        cls = ARCHITECTURES.get(arch)
+    elif "model_type" in meta:
+        cls = ARCHITECTURES.get("TransformerLM")
+    else:
+        raise CheckpointError(f"{d / CONFIG_NAME} is neither an llmcore config nor a Hugging Face config.")
+    return cls.from_pretrained(d, device=device, dtype=dtype)

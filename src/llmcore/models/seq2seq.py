@@ -24,7 +24,6 @@ and 21% with sinusoidal ones, whose unit-scale values drown the N(0, 0.02) token
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,14 +34,17 @@ from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..inputs import check_token_ids
 from ..modules import (
-    POSITIONAL,
     CrossDecoderBlock,
     EncoderBlock,
     KVCache,
-    RotaryEmbedding,
+    RotaryPositions,
+    attention_inputs,
     build_norm,
-    make_attention_mask,
+    build_positions,
+    init_weights,
+    num_parameters,
 )
+from ..registry import ARCHITECTURES
 from .pretrained import PreTrainedMixin
 
 
@@ -110,6 +112,7 @@ def shift_targets(tgt_ids: torch.Tensor, pad_id: int | None = None,
     return tgt_ids[:, :-1], labels
 
 
+@ARCHITECTURES.register("Seq2SeqTransformer")
 class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
     """Encoder-decoder Transformer. ``forward(tgt_ids, src_ids=...) -> logits (B, T, vocab_size)``."""
 
@@ -125,10 +128,11 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         self.src_embeddings = nn.Embedding(config.vocab_size, config.d_model)
         if config.share_embeddings:
             self.src_embeddings.weight = self.tgt_embeddings.weight
-        pos_cls = POSITIONAL[config.pos_encoding]
-        self.src_pos_embeddings = pos_cls(config) if pos_cls is not None else None
-        self.tgt_pos_embeddings = pos_cls(config) if pos_cls is not None else None
-        self.rotary = RotaryEmbedding(config) if config.pos_encoding == "rope" else None
+        pos = build_positions(config)  # None, absolute (one table per side) or rotary (shared, no parameters)
+        rotary = isinstance(pos, RotaryPositions)
+        self.src_pos_embeddings = None if rotary else pos
+        self.tgt_pos_embeddings = None if rotary or pos is None else build_positions(config)
+        self.rotary = pos if rotary else None
         self.drop = nn.Dropout(config.dropout)
         self.encoder_blocks = nn.ModuleList(self.encoder_block_cls(config, i) for i in range(config.n_encoder_layers))
         self.encoder_norm = build_norm(config)
@@ -141,34 +145,19 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ init
     def init_weights(self) -> None:
-        """N(0, init_std) for linears and embeddings; residual output projections scaled by 1/√(2L).
-
-        L is the depth of the stack the projection lives in (encoder or decoder); the decoder has three
-        residual branches per block, but the GPT-2 rule of 2L is kept for both for simplicity.
-        """
-        std = self.config.init_std
-        for stack, depth in ((self.encoder_blocks, self.config.n_encoder_layers),
-                             (self.decoder_blocks, self.config.n_layers)):
-            resid_std = std / math.sqrt(2 * max(depth, 1))
-            for name, m in stack.named_modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, 0.0, resid_std if name.endswith(("out_proj", "down_proj")) else std)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-        for m in (self.tgt_embeddings, self.src_embeddings, self.src_pos_embeddings, self.tgt_pos_embeddings):
-            if isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, 0.0, std)
+        """The shared Transformer init (:func:`llmcore.modules.init_weights`): N(0, init_std), norms at
+        identity, residual output projections scaled by 1/√(2L) with L the depth of their own stack (encoder
+        or decoder; the decoder has three residual branches per block, but the GPT-2 rule of 2L is kept)."""
+        # The order of the draws predates the shared init (stacks, then embeddings, then an untied head);
+        # it is kept so trained results stay as they were. A tied head is the embedding, drawn once.
+        order = [*self.encoder_blocks.modules(), *self.decoder_blocks.modules(), self.tgt_embeddings,
+                 self.src_embeddings, self.src_pos_embeddings, self.tgt_pos_embeddings]
         if not self.config.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, 0.0, std)
+            order.append(self.lm_head)
+        init_weights(self, self.config.init_std, [self.encoder_blocks, self.decoder_blocks],
+                     modules=[m for m in order if m is not None])
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _positions(mask: torch.Tensor | None, past: int, B: int, T: int, device: torch.device) -> torch.Tensor:
-        """(B, T) position ids; with a padding mask real tokens count from 0 (left or right padding)."""
-        if mask is not None:
-            return (mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-        return torch.arange(past, past + T, device=device).expand(B, T)
-
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor, emb: nn.Embedding,
                pos_emb: nn.Module | None) -> torch.Tensor:
         x = emb(ids)
@@ -187,16 +176,15 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         Returns:
             memory (B, S, D), the final-normed encoder states the decoder attends to.
         """
-        check_token_ids(src_ids, self.config, 0, "src_ids")
+        check_token_ids(src_ids, self.config, 0, "src_ids", check_vocab=False)  # no host sync in forward
         B, S = src_ids.shape
         if src_mask is not None and src_mask.shape != src_ids.shape:
             raise DataError(f"src_mask shape {tuple(src_mask.shape)} differs from src_ids shape {(B, S)}.")
-        positions = self._positions(src_mask, 0, B, S, src_ids.device)
-        mask = make_attention_mask(src_mask, S, 0, causal=False)  # (B, 1, S, S) or None
+        positions, mask = attention_inputs(src_mask, B, S, 0, src_ids.device)  # mask (B, 1, S, S) or None
         rope = self.rotary(positions) if self.rotary is not None else None
         x = self._embed(src_ids, positions, self.src_embeddings, self.src_pos_embeddings)
         for block in self.encoder_blocks:
-            x = block(x, mask=mask, is_causal=False, rope=rope)
+            x = block(x, mask=mask, rope=rope)
         return self.encoder_norm(x)
 
     # ------------------------------------------------------------------ decoder
@@ -207,24 +195,16 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         """Final-normed decoder states (B, T, D); see :meth:`forward` for the arguments."""
         memory, memory_mask = self._resolve_memory(memory, memory_mask, src_ids, src_mask, kv_cache)
         past = kv_cache.length if kv_cache is not None else 0
-        check_token_ids(tgt_ids, self.config, past, "tgt_ids")
+        check_token_ids(tgt_ids, self.config, past, "tgt_ids", check_vocab=False)  # no host sync in forward
         B, T = tgt_ids.shape
         if memory.shape[0] != B:
             raise DataError(f"memory holds {memory.shape[0]} sequences but tgt_ids {B}; encode the matching sources.")
-        if attention_mask is not None and attention_mask.shape[-1] != past + T:
-            raise DataError(f"attention_mask covers {attention_mask.shape[-1]} positions but the cache holds {past} "
-                            f"and the input adds {T}; pass the mask of all {past + T} positions.")
-        positions = self._positions(attention_mask, past, B, T, tgt_ids.device)
-        if attention_mask is None and (past == 0 or T == 1):
-            mask, is_causal = None, T > 1
-        else:
-            mask, is_causal = make_attention_mask(attention_mask, T, past, causal=True), False
+        positions, mask = attention_inputs(attention_mask, B, T, past, tgt_ids.device)
         cross_mask = None if memory_mask is None else memory_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         rope = self.rotary(positions) if self.rotary is not None else None
         x = self._embed(tgt_ids, positions, self.tgt_embeddings, self.tgt_pos_embeddings)
         for block in self.decoder_blocks:
-            x = block(x, mask=mask, is_causal=is_causal, rope=rope, kv_cache=kv_cache,
-                      memory=memory, memory_mask=cross_mask)
+            x = block(x, memory, mask=mask, is_causal=True, rope=rope, kv_cache=kv_cache, memory_mask=cross_mask)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.final_norm(x)
@@ -274,7 +254,7 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
     # ------------------------------------------------------------------ utilities
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count; shared and tied weights count once."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        return num_parameters(self, trainable_only)
 
     def make_cache(self, batch_size: int, max_len: int | None = None) -> Seq2SeqCache:
         """A :class:`Seq2SeqCache` for ``batch_size`` target sequences of at most ``max_len`` tokens."""
@@ -297,6 +277,7 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         """
         from ..generation import generate  # the model does not depend on generation at import time
 
+        check_token_ids(src_ids, self.config, what="src_ids")  # ids enter here; forward checks shapes only
         if decoder_start_ids is None:
             decoder_start_ids = self.config.extra.get("decoder_start_token_id")
         if decoder_start_ids is None:

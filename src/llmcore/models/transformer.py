@@ -14,27 +14,29 @@ References: Radford et al. 2019 (GPT-2), Touvron et al. 2023 (Llama), Karpathy's
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import DataError
 from ..inputs import check_token_ids
 from ..modules import (
-    POSITIONAL,
     DecoderBlock,
     KVCache,
-    RotaryEmbedding,
+    RotaryPositions,
+    attention_inputs,
     build_norm,
+    build_positions,
     dropout,
-    make_attention_mask,
+    init_weights,
+    num_parameters,
 )
+from ..registry import ARCHITECTURES
 from .pretrained import PreTrainedMixin
 
 
+@ARCHITECTURES.register("TransformerLM")
 class TransformerLM(PreTrainedMixin, nn.Module):
     """Decoder-only Transformer. ``forward(input_ids) -> logits (B, T, vocab_size)``."""
 
@@ -44,9 +46,10 @@ class TransformerLM(PreTrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.d_model)
-        pos_cls = POSITIONAL[config.pos_encoding]
-        self.pos_embeddings = pos_cls(config) if pos_cls is not None else None
-        self.rotary = RotaryEmbedding(config) if config.pos_encoding == "rope" else None
+        pos = build_positions(config)  # None, absolute (added to the embeddings) or rotary (applied to q, k)
+        rotary = isinstance(pos, RotaryPositions)
+        self.pos_embeddings = None if rotary else pos
+        self.rotary = pos if rotary else None
         self.drop = dropout(config.dropout)
         self.blocks = nn.ModuleList(self.block_cls(config, i) for i in range(config.n_layers))
         self.final_norm = build_norm(config)
@@ -57,25 +60,9 @@ class TransformerLM(PreTrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ init
     def init_weights(self) -> None:
-        """nanoGPT / GPT-2 init: N(0, init_std) everywhere, residual output projections scaled by 1/√(2L).
-
-        The scaling keeps the residual stream's variance from growing with depth: each of the 2L residual
-        branches adds a term, so each is shrunk by √(2L). Override in a subclass for other schemes.
-        """
-        std = self.config.init_std
-        resid_std = std / math.sqrt(2 * self.config.n_layers)
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                residual = name.endswith(("out_proj", "down_proj"))
-                nn.init.normal_(m.weight, mean=0.0, std=resid_std if residual else std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, mean=0.0, std=std)
-            elif hasattr(m, "weight") and isinstance(getattr(m, "weight", None), nn.Parameter) and "norm" in name:
-                nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        """nanoGPT / GPT-2 init (:func:`llmcore.modules.init_weights`): N(0, init_std), norms at identity,
+        residual output projections scaled by 1/√(2L). Override in a subclass for other schemes."""
+        init_weights(self, self.config.init_std, [self.blocks])
 
     # ------------------------------------------------------------------ forward
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -87,56 +74,53 @@ class TransformerLM(PreTrainedMixin, nn.Module):
 
     def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        kv_cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
-                       return_weights: bool = False) -> torch.Tensor:
-        """Final-normed hidden states (B, T, D); see :meth:`forward` for the arguments."""
+                       attn_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Final-normed hidden states (B, T, D); see :meth:`forward` for the arguments.
+
+        ``attn_weights``: when a list, every layer's attention weights (B, H, T, S) are appended in order.
+        """
         past = kv_cache.length if kv_cache is not None else 0
-        check_token_ids(input_ids, self.config, past, check_vocab=not (past and input_ids.shape[-1] == 1))
+        # Shape and length only: the vocabulary range needs the ids' values on the host (a sync and a
+        # compile graph break), so ids are checked where they enter (datasets, generation, the CLI).
+        check_token_ids(input_ids, self.config, past, check_vocab=False)
         B, T = input_ids.shape
-        if attention_mask is not None and attention_mask.shape[-1] != past + T:
-            raise DataError(f"attention_mask covers {attention_mask.shape[-1]} positions but the cache holds {past} "
-                            f"and the input adds {T}; pass the mask of all {past + T} positions.")
-        if position_ids is None:
-            if attention_mask is not None:  # left padding: real tokens count positions from 0
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        if attention_mask is None and (past == 0 or T == 1):
-            mask, is_causal = None, T > 1  # the fused kernel's own causal mask, nothing materialised
-        else:
-            mask, is_causal = make_attention_mask(attention_mask, T, past, causal=True), False
+        position_ids, mask = attention_inputs(attention_mask, B, T, past, input_ids.device, position_ids)
         rope = self.rotary(position_ids) if self.rotary is not None else None
         x = self.embed(input_ids, position_ids)
         for block in self.blocks:
-            x = block(x, mask=mask, is_causal=is_causal, rope=rope, kv_cache=kv_cache, return_weights=return_weights)
+            x = block(x, mask=mask, is_causal=True, rope=rope, kv_cache=kv_cache, attn_weights=attn_weights)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.final_norm(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                kv_cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
         """Next-token logits.
 
         Args:
-            input_ids: (B, T) token ids in [0, vocab_size).
+            input_ids: (B, T) token ids in [0, vocab_size) (not range-checked here; see
+                :func:`llmcore.inputs.check_token_ids`).
             attention_mask: (B, past + T), 1 for real tokens, 0 for padding (left padding for generation).
             kv_cache: a :class:`KVCache`; past keys/values are reused and the new ones appended.
             position_ids: (B, T); derived from ``attention_mask`` (or the cache length) when omitted.
+            logits_to_keep: k > 0 runs the LM head on the last k positions only (generation uses 1, which
+                saves the (B, T, V) logits at prefill); 0 keeps all.
 
         Returns:
-            logits (B, T, vocab_size).
+            logits (B, T, vocab_size), or (B, k, vocab_size) with ``logits_to_keep=k``.
         """
-        return self.lm_head(self.forward_hidden(input_ids, attention_mask, kv_cache, position_ids))
+        h = self.forward_hidden(input_ids, attention_mask, kv_cache, position_ids)
+        if logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
+        return self.lm_head(h)
 
     # ------------------------------------------------------------------ utilities
     def num_parameters(self, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
-        """Parameter count; tied weights count once."""
-        params = [p for p in self.parameters() if p.requires_grad or not trainable_only]
-        n = sum(p.numel() for p in params)
-        if exclude_embeddings:
-            n -= self.tok_embeddings.weight.numel()
-            if isinstance(self.pos_embeddings, nn.Embedding):
-                n -= self.pos_embeddings.weight.numel()
-        return n
+        """Parameter count; tied weights count once. ``exclude_embeddings``: the non-embedding count of
+        scaling laws (token and absolute-position tables left out)."""
+        exclude = (self.tok_embeddings, self.pos_embeddings) if exclude_embeddings else ()
+        return num_parameters(self, trainable_only, exclude=tuple(m for m in exclude if m is not None))
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6·N + 12·L·d·T (Kaplan et al. 2020; PaLM App. B)."""

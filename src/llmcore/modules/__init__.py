@@ -1,26 +1,34 @@
-"""Building blocks of Transformer models: attention, positions, norms, MLPs, blocks and the KV cache.
+"""Building blocks of Transformer models: attention, masks, positions, norms, MLPs, blocks, init and the KV cache.
 
 Nothing here imports training, generation or conversion code; every module is built from
-``(config, layer_idx)``.
+``(config, layer_idx)``. The name tables ``NORMS``, ``MLPS`` and ``POS_ENCODINGS`` are the open registries of
+:mod:`llmcore.registry`, filled by the built-ins defined here.
 """
 
-from .attention import Attention, make_attention_mask, reference_attention
+from ..registry import MLPS, NORMS, POS_ENCODINGS
+from .attention import Attention, reference_attention, sdpa_attention
 from .blocks import CrossDecoderBlock, DecoderBlock, EncoderBlock
 from .cache import KVCache
-from .layers import MLP, MLPS, NORMS, LayerNorm, RMSNorm, SwiGLU, build_mlp, build_norm, dropout
+from .init import init_weights, mark_residual
+from .layers import MLP, LayerNorm, RMSNorm, SwiGLU, build_mlp, build_norm, dropout
+from .masks import attention_inputs, causal_mask, combine_masks, make_attention_mask, resolve_causal
 from .positional import (
-    POSITIONAL,
+    AbsolutePositions,
     LearnedPositionalEmbedding,
     RotaryEmbedding,
+    RotaryPositions,
     SinusoidalPositionalEmbedding,
     apply_rotary,
+    build_positions,
 )
 from .utils import eval_mode, num_parameters
 
 __all__ = [
-    "Attention", "make_attention_mask", "reference_attention",
+    "Attention", "reference_attention", "sdpa_attention",
+    "make_attention_mask", "causal_mask", "combine_masks", "resolve_causal", "attention_inputs",
     "DecoderBlock", "EncoderBlock", "CrossDecoderBlock", "KVCache",
     "LayerNorm", "RMSNorm", "MLP", "SwiGLU", "NORMS", "MLPS", "build_norm", "build_mlp", "dropout",
-    "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding", "RotaryEmbedding", "apply_rotary", "POSITIONAL",
-    "eval_mode", "num_parameters",
+    "AbsolutePositions", "RotaryPositions", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
+    "RotaryEmbedding", "apply_rotary", "build_positions", "POS_ENCODINGS",
+    "init_weights", "mark_residual", "eval_mode", "num_parameters",
 ]

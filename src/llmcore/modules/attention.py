@@ -6,15 +6,20 @@ For each head, with queries Q (T, d), keys K (S, d) and values V (S, d):
 
 The 1/√d keeps the logits' variance near 1 whatever the head size, so the softmax does not saturate.
 M is 0 where a query may look and −∞ where it may not (future tokens for causal attention, padding keys).
-Here masks are boolean, True = may attend, broadcastable to (B, H, T, S).
+A mask is either boolean (True = may attend) or an additive float bias (ALiBi, relative positions), in both
+cases broadcastable to (B, H, T, S); queries are the last T of the S key positions (see
+:func:`~llmcore.modules.masks.resolve_causal`, which decides causal alignment for both paths below).
 
-Two paths compute the same thing: ``F.scaled_dot_product_attention`` (fused, fast; the default) and an
-explicit reference path that spells the formula out and can return the attention weights for inspection
-(attention maps). ``Attention.attend`` is the seam to override for a new attention variant.
+Two paths compute the same thing: ``F.scaled_dot_product_attention`` (fused, fast; the default) and
+:func:`reference_attention`, which spells the formula out and is used when the caller asks for the
+attention weights (``attn_weights=[]``: attention maps). ``Attention.attend`` is the one seam a variant
+overrides; an ALiBi attention is ``attend`` adding its bias with :func:`~llmcore.modules.masks.combine_masks`
+and calling ``super().attend``.
 
 Grouped-query attention (Ainslie et al., 2023) stores ``n_kv_heads`` key/value heads and shares each
 between ``n_heads / n_kv_heads`` query heads; n_kv_heads == n_heads is plain multi-head attention and
-n_kv_heads == 1 is multi-query attention.
+n_kv_heads == 1 is multi-query attention. Keys and values are never repeated per query head: SDPA gets
+``enable_gqa=True`` (torch ≥ 2.5) and the reference path groups the query heads instead.
 """
 
 from __future__ import annotations
@@ -27,33 +32,13 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cache import KVCache
+from .init import mark_residual
 from .layers import dropout
+from .masks import make_attention_mask, resolve_causal
 from .positional import apply_rotary
 
-
-def make_attention_mask(key_padding_mask: torch.Tensor | None, q_len: int, past_len: int = 0,
-                        causal: bool = True) -> torch.Tensor | None:
-    """Boolean mask (B or 1, 1, q_len, past_len + q_len), True = may attend; None when no masking is needed.
-
-    ``key_padding_mask`` (B, past_len + q_len) has 1 for real tokens and 0 for padding. Each query may always
-    attend to its own position, so rows of padding queries are never fully masked (a fully masked row would
-    make the softmax NaN); their outputs are ignored by the loss and by generation anyway.
-    """
-    total = past_len + q_len
-    if key_padding_mask is None and (not causal or q_len == 1):
-        return None  # every query sees every key
-    q_pos = torch.arange(past_len, total, device=_device(key_padding_mask))[:, None]  # (T, 1)
-    k_pos = torch.arange(total, device=q_pos.device)[None, :]  # (1, S)
-    mask = (k_pos <= q_pos) if causal else torch.ones(q_len, total, dtype=torch.bool, device=q_pos.device)
-    mask = mask[None, None]  # (1, 1, T, S)
-    if key_padding_mask is not None:
-        mask = mask & key_padding_mask.bool()[:, None, None, :]
-        mask = mask | (k_pos == q_pos)[None, None]  # always see yourself
-    return mask
-
-
-def _device(t: torch.Tensor | None) -> torch.device | None:
-    return None if t is None else t.device
+# SDPA shares kv heads between query-head groups itself from torch 2.5; older versions get repeated heads.
+SDPA_HAS_GQA = torch.__version__ >= "2.5"
 
 
 class Attention(nn.Module):
@@ -77,10 +62,9 @@ class Attention(nn.Module):
             self.kv_proj = nn.Linear(config.d_model, 2 * kv_dim, bias=config.bias)
         else:
             self.qkv_proj = nn.Linear(config.d_model, q_dim + 2 * kv_dim, bias=config.bias)
-        self.out_proj = nn.Linear(q_dim, config.d_model, bias=config.bias)
+        self.out_proj = mark_residual(nn.Linear(q_dim, config.d_model, bias=config.bias))
         self.attn_dropout = config.dropout
         self.resid_dropout = dropout(config.dropout)
-        self.last_weights: torch.Tensor | None = None  # (B, H, T, S), set when return_weights=True
 
     def _split_heads(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (B, T, n*hd) -> (B, n, T, hd)
         B, T, _ = x.shape
@@ -94,16 +78,19 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: KVCache | None = None,
         memory: torch.Tensor | None = None,
-        return_weights: bool = False,
+        attn_weights: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` (B, T, D) to itself, or to ``memory`` (B, S, D) when ``cross``.
 
         Args:
-            mask: boolean (B|1, 1, T, S), True = may attend; see :func:`make_attention_mask`.
-            is_causal: use the causal mask without materialising it (only when ``mask`` is None).
+            mask: boolean (True = may attend) or additive float, broadcastable to (B, H, T, S).
+            is_causal: queries see only keys at or before their own position (bottom-right aligned when a
+                cache makes S > T); combined with ``mask``.
             rope: (cos, sin), each (B, T, head_dim), for rotary positions.
             kv_cache: when given, new keys/values are appended and attention covers all cached positions.
-            return_weights: use the reference path and keep the weights in ``self.last_weights``.
+            memory: encoder output (B, S, D), required for cross-attention.
+            attn_weights: when a list, the reference path runs and this layer's weights (B, H, T, S) are
+                appended to it.
 
         Returns:
             (B, T, D)
@@ -130,35 +117,63 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if kv_cache is not None:
                 k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd)
-        if self.n_kv_heads != self.n_heads:  # GQA: each kv head serves n_heads / n_kv_heads query heads
-            rep = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        y, weights = self.attend(q, k, v, mask, is_causal and mask is None, return_weights)
-        self.last_weights = weights
+        y = self.attend(q, k, v, mask, is_causal, attn_weights)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, q_dim)  # (B, T, H*hd)
         return self.resid_dropout(self.out_proj(y))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-               is_causal: bool, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """softmax(q kᵀ / √d + mask) v for q (B, H, T, hd), k/v (B, H, S, hd). Returns (out, weights or None)."""
+               is_causal: bool, attn_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """softmax(q kᵀ / √d + mask) v for q (B, H, T, hd), k/v (B, Hkv, S, hd) -> (B, H, T, hd).
+
+        Override to change the arithmetic (add a bias to ``mask``, restrict it to a window, rescale q) and
+        call ``super().attend``: causal alignment, GQA and both paths come with it.
+        """
         dropout_p = self.attn_dropout if self.training else 0.0
-        if self.use_sdpa and not return_weights:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
-            return out, None
-        return reference_attention(q, k, v, mask, is_causal, dropout_p)
+        if attn_weights is not None or not self.use_sdpa:
+            out, weights = reference_attention(q, k, v, mask, is_causal, dropout_p)
+            if attn_weights is not None:
+                attn_weights.append(weights)
+            return out
+        return sdpa_attention(q, k, v, mask, is_causal, dropout_p)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                   is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
+    """The fused kernel, with causal alignment from :func:`resolve_causal` and grouped kv heads shared."""
+    mask, is_causal = resolve_causal(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
+    if q.shape[1] == k.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+    if SDPA_HAS_GQA:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                              enable_gqa=True)
+    rep = q.shape[1] // k.shape[1]  # torch < 2.5: each kv head repeated for its group of query heads
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                         is_causal: bool = False, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The formula written out: returns (softmax(QKᵀ/√d + M)·V (B, H, T, hd), weights (B, H, T, S))."""
-    T, S = q.shape[-2], k.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
-    if is_causal:  # queries are the last T of S positions
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    """The formula written out: returns (softmax(QKᵀ/√d + M)·V (B, H, T, hd), weights (B, H, T, S)).
+
+    q is (B, H, T, hd), k and v (B, Hkv, S, hd) with H a multiple of Hkv. Grouped heads are computed by
+    viewing q as (B, Hkv, H/Hkv, T, hd) so each kv head meets its query group by broadcasting, with no copy.
+    ``mask`` is boolean (True = may attend) or additive float, broadcastable to (B, H, T, S).
+    """
+    B, H, T, hd = q.shape
+    Hkv, S = k.shape[1], k.shape[-2]
+    mask, is_causal = resolve_causal(mask, is_causal, T, S, q.device)
+    if is_causal:  # T == S and nothing else to combine with: the plain lower triangle
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    qg = q.reshape(B, Hkv, H // Hkv, T, hd)  # (B, Hkv, rep, T, hd)
+    scores = (qg @ k[:, :, None].transpose(-2, -1)) / math.sqrt(hd)  # (B, Hkv, rep, T, S)
+    scores = scores.reshape(B, H, T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     if dropout_p > 0:
         weights = F.dropout(weights, p=dropout_p)
-    return weights @ v, weights
+    out = weights.reshape(B, Hkv, H // Hkv, T, S) @ v[:, :, None]  # (B, Hkv, rep, T, hd)
+    return out.reshape(B, H, T, hd), weights
+
+
+__all__ = ["Attention", "reference_attention", "sdpa_attention", "make_attention_mask", "SDPA_HAS_GQA"]

@@ -6,6 +6,21 @@ gradients well-behaved in deep stacks without warm-up tricks. Children are built
 
     class MyBlock(DecoderBlock):
         attention_cls = MyAttention
+
+Norms are optional sub-modules: ``norm_slots`` lists the ones a block creates. A block that does not use
+one leaves it out, and the attribute is then ``None`` and registers no parameter (DDP refuses parameters
+that get no gradient). A GPT-J / NeoX parallel-residual block is::
+
+    class ParallelBlock(DecoderBlock):
+        norm_slots = ("attn_norm",)
+
+        def forward(self, x, mask=None, is_causal=True, rope=None, kv_cache=None, attn_weights=None):
+            h = self.attn_norm(x)
+            return x + self.attn(h, mask, is_causal, rope, kv_cache, attn_weights=attn_weights) + self.mlp(h)
+
+Arguments are explicit everywhere: a block is called only with the arguments its ``forward`` names (the
+encoder-decoder passes ``memory`` to its cross-attention blocks only), so a typo is a TypeError, never a
+silently ignored keyword.
 """
 
 from __future__ import annotations
@@ -20,6 +35,8 @@ from .attention import Attention
 from .cache import KVCache
 from .layers import build_mlp, build_norm
 
+Rope = tuple[torch.Tensor, torch.Tensor]
+
 
 class DecoderBlock(nn.Module):
     """x → x + attn(norm(x)) → x + mlp(norm(x)); causal self-attention."""
@@ -27,49 +44,58 @@ class DecoderBlock(nn.Module):
     attention_cls: type[nn.Module] = Attention
     mlp_cls: Callable[[ModelConfig, int], nn.Module] = staticmethod(build_mlp)
     norm_fn: Callable[[ModelConfig], nn.Module] = staticmethod(build_norm)
+    norm_slots: tuple[str, ...] = ("attn_norm", "mlp_norm")  # the norms this block creates (others are None)
 
     def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.attn_norm = self.norm_fn(config)
+        self.attn_norm = self.make_norm("attn_norm", config)
         self.attn = self.attention_cls(config, layer_idx)
-        self.mlp_norm = self.norm_fn(config)
+        self.mlp_norm = self.make_norm("mlp_norm", config)
         self.mlp = self.mlp_cls(config, layer_idx)
 
+    def make_norm(self, slot: str, config: ModelConfig) -> nn.Module | None:
+        """``norm_fn(config)`` if ``slot`` is in ``norm_slots``, else None (no unused parameters)."""
+        return self.norm_fn(config) if slot in self.norm_slots else None
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = True,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None, kv_cache: KVCache | None = None,
-                return_weights: bool = False, **kwargs: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D). Extra keyword arguments (e.g. ``memory``) are ignored here."""
+                rope: Rope | None = None, kv_cache: KVCache | None = None,
+                attn_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D). ``mask``/``is_causal``/``rope``/``kv_cache``: see :class:`Attention`."""
         x = x + self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, rope=rope, kv_cache=kv_cache,
-                          return_weights=return_weights)
+                          attn_weights=attn_weights)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class EncoderBlock(DecoderBlock):
     """Bidirectional self-attention block (the encoder of an encoder-decoder); never causal, no cache."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None, kv_cache: KVCache | None = None,
-                return_weights: bool = False, **kwargs: torch.Tensor | None) -> torch.Tensor:
-        return super().forward(x, mask=mask, is_causal=False, rope=rope, kv_cache=None,
-                               return_weights=return_weights)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rope: Rope | None = None,
+                attn_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, S, D) -> (B, S, D); ``mask`` hides padding keys."""
+        return super().forward(x, mask=mask, is_causal=False, rope=rope, kv_cache=None, attn_weights=attn_weights)
 
 
 class CrossDecoderBlock(DecoderBlock):
     """Decoder block of an encoder-decoder: causal self-attention, cross-attention to ``memory``, MLP."""
 
+    norm_slots = ("attn_norm", "mlp_norm", "cross_norm")
+
     def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
-        self.cross_norm = self.norm_fn(config)
+        self.cross_norm = self.make_norm("cross_norm", config)
         self.cross_attn = self.attention_cls(config, layer_idx, cross=True)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = True,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None, kv_cache: KVCache | None = None,
-                return_weights: bool = False, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None, **kwargs: torch.Tensor | None) -> torch.Tensor:
-        """``memory`` (B, S, D) is the encoder output; ``memory_mask`` boolean (B, 1, 1, S), True = real."""
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None,
+                is_causal: bool = True, rope: Rope | None = None, kv_cache: KVCache | None = None,
+                memory_mask: torch.Tensor | None = None,
+                attn_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``memory`` (B, S, D) is the encoder output; ``memory_mask`` boolean (B, 1, 1, S), True = real.
+
+        With ``attn_weights``, self- and cross-attention weights are appended in that order.
+        """
         x = x + self.attn(self.attn_norm(x), mask=mask, is_causal=is_causal, rope=rope, kv_cache=kv_cache,
-                          return_weights=return_weights)
+                          attn_weights=attn_weights)
         x = x + self.cross_attn(self.cross_norm(x), mask=memory_mask, kv_cache=kv_cache, memory=memory,
-                                return_weights=return_weights)
+                                attn_weights=attn_weights)
         return x + self.mlp(self.mlp_norm(x))

@@ -1,8 +1,14 @@
-"""Normalisation layers and feed-forward (MLP) blocks, with name → class tables.
+"""Normalisation layers and feed-forward (MLP) blocks, registered by name in the open registries.
 
-``NORMS`` and ``MLPS`` map the string names stored in :class:`~llmcore.config.ModelConfig` to classes, so a
-config stays JSON and an unknown name fails with the list of valid ones (the config validates first). Every
-module is built from ``(config, layer_idx)`` so a replacement fits without glue.
+``NORMS`` (``ModelConfig.norm`` -> ``factory(config)``) and ``MLPS`` (``ModelConfig.activation`` ->
+``factory(config, layer_idx)``) live in :mod:`llmcore.registry`; the built-ins register here, and a user
+registers their own the same way from their own file::
+
+    @NORMS.register("scalenorm")
+    def scale_norm(config): return ScaleNorm(config.d_model, config.norm_eps)
+
+``ModelConfig`` validates the names against these tables, so an unknown one fails with the registered list.
+MLPs mark their output projection with :func:`~llmcore.modules.init.mark_residual` (scaled init).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..registry import MLPS, NORMS
+from .init import mark_residual
 
 
 class LayerNorm(nn.Module):
@@ -22,6 +30,11 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
@@ -39,6 +52,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
         dtype = x.dtype
         x = x.float()
@@ -51,11 +67,19 @@ def dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
-def build_norm(config: ModelConfig) -> nn.Module:
-    """The norm named by ``config.norm``, sized ``config.d_model``."""
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, config.norm_eps)
+@NORMS.register("layernorm")
+def layer_norm(config: ModelConfig) -> nn.Module:
     return LayerNorm(config.d_model, config.norm_eps, bias=config.bias)
+
+
+@NORMS.register("rmsnorm")
+def rms_norm(config: ModelConfig) -> nn.Module:
+    return RMSNorm(config.d_model, config.norm_eps)
+
+
+def build_norm(config: ModelConfig) -> nn.Module:
+    """The norm registered as ``config.norm``, sized ``config.d_model``."""
+    return NORMS.get(config.norm)(config)
 
 
 _ACTIVATIONS = {
@@ -71,7 +95,7 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.down_proj = mark_residual(nn.Linear(config.d_ff, config.d_model, bias=config.bias))
         self.act = _ACTIVATIONS[config.activation]
         self.dropout = dropout(config.dropout)
 
@@ -86,17 +110,18 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.down_proj = mark_residual(nn.Linear(config.d_ff, config.d_model, bias=config.bias))
         self.dropout = dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
-NORMS: dict[str, type[nn.Module]] = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
-MLPS: dict[str, type[nn.Module]] = {"gelu": MLP, "gelu_tanh": MLP, "relu": MLP, "swiglu": SwiGLU}
+for _name in _ACTIVATIONS:  # one MLP class, the activation picked by name
+    MLPS.register(_name, MLP)
+MLPS.register("swiglu", SwiGLU)
 
 
 def build_mlp(config: ModelConfig, layer_idx: int = 0) -> nn.Module:
-    """The feed-forward block named by ``config.activation``."""
-    return MLPS[config.activation](config, layer_idx)
+    """The feed-forward block registered as ``config.activation``."""
+    return MLPS.get(config.activation)(config, layer_idx)

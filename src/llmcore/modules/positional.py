@@ -1,7 +1,17 @@
 """Positional encodings: learned absolute, sinusoidal absolute, and rotary (RoPE).
 
 Absolute encodings are added to the token embeddings once; RoPE rotates queries and keys inside every
-attention layer. Positions are passed explicitly as ``position_ids`` (B, T) so left-padded batches and
+attention layer.
+
+The protocol (what :class:`~llmcore.models.TransformerLM` relies on, whatever the name): the factory
+registered in ``POS_ENCODINGS`` under ``ModelConfig.pos_encoding`` returns
+
+* ``None`` — no position information in the embeddings (``"none"``; or ALiBi, which lives in attention);
+* an :class:`AbsolutePositions` — ``forward(position_ids (B, T)) -> (B, T, D)``, added to the embeddings;
+* a :class:`RotaryPositions` — ``forward(position_ids) -> (cos, sin)``, each (B, T, head_dim), applied to
+  queries and keys of self-attention.
+
+So ``POS_ENCODINGS.register("alibi", lambda config: None)`` makes ``pos_encoding="alibi"`` valid. Positions are passed explicitly as ``position_ids`` (B, T) so left-padded batches and
 incremental decoding with a KV cache see the same positions as an unpadded full forward.
 
 RoPE uses the Hugging Face / Llama *half-split* convention: the head dimension is split into two halves
@@ -18,16 +28,26 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError
+from ..registry import POS_ENCODINGS
 
 
-class LearnedPositionalEmbedding(nn.Embedding):
+class AbsolutePositions(nn.Module):
+    """Base of encodings added to the token embeddings: ``forward(position_ids (B, T)) -> (B, T, D)``."""
+
+
+class RotaryPositions(nn.Module):
+    """Base of encodings applied to q and k: ``forward(position_ids (B, T)) -> (cos, sin)``, each (B, T, hd)."""
+
+
+class LearnedPositionalEmbedding(nn.Embedding, AbsolutePositions):
     """GPT-2 style: one trained vector per position, up to ``max_seq_len``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config.max_seq_len, config.d_model)
 
 
-class SinusoidalPositionalEmbedding(nn.Module):
+class SinusoidalPositionalEmbedding(AbsolutePositions):
     """Fixed sin/cos encoding of Vaswani et al. (2017): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -45,7 +65,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
         return self.pe[position_ids]
 
 
-class RotaryEmbedding(nn.Module):
+class RotaryEmbedding(RotaryPositions):
     """Rotary position embedding (Su et al., 2021). ``forward(position_ids)`` gives (cos, sin), each (B, T, hd).
 
     The cos/sin tables are precomputed in fp32 for ``max_seq_len`` positions and gathered by position id, so
@@ -78,9 +98,22 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
-POSITIONAL: dict[str, type[nn.Module] | None] = {
-    "learned": LearnedPositionalEmbedding,
-    "sinusoidal": SinusoidalPositionalEmbedding,
-    "rope": None,  # applied inside attention, see RotaryEmbedding
-    "none": None,
-}
+POS_ENCODINGS.register("learned", LearnedPositionalEmbedding)
+POS_ENCODINGS.register("sinusoidal", SinusoidalPositionalEmbedding)
+POS_ENCODINGS.register("rope", RotaryEmbedding)
+
+
+@POS_ENCODINGS.register("none")
+def no_positions(config: ModelConfig) -> None:
+    """No position encoding: a causal Transformer can still infer order from the mask (Haviv et al., 2022)."""
+    return None
+
+
+def build_positions(config: ModelConfig) -> nn.Module | None:
+    """The encoding registered as ``config.pos_encoding``: None, an AbsolutePositions or a RotaryPositions."""
+    pos = POS_ENCODINGS.get(config.pos_encoding)(config)
+    if pos is not None and not isinstance(pos, (AbsolutePositions, RotaryPositions)):
+        raise ConfigError(f"pos_encoding {config.pos_encoding!r} built a {type(pos).__name__}; a positional "
+                          "factory must return None, an AbsolutePositions or a RotaryPositions "
+                          "(llmcore.modules.positional).")
+    return pos

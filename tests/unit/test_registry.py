@@ -1,0 +1,97 @@
+"""Open registries: norms, MLPs, positional encodings and architectures are named in configs and extended by users."""
+
+import pytest
+import torch
+from torch import nn
+
+from llmcore import CheckpointError, ConfigError, ModelConfig, TransformerLM
+from llmcore.models import LSTMLM, Seq2SeqTransformer, SequenceClassifier, load_model, register_architecture
+from llmcore.modules import LayerNorm
+from llmcore.registry import ARCHITECTURES, NORMS, POS_ENCODINGS
+
+TINY = dict(vocab_size=32, max_seq_len=16, d_model=16, n_layers=2, n_heads=2)
+
+
+class ScaleNorm(nn.Module):
+    """x / ‖x‖ · g with one learned scalar (Nguyen & Salazar, 2019)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.g = nn.Parameter(torch.tensor(float(config.d_model) ** 0.5))
+
+    def forward(self, x):
+        return self.g * x / x.norm(dim=-1, keepdim=True).clamp(min=1e-5)
+
+
+NORMS.register("test_scalenorm", ScaleNorm)
+POS_ENCODINGS.register("test_nopos", lambda config: None)  # e.g. ALiBi: positions live in attention
+
+
+@register_architecture
+class RegisteredLM(TransformerLM):
+    """A user architecture: only the final norm differs."""
+
+
+def test_unknown_names_list_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"norm='batchnorm' is unknown; registered: .*layernorm, rmsnorm.*"
+                                          r"NORMS\.register"):
+        ModelConfig(norm="batchnorm")
+    with pytest.raises(ConfigError, match=r"pos_encoding='alibi' is unknown; registered: .*learned.*rope"):
+        ModelConfig(pos_encoding="alibi")
+    with pytest.raises(ConfigError, match=r"Unknown architecture 'Nope'; registered: .*TransformerLM"):
+        ARCHITECTURES.get("Nope")
+
+
+def test_user_registered_norm_and_positions_build():
+    model = TransformerLM(ModelConfig(**TINY, norm="test_scalenorm", pos_encoding="test_nopos"))
+    assert isinstance(model.final_norm, ScaleNorm) and isinstance(model.blocks[1].mlp_norm, ScaleNorm)
+    assert model.pos_embeddings is None and model.rotary is None
+    assert model(torch.randint(0, 32, (2, 5))).shape == (2, 5, 32)
+
+
+def test_alibi_name_validates_once_registered():
+    with pytest.raises(ConfigError):
+        ModelConfig(**TINY, pos_encoding="test_alibi")
+    POS_ENCODINGS.register("test_alibi", lambda config: None)
+    assert TransformerLM(ModelConfig(**TINY, pos_encoding="test_alibi")).pos_embeddings is None
+
+
+def test_taken_name_with_another_object_is_refused():
+    NORMS.register("layernorm", NORMS.get("layernorm"))  # the same object again is fine (re-import)
+    with pytest.raises(ConfigError, match="'layernorm' is already registered"):
+        NORMS.register("layernorm", LayerNorm)
+    with pytest.raises(ConfigError, match="'TransformerLM' is already registered"):
+        register_architecture("TransformerLM")(RegisteredLM)
+
+
+def test_every_builtin_architecture_is_registered():
+    for cls in (TransformerLM, Seq2SeqTransformer, LSTMLM, SequenceClassifier):
+        assert ARCHITECTURES.get(cls.__name__) is cls
+
+
+def test_load_model_builds_the_registered_subclass(tmp_path):
+    model = RegisteredLM(ModelConfig(**TINY))
+    model.save_pretrained(tmp_path)
+    x = torch.randint(0, 32, (2, 6))
+    for loaded in (load_model(tmp_path), TransformerLM.from_pretrained(tmp_path)):
+        assert type(loaded) is RegisteredLM and not loaded.training  # eval mode, like Hugging Face
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    assert type(load_model(TransformerLM(ModelConfig(**TINY)).save_pretrained(tmp_path / "base"))) is TransformerLM
+
+
+def test_unregistered_or_unrelated_architectures_are_checkpoint_errors(tmp_path):
+    LSTMLM(ModelConfig(**TINY)).save_pretrained(tmp_path / "lstm")
+    with pytest.raises(CheckpointError, match="holds a LSTMLM, not a TransformerLM"):
+        TransformerLM.from_pretrained(tmp_path / "lstm")
+    with pytest.raises(CheckpointError, match="holds a LSTMLM, not a RegisteredLM"):
+        RegisteredLM.from_pretrained(tmp_path / "lstm")
+
+    class Unregistered(TransformerLM):
+        pass
+
+    Unregistered(ModelConfig(**TINY)).save_pretrained(tmp_path / "mine")
+    assert type(Unregistered.from_pretrained(tmp_path / "mine")) is Unregistered  # a class loads its own dir
+    with pytest.raises(CheckpointError, match="'Unregistered', which is not registered.*--import FILE_OR_MODULE"):
+        load_model(tmp_path / "mine")
+    with pytest.raises(CheckpointError, match="not registered"):
+        TransformerLM.from_pretrained(tmp_path / "mine")
