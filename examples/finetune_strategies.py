@@ -42,7 +42,8 @@ import torch
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import TokenDataset, read_text
 from llmcore.finetune import Freeze, Full, GradualUnfreeze, LoRA, count_parameters, layer_groups, ulmfit
-from llmcore.models.classifier import ClassificationDataset, SequenceClassifier, classification_loss, evaluate
+from llmcore.finetune.classification import ClassificationDataset, classification_loss, evaluate
+from llmcore.models.classifier import SequenceClassifier
 from llmcore.tokenizer import SentencePieceTokenizer, load_tokenizer
 from llmcore.training import TrainConfig, Trainer
 

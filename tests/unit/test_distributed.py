@@ -1,7 +1,8 @@
 """Distributed: environment detection, and a 2-process gloo DDP run equal to one process (same global batch).
 
-Both runs see the same data: every rank draws the whole global batch with an identically seeded generator
-and trains on its own slice, so 2 ranks x batch 2 x 2 micro-batches == 1 process x batch 4 x 2 micro-batches.
+Both runs see the same data: every rank draws the global batch's indices with an identically seeded generator
+and builds only its own rows (``sample_batch(..., rows=)``), so 2 ranks x batch 2 x 2 micro-batches ==
+1 process x batch 4 x 2 micro-batches.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from llmcore.finetune import (
     slanted_triangular,
     ulmfit,
 )
-from llmcore.models.classifier import ClassificationDataset, SequenceClassifier, classification_loss, evaluate
+from llmcore.finetune.classification import ClassificationDataset, classification_loss, evaluate
+from llmcore.models.classifier import SequenceClassifier
 from llmcore.tokenizer import ByteTokenizer
 from llmcore.training import TrainConfig, Trainer
 from llmcore.training.loss import lm_loss

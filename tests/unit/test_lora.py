@@ -21,7 +21,8 @@ from llmcore.finetune import (
     save_adapter,
     unmerge_lora,
 )
-from llmcore.models.classifier import SequenceClassifier, classification_loss
+from llmcore.finetune.classification import classification_loss
+from llmcore.models.classifier import SequenceClassifier
 from llmcore.training.loss import lm_loss
 
 
