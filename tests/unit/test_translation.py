@@ -11,8 +11,8 @@ import torch
 from llmcore import ModelConfig
 from llmcore.cli import main
 from llmcore.errors import DataError, TokenizerError
-from llmcore.models.lstm import LSTMLM
 from llmcore.inputs import IGNORE_INDEX
+from llmcore.models.lstm import LSTMLM
 from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from llmcore.models.transformer import TransformerLM
 from llmcore.tokenizer import CharTokenizer

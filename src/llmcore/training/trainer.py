@@ -6,7 +6,8 @@ reads, every other entry is passed to the model as a keyword, ``outputs = model(
 encoder-decoder (``tgt_ids``, ``src_ids``, ``src_mask``) and a classifier (``input_ids``, ``attention_mask``)
 all train unchanged, with no adapter. ``train_data`` needs ``sample_batch(batch_size, generator, rows=None)``
 and ``val_data`` needs ``iter_eval(batch_size, max_batches)``, both giving such dicts; every llmcore dataset
-(:class:`llmcore.data.TokenDataset`, ``PairDataset``, ``Seq2SeqPairs``, ``ClassificationDataset``) has both. Everything else lives elsewhere: the loss in ``loss.py``, groups and schedules in ``optim.py``, saving
+(:class:`llmcore.data.TokenDataset`, ``PairDataset``, ``Seq2SeqPairs``, ``ClassificationDataset``) has both.
+Everything else lives elsewhere: the loss in ``loss.py``, groups and schedules in ``optim.py``, saving
 in ``checkpoint.py``, logging / early stopping / checkpointing / samples in ``callbacks.py``.
 
 One optimizer step, exactly:
