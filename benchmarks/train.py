@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     class Windows:  # what TokenDataset gives the Trainer
         def sample_batch(self, n, generator=None):
             idx = torch.randint(len(data), (n,), generator=generator)
-            return data[idx, :-1], data[idx, 1:]
+            return {"input_ids": data[idx, :-1], "labels": data[idx, 1:]}
 
     torch.manual_seed(0)
     trainer_model = TransformerLM(ModelConfig.from_preset("char-small", vocab_size=V, max_seq_len=T))

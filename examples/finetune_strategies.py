@@ -42,7 +42,8 @@ import torch
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import TokenDataset, read_text
 from llmcore.finetune import Freeze, Full, GradualUnfreeze, LoRA, count_parameters, layer_groups, ulmfit
-from llmcore.models.classifier import ClassificationDataset, SequenceClassifier, classification_loss, evaluate
+from llmcore.finetune.classification import ClassificationDataset, classification_loss, evaluate
+from llmcore.models.classifier import SequenceClassifier
 from llmcore.tokenizer import SentencePieceTokenizer, load_tokenizer
 from llmcore.training import TrainConfig, Trainer
 
@@ -144,9 +145,9 @@ def finetune(name: str, body: TransformerLM, train: ClassificationDataset, val: 
              args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     if name == "from scratch":
-        clf = SequenceClassifier(copy.deepcopy(body.config), train.num_classes, args.pooling, train.pad_id)
+        clf = SequenceClassifier(copy.deepcopy(body.config), train.num_classes, args.pooling)
     else:
-        clf = SequenceClassifier.from_lm(body, train.num_classes, args.pooling, train.pad_id)
+        clf = SequenceClassifier.from_lm(body, train.num_classes, args.pooling)
     strategies = strategies_for(name, clf, args.steps)
     tc = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=args.lr * LR[name], min_lr=0.0,
                      warmup_steps=max(1, args.steps // 10), schedule="linear", weight_decay=0.01,

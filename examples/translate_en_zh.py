@@ -40,7 +40,7 @@ from llmcore import ModelConfig, TransformerLM
 from llmcore.data import TokenDataset
 from llmcore.finetune import PairDataset
 from llmcore.models.lstm import LSTMLM
-from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer
+from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from llmcore.tokenizer import SentencePieceTokenizer
 from llmcore.training import TrainConfig, Trainer
 from llmcore.translation import (
@@ -200,7 +200,7 @@ def main() -> None:
         val = Seq2SeqPairs([(p.en, p.zh) for p in val_pairs], tok, src_len=96, tgt_len=96)
         print(f"\nencoder-decoder: {s2s.num_parameters() / 1e6:.1f} M parameters, {args.minutes} min "
               f"({data.truncated} training pairs cut at 96 tokens)")
-        s = train(Seq2SeqForTrainer(s2s, 96, tok.pad_id), data, val, args.minutes, 2e-3, 32, args.quick)
+        s = train(s2s, data, val, args.minutes, 2e-3, 32, args.quick)  # dict batches: no adapter
         s2s.save_pretrained(out / "seq2seq", tokenizer=tok)
         systems["encoder-decoder"] = (Translator(s2s, tok), s)
 

@@ -32,9 +32,9 @@ class FixedBatch:
         ids = torch.randint(0, vocab_size, (8, 33), generator=g)
         self.x, self.y = ids[:, :-1], ids[:, 1:]
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None):
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         assert batch_size == len(self.x)
-        return self.x, self.y
+        return {"input_ids": self.x, "labels": self.y}
 
 
 def trajectory() -> list[float]:

@@ -89,8 +89,8 @@ def test_real_datasets_bucket():
     for data in (Seq2SeqPairs(rows, tok, src_len=64, tgt_len=32, bucket=6),
                  PairDataset(rows, tok, tgt_lang_tag="<2zh>", bucket=6)):
         g = torch.Generator().manual_seed(0)
-        x, y = data.sample_batch(4, g)
-        assert x.shape[0] == 4 and y.shape[0] == 4
+        batch = data.sample_batch(4, g)
+        assert {k: v.shape[0] for k, v in batch.items()} == dict.fromkeys(batch, 4) and "labels" in batch
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])

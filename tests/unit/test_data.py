@@ -181,38 +181,40 @@ def prepared(tmp_path, shakespeare) -> Path:
 def test_sample_batch_shapes_shift_and_seed(prepared):
     ds = TokenDataset(prepared, block_size=64)
     data = read_bin(prepared / "train.bin")
-    x, y = ds.sample_batch(8, torch.Generator().manual_seed(1))
+    batch = ds.sample_batch(8, torch.Generator().manual_seed(1))
+    assert list(batch) == ["input_ids", "labels"]
+    x, y = batch["input_ids"], batch["labels"]
     assert x.shape == y.shape == (8, 64) and x.dtype == y.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])
     ix = torch.randint(len(data) - 64, (8,), generator=torch.Generator().manual_seed(1))  # nanoGPT get_batch
     assert torch.equal(x, torch.stack([torch.from_numpy(data[i:i + 64].astype(np.int64)) for i in ix]))
     assert torch.equal(y, torch.stack([torch.from_numpy(data[i + 1:i + 65].astype(np.int64)) for i in ix]))
-    x2, y2 = ds.sample_batch(8, torch.Generator().manual_seed(1))
-    assert torch.equal(x, x2) and torch.equal(y, y2)
-    assert not torch.equal(x, ds.sample_batch(8, torch.Generator().manual_seed(2))[0])
+    again = ds.sample_batch(8, torch.Generator().manual_seed(1))
+    assert torch.equal(x, again["input_ids"]) and torch.equal(y, again["labels"])
+    assert not torch.equal(x, ds.sample_batch(8, torch.Generator().manual_seed(2))["input_ids"])
 
 
 def test_iter_eval_covers_split_deterministically(prepared):
     ds = TokenDataset(prepared, block_size=100, split="val")
     data = torch.from_numpy(read_bin(prepared / "val.bin").astype(np.int64))
     n, T = len(data), 100
-    batches = list(ds.iter_eval(batch_size=7))
+    batches = [(b["input_ids"], b["labels"]) for b in ds.iter_eval(batch_size=7)]
     assert len(batches) == ds.num_eval_batches(7) == -(-((n - 1) // T) // 7)
     xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     assert len(ds) == len(xs) == (n - 1) // T
     assert torch.equal(xs.flatten(), data[: len(xs) * T]) and torch.equal(ys.flatten(), data[1: len(xs) * T + 1])
-    again = list(ds.iter_eval(batch_size=7))
+    again = [(b["input_ids"], b["labels"]) for b in ds.iter_eval(batch_size=7)]
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
-    capped = list(ds.iter_eval(7, max_batches=2))
+    capped = [(b["input_ids"], b["labels"]) for b in ds.iter_eval(7, max_batches=2)]
     assert len(capped) == 2
     # a capped evaluation samples the whole split evenly, not just its beginning
     first, last = capped[0][0][0], capped[-1][0][-1]
     assert torch.equal(first, batches[0][0][0]) and torch.equal(last, batches[-1][0][-1])
     # pad_last: every target is scored exactly once
-    ys = torch.cat([b[1] for b in ds.iter_eval(7, pad_last=True)]).flatten()
+    ys = torch.cat([b["labels"] for b in ds.iter_eval(7, pad_last=True)]).flatten()
     assert torch.equal(ys[ys != -100], data[1:])
     # sharded by rank: disjoint, and together the whole split
-    shards = [torch.cat([b[0] for b in TokenDataset(prepared, 100, "val", rank=r, world_size=3).iter_eval(4)])
+    shards = [torch.cat([b["input_ids"] for b in TokenDataset(prepared, 100, "val", rank=r, world_size=3).iter_eval(4)])
               for r in range(3)]
     assert sorted(map(len, shards), reverse=True) == [len(s) for s in shards] and sum(map(len, shards)) == len(xs)
     assert torch.equal(torch.stack([s[0] for s in shards]), xs[:3])
@@ -228,7 +230,16 @@ def test_token_dataset_errors(prepared):
     with pytest.raises(DataError, match="meta.json does not exist; run `llmcore prepare"):
         TokenDataset(prepared / "empty_dir", block_size=8)
     ds = TokenDataset(np.arange(20), block_size=4)
-    assert len(ds) == 4 and torch.equal(ds[1][0], torch.arange(4, 8))
+    assert len(ds) == 4 and torch.equal(ds[1]["input_ids"], torch.arange(4, 8))
+    assert torch.equal(ds[1]["labels"], torch.arange(5, 9))
+    with pytest.raises(DataError, match=r"Token id 19 .* outside the vocabulary \[0, 10\)"):
+        TokenDataset(np.arange(20), block_size=4, vocab_size=10)
+    with pytest.raises(DataError, match=r"Token id -1 .* outside the vocabulary"):
+        TokenDataset(np.arange(-1, 19), block_size=4, vocab_size=32)
+    vocab = int(read_bin(prepared / "train.bin").max()) + 1  # a file is scanned: the exact limit passes
+    TokenDataset(prepared, block_size=8, vocab_size=vocab)
+    with pytest.raises(DataError, match=rf"Token id {vocab - 1} in .*train.bin"):
+        TokenDataset(prepared, block_size=8, vocab_size=vocab - 1)
 
 
 def test_collate_pad():
@@ -246,15 +257,18 @@ def test_collate_pad():
 def test_on_the_fly_dataset(shakespeare):
     char = CharTokenizer.from_text(shakespeare)
     ds = OnTheFlyTextDataset(shakespeare, char, block_size=32, sample=False)
-    x, y = ds.sample_batch(4, torch.Generator().manual_seed(0))
+    batch = ds.sample_batch(4, torch.Generator().manual_seed(0))
+    x, y = batch["input_ids"], batch["labels"]
     assert x.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1])
     assert char.decode(torch.cat([x[0], y[0, -1:]])) in shakespeare
     with pytest.raises(TokenizerError, match="sample"):
         OnTheFlyTextDataset(shakespeare, char, block_size=32, sample=True)
+    with pytest.raises(DataError, match=rf"Token id {char.vocab_size - 1} in the tokenizer"):
+        OnTheFlyTextDataset(shakespeare, char, block_size=32, sample=False, vocab_size=char.vocab_size - 1)
     sp = build_tokenizer("sp", shakespeare, vocab_size=400)
     ds = OnTheFlyTextDataset(shakespeare, sp, block_size=256, sample=True)
-    a = ds.sample_batch(8, torch.Generator().manual_seed(0))[0]
-    b = ds.sample_batch(8, torch.Generator().manual_seed(0))[0]
+    a = ds.sample_batch(8, torch.Generator().manual_seed(0))["input_ids"]
+    b = ds.sample_batch(8, torch.Generator().manual_seed(0))["input_ids"]
     assert a.shape == (8, 256) and not torch.equal(a, b)  # same spans, new segmentations
 
 

@@ -1,7 +1,8 @@
 """Distributed: environment detection, and a 2-process gloo DDP run equal to one process (same global batch).
 
-Both runs see the same data: every rank draws the whole global batch with an identically seeded generator
-and trains on its own slice, so 2 ranks x batch 2 x 2 micro-batches == 1 process x batch 4 x 2 micro-batches.
+Both runs see the same data: every rank draws the global batch's indices with an identically seeded generator
+and builds only its own rows (``sample_batch(..., rows=)``), so 2 ranks x batch 2 x 2 micro-batches ==
+1 process x batch 4 x 2 micro-batches.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import torch.multiprocessing as mp
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import TokenDataset
 from llmcore.errors import ConfigError
+from llmcore.finetune import GradualUnfreeze
 from llmcore.training import TrainConfig, Trainer
 from llmcore.training import distributed as dist
 
 
-def _train(batch_size: int, out_dir: str | None = None) -> dict:
+def _train(batch_size: int, out_dir: str | None = None, unfreeze: bool = False) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig.from_preset("debug", vocab_size=32, max_seq_len=16))
@@ -32,17 +34,19 @@ def _train(batch_size: int, out_dir: str | None = None) -> dict:
     cfg = TrainConfig(max_steps=4, batch_size=batch_size, grad_accum=2, warmup_steps=1, lr=1e-2, min_lr=1e-3,
                       eval_interval=2, eval_batches=3, progress=False, num_samples=0, device="cpu", out_dir=out_dir)
     losses, vals = [], []
-    trainer = Trainer(model, cfg, train, val)
+    # GradualUnfreeze: one more layer group trains every step, so DDP is re-wrapped mid-run three times
+    strategies = [GradualUnfreeze(every_n_steps=1)] if unfreeze else []
+    trainer = Trainer(model, cfg, train, val, strategies=strategies)
     trainer.add_callback("on_step_end", lambda t, info: losses.append(info["train_loss"]))
     trainer.add_callback("on_eval", lambda t, info: vals.append(info["val_loss"]))
     trainer.fit()
     return {"losses": losses, "val": vals, "params": [p.detach().flatten()[:50].tolist() for p in model.parameters()]}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, unfreeze: bool = False) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    result = _train(batch_size=2, out_dir=os.path.join(out, "run"))
+    result = _train(batch_size=2, out_dir=os.path.join(out, "run"), unfreeze=unfreeze)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
 
@@ -53,12 +57,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_equals_one_process(tmp_path):
-    single = _train(batch_size=4)
+def _spawn(tmp_path, unfreeze: bool = False) -> list[dict]:
     # spawn, not fork: the parent has just run torch ops, and a child forked from a process whose OpenMP
     # thread pool is live can deadlock (a full-suite run hung here in this test). A spawned interpreter
     # re-imports torch, a few seconds. The join has a deadline so a hang fails the test instead of CI.
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), unfreeze), nprocs=2, join=False,
                              start_method="spawn")
     deadline = time.monotonic() + 180
     while not ctx.join(timeout=5):
@@ -66,7 +69,12 @@ def test_two_process_gloo_equals_one_process(tmp_path):
             for p in ctx.processes:
                 p.kill()
             pytest.fail("the 2-process gloo run did not finish in 180 s")
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_process_gloo_equals_one_process(tmp_path):
+    single = _train(batch_size=4)
+    ranks = _spawn(tmp_path)
     for r in ranks:
         assert r["losses"] == pytest.approx(single["losses"], abs=1e-5)
         assert r["val"] == pytest.approx(single["val"], abs=1e-5)
@@ -107,3 +115,16 @@ def test_device_resolution_and_unwrap():
     model = torch.nn.Linear(2, 2)
     assert dist.wrap(model, env, torch.device("cpu")) is model and dist.unwrap(model) is model
     assert float(dist.all_reduce_sum(torch.tensor(2.0), env)) == 2.0
+
+
+def test_gradual_unfreeze_under_two_process_ddp_equals_one_process(tmp_path):
+    single = _train(batch_size=4, unfreeze=True)
+    ranks = _spawn(tmp_path, unfreeze=True)
+    frozen_start = _train(batch_size=4)  # without the strategy the weights end elsewhere: the test can fail
+    flat = [v for p in single["params"] for v in p]
+    assert [v for p in frozen_start["params"] for v in p] != pytest.approx(flat, abs=1e-3)
+    for r in ranks:
+        assert r["losses"] == pytest.approx(single["losses"], abs=1e-5)
+        for a, b in zip(r["params"], single["params"]):
+            assert a == pytest.approx(b, abs=1e-5)
+    assert ranks[0]["params"] == ranks[1]["params"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -21,7 +22,8 @@ from llmcore.finetune import (
     slanted_triangular,
     ulmfit,
 )
-from llmcore.models.classifier import ClassificationDataset, SequenceClassifier, classification_loss, evaluate
+from llmcore.finetune.classification import ClassificationDataset, classification_loss, evaluate
+from llmcore.models.classifier import SequenceClassifier
 from llmcore.tokenizer import ByteTokenizer
 from llmcore.training import TrainConfig, Trainer
 from llmcore.training.loss import lm_loss
@@ -201,13 +203,16 @@ def test_ulmfit_composition(tiny_config):
 
 # ---------------------------------------------------------------------------------------------- classifier
 def test_classifier_pooling_ignores_padding(tiny_config):
-    clf = SequenceClassifier(TransformerLM(tiny_config), num_classes=3, pad_id=0)
+    clf = SequenceClassifier(TransformerLM(tiny_config), num_classes=3)
     clf.eval()
     x = torch.randint(1, 128, (1, 7))
     padded = torch.cat([x, torch.zeros(1, 3, dtype=torch.long)], 1)
-    torch.testing.assert_close(clf(padded), clf(x))
-    mean = SequenceClassifier(TransformerLM(tiny_config), 3, pooling="mean", pad_id=0).eval()
-    torch.testing.assert_close(mean(padded), mean(x))
+    mask = torch.tensor([[1] * 7 + [0] * 3])
+    torch.testing.assert_close(clf(padded, attention_mask=mask), clf(x))
+    # the mask comes from the batch only: without it, the pads are read as tokens (no guessing from a pad id)
+    assert not torch.allclose(clf(padded), clf(x))
+    mean = SequenceClassifier(TransformerLM(tiny_config), 3, pooling="mean").eval()
+    torch.testing.assert_close(mean(padded, attention_mask=mask), mean(x))
     assert isinstance(clf.body.lm_head, torch.nn.Identity)
     assert list(layer_groups(clf))[-1] == "head" and "head.weight" in layer_groups(clf)["head"]
 
@@ -218,24 +223,55 @@ def test_classifier_trains_and_round_trips(tiny_config, tmp_path):
     labels = ["pos", "pos", "neg", "neg"] * 4
     data = ClassificationDataset(texts, labels, tok, max_len=16)
     assert data.label_names == ["neg", "pos"] and data.num_classes == 2
-    x, y = data.sample_batch(8, torch.Generator().manual_seed(0))
-    assert x.shape[0] == 8 and y.shape == (8,)
+    batch = data.sample_batch(8, torch.Generator().manual_seed(0))
+    assert list(batch) == ["input_ids", "attention_mask", "labels"] and batch["labels"].shape == (8,)
+    assert batch["attention_mask"].sum(1).tolist() == [len(data.ids[i]) for i in
+                                                       torch.randint(16, (8,), generator=torch.Generator()
+                                                                     .manual_seed(0)).tolist()]
     lm = TransformerLM(tiny_config.replace(vocab_size=tok.vocab_size))
-    clf = SequenceClassifier.from_lm(lm, data.num_classes, pad_id=data.pad_id)
+    clf = SequenceClassifier.from_lm(lm, data.num_classes)
     assert not isinstance(lm.lm_head, torch.nn.Identity)  # from_lm copies by default
     before = evaluate(clf, data)
-    trainer = fit(clf, steps=15, data=data, lr=3e-3, loss_fn=classification_loss)
+    trainer = Trainer(clf, TrainConfig(max_steps=15, batch_size=4, lr=3e-3, warmup_steps=0, eval_interval=1000,
+                                       progress=False, num_samples=0, device="cpu"), data,
+                      loss_fn=classification_loss)
+    # the Trainer's evaluation is the hand-computed mean cross-entropy over the set (example-weighted)
+    with torch.no_grad():
+        full = data.collate(range(len(data)))
+        clf.eval()
+        logits = clf(full["input_ids"], attention_mask=full["attention_mask"])
+    want = float(torch.nn.functional.cross_entropy(logits, full["labels"]))
+    assert trainer.evaluate(data)["val_loss"] == pytest.approx(want, rel=1e-5) == before["loss"]
+    trainer.fit()
     after = evaluate(clf, data)
     assert after["loss"] < before["loss"] and after["accuracy"] == 1.0
     # the Trainer's own evaluation works on class logits too: val_acc is the accuracy
     assert math.isclose(trainer.evaluate(data)["val_acc"], 1.0)
+    x, mask = batch["input_ids"], batch["attention_mask"]
     clf.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["num_classes"] == 2
     again = SequenceClassifier.from_pretrained(tmp_path)
-    torch.testing.assert_close(again.eval()(x), clf.eval()(x))
-    with pytest.raises(ConfigError):
+    assert not again.training  # like every from_pretrained
+    torch.testing.assert_close(again(x, mask), clf.eval()(x, mask))
+    with pytest.raises(ConfigError, match="num_classes=1"):
         SequenceClassifier(lm, num_classes=1)
-    with pytest.raises(DataError):
-        classification_loss(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(DataError, match=r"logits \(B, C\) and labels \(B,\)"):
+        classification_loss(torch.zeros(2, 3, 4), {"labels": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(DataError, match=r"Token id \d+ in the encoded texts is outside the vocabulary \[0, 10\)"):
+        ClassificationDataset(texts, labels, tok, vocab_size=10)
+
+
+def test_classifier_directories_saved_before_classifier_config_load(tiny_config, tmp_path):
+    clf = SequenceClassifier(TransformerLM(tiny_config), 3, pooling="mean").eval()
+    clf.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    body = {k: v for k, v in meta["config"].items() if k not in ("num_classes", "pooling", "classifier_dropout")}
+    legacy = {**meta, "config": body, "classifier": {"num_classes": 3, "pooling": "mean", "pad_id": 0, "dropout": 0.0}}
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    again = SequenceClassifier.from_pretrained(tmp_path)
+    x = torch.randint(0, 128, (2, 5))
+    assert again.pooling == "mean" and not again.training
+    torch.testing.assert_close(again(x), clf(x))
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -21,7 +21,8 @@ from llmcore.finetune import (
     save_adapter,
     unmerge_lora,
 )
-from llmcore.models.classifier import SequenceClassifier, classification_loss
+from llmcore.finetune.classification import classification_loss
+from llmcore.models.classifier import SequenceClassifier
 from llmcore.training.loss import lm_loss
 
 
@@ -31,7 +32,7 @@ def train(model, steps=5, loss_fn=lm_loss, y_shape=(2, 12), vocab=128):
     for _ in range(steps):
         x = torch.randint(0, vocab, (2, 12), generator=g)
         y = torch.randint(0, 2 if loss_fn is classification_loss else vocab, y_shape, generator=g)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(x), {"labels": y}) if loss_fn is classification_loss else loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

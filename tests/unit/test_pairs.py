@@ -21,7 +21,9 @@ def tok():
 
 def test_labels_cover_exactly_the_target(tok):
     data = PairDataset(ROWS, tok, template="en-zh", src_col="en", tgt_col="zh", tgt_lang_tag="<2zh>")
-    x, y = data.collate(range(len(data)))
+    batch = data.collate(range(len(data)))
+    assert list(batch) == ["input_ids", "labels"]
+    x, y = batch["input_ids"], batch["labels"]
     assert x.shape == y.shape
     for i, row in enumerate(ROWS):
         prompt = [tok.bos_id] + tok.encode(f"English: {row['en']}\nChinese: ") + [tok.token_to_id("<2zh>")]
@@ -47,7 +49,8 @@ def test_tsv_and_jsonl_files(tok, tmp_path):
     batches = list(data.iter_eval(batch_size=1))
     assert len(batches) == 2 and len(list(data.iter_eval(1, max_batches=1))) == 1
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    assert all(torch.equal(a, b) for a, b in zip(data.sample_batch(4, g1), data.sample_batch(4, g2)))
+    a, b = data.sample_batch(4, g1), data.sample_batch(4, g2)
+    assert list(a) == list(b) == ["input_ids", "labels"] and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_pair_files(tok, tmp_path):

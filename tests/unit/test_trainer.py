@@ -26,15 +26,16 @@ class Rows:
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
 
-    def sample_batch(self, batch_size, generator=None):
+    def sample_batch(self, batch_size, generator=None, rows=None):
         idx = torch.randint(len(self.x), (batch_size,), generator=generator)
-        return self.x[idx], self.y[idx]
+        idx = idx if rows is None else idx[rows]
+        return {"input_ids": self.x[idx], "labels": self.y[idx]}
 
     def iter_eval(self, batch_size, max_batches=None):
         for b, i in enumerate(range(0, len(self.x), batch_size)):
             if max_batches is not None and b >= max_batches:
                 return
-            yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+            yield {"input_ids": self.x[i:i + batch_size], "labels": self.y[i:i + batch_size]}
 
 
 def config(**kw) -> TrainConfig:
@@ -107,9 +108,9 @@ class NaNAfter(nn.Module):
         super().__init__()
         self.inner, self.k, self.calls, self.config = inner, k, 0, inner.config
 
-    def forward(self, x):
+    def forward(self, input_ids):
         self.calls += self.training
-        out = self.inner(x)
+        out = self.inner(input_ids)
         return out * float("nan") if self.training and self.calls > self.k else out
 
 
@@ -131,8 +132,8 @@ def test_any_module_mapping_ids_to_logits_trains():
             super().__init__()
             self.emb, self.rnn, self.head = nn.Embedding(32, 16), nn.LSTM(16, 16, batch_first=True), nn.Linear(16, 32)
 
-        def forward(self, ids):
-            return self.head(self.rnn(self.emb(ids))[0])
+        def forward(self, input_ids):
+            return self.head(self.rnn(self.emb(input_ids))[0])
 
     torch.manual_seed(0)
     ids = torch.arange(400) % 7  # a periodic sequence an LSTM learns quickly
@@ -223,7 +224,7 @@ def test_bf16_autocast_on_cpu():
 
 def test_compile_failure_falls_back(monkeypatch):
     class Broken(nn.Module):
-        def forward(self, x):
+        def forward(self, input_ids):
             raise RuntimeError("backend exploded")
 
     monkeypatch.setattr(torch, "compile", lambda m, **k: Broken())

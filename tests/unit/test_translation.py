@@ -11,8 +11,9 @@ import torch
 from llmcore import ModelConfig
 from llmcore.cli import main
 from llmcore.errors import DataError, TokenizerError
+from llmcore.inputs import IGNORE_INDEX
 from llmcore.models.lstm import LSTMLM
-from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer
+from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from llmcore.models.transformer import TransformerLM
 from llmcore.tokenizer import CharTokenizer
 from llmcore.translation import (
@@ -133,21 +134,32 @@ def test_missing_sacrebleu_is_explained(monkeypatch):
 
 # ------------------------------------------------------------------------------------------- training
 def test_seq2seq_pairs_train_with_the_trainer(tok):
-    from llmcore.training import TrainConfig, Trainer
+    from llmcore.training import TrainConfig, Trainer, lm_loss
 
     data = Seq2SeqPairs(PAIRS * 4, tok, src_len=16, tgt_len=8)
-    x, y = data.collate([0, 1])
-    assert x.shape[1] == 16 + y.shape[1]
-    assert x[0, 16].item() == tok.token_to_id("<2zh>") and y[0, 2].item() == tok.eos_id and y[0, 3] == -100
+    batch = data.collate([0, 1])
+    assert list(batch) == ["tgt_ids", "src_ids", "src_mask", "labels"]
+    src0 = tok.encode(PAIRS[0][0]) + [tok.eos_id]
+    assert batch["src_ids"][0, :len(src0)].tolist() == src0
+    assert batch["src_mask"][0].tolist() == [1] * len(src0) + [0] * (batch["src_ids"].shape[1] - len(src0))
+    tgt0 = tok.encode(PAIRS[0][1])
+    assert batch["tgt_ids"][0, :1 + len(tgt0)].tolist() == [tok.token_to_id("<2zh>")] + tgt0
+    assert batch["labels"][0, :len(tgt0) + 1].tolist() == tgt0 + [tok.eos_id]
+    assert batch["labels"].shape[1] > len(tgt0) + 1 and (batch["labels"][0, len(tgt0) + 1:] == IGNORE_INDEX).all()
     model = tiny_seq2seq(tok)
-    wrapped = Seq2SeqForTrainer(model, src_len=16, pad_id=tok.pad_id)
-    # The wrapper equals a direct call with the unpacked source.
-    src_mask = (x[:, :16] != tok.pad_id).long()
-    torch.testing.assert_close(wrapped(x), model(x[:, 16:], src_ids=x[:, :16], src_mask=src_mask))
     cfg = TrainConfig(max_steps=100, batch_size=8, lr=5e-3, warmup_steps=0, eval_interval=30, eval_batches=2,
                       progress=False, num_samples=0, label_smoothing=0.1, device="cpu")
-    summary = Trainer(wrapped, cfg, data, val_data=data).fit()
-    assert summary["final_val_loss"] < 0.5
+    trainer = Trainer(model, cfg, data, val_data=data)
+    # The model is called with the batch's keywords, no adapter: evaluation equals the hand-computed loss.
+    one = data.collate(range(8))
+    with torch.no_grad():
+        model.eval()
+        logits = model(one["tgt_ids"], src_ids=one["src_ids"], src_mask=one["src_mask"])
+    expected = float(lm_loss(logits, one["labels"]))
+    assert trainer.evaluate(data, max_batches=1)["val_loss"] == pytest.approx(expected, rel=1e-6)
+    before = trainer.evaluate(data)["val_loss"]
+    summary = trainer.fit()
+    assert summary["final_val_loss"] < 0.5 < before
     assert Translator(model, tok).translate([s for s, _ in PAIRS]) == [t for _, t in PAIRS]
 
 

@@ -150,10 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import TokenDataset, read_text
     from ..errors import CheckpointError
+    from ..finetune.classification import ClassificationDataset, classification_loss
     from ..finetune.lora import save_adapter
     from ..finetune.pairs import PairDataset, read_pairs
     from ..finetune.strategies import layer_groups
-    from ..models.classifier import ClassificationDataset, SequenceClassifier, classification_loss
+    from ..models.classifier import SequenceClassifier
     from ..modules import num_parameters
     from ..tokenizer import load_tokenizer
     from ..training import Trainer
@@ -177,19 +178,21 @@ def run(args: argparse.Namespace) -> int:
         ids = torch.tensor(tok.encode(read_text(args.data)), dtype=torch.long)
         cut = int(len(ids) * (1 - val_fraction))
         block = args.block_size or lm.config.max_seq_len
-        train, val = TokenDataset(ids[:cut], block), TokenDataset(ids[cut:], block, split="val")
+        V = lm.config.vocab_size
+        train, val = TokenDataset(ids[:cut], block, vocab_size=V), TokenDataset(ids[cut:], block, split="val", vocab_size=V)
     elif args.task == "pairs":
         tr, va = _split(read_pairs(args.data, args.src_col, args.tgt_col), val_fraction, cfg.seed)
         kw = dict(template=args.template, src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag,
-                  max_len=min(max_len, lm.config.max_seq_len + 1), too_long="drop")
+                  max_len=min(max_len, lm.config.max_seq_len + 1), too_long="drop", vocab_size=lm.config.vocab_size)
         train, val = PairDataset(tr, tok, **kw), PairDataset(va, tok, **kw)
     else:
         rows = read_pairs(args.data, args.text_col, args.label_col)
         names = sorted({label for _, label in rows})
         tr, va = _split(rows, val_fraction, cfg.seed)
-        train, val = (ClassificationDataset([t for t, _ in part], [lb for _, lb in part], tok, max_len, names)
+        train, val = (ClassificationDataset([t for t, _ in part], [lb for _, lb in part], tok, max_len, names,
+                                            vocab_size=lm.config.vocab_size)
                       for part in (tr, va))
-        model = SequenceClassifier(lm, len(names), pooling=args.pooling, pad_id=train.pad_id)
+        model = SequenceClassifier(lm, len(names), pooling=args.pooling)
         loss_fn, keep = classification_loss, ("head",)
     if args.task != "lm":
         train.bucket = args.bucket

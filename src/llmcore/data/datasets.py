@@ -7,6 +7,12 @@
   (subword regularisation, Kudo 2018, arXiv:1804.10959; BPE-dropout, arXiv:1910.13267).
 - :func:`collate_pad` — lists of id lists -> padded ``input_ids``, ``attention_mask`` (and labels).
 
+Every dataset gives the Trainer dict batches (``{"input_ids": (B, T), "labels": (B, T)}`` here): ``labels`` is
+what the loss reads and every other entry is a keyword of the model call. ``sample_batch(n, generator,
+rows=None)`` builds only the rows ``rows`` of the ``n``-row batch the generator draws, consuming the generator
+exactly as for the whole batch, so each data-parallel rank builds only its own rows. Token ids are checked
+once, where they enter (construction), against ``vocab_size``: models do not check them in ``forward``.
+
 Pairs for fine-tuning (source -> target with masked prompt labels) live with the fine-tuning code, not here.
 """
 
@@ -23,11 +29,33 @@ import numpy as np
 import torch
 
 from ..errors import DataError, TokenizerError
+from ..inputs import IGNORE_INDEX
 from .prepare import load_meta
 
-IGNORE_INDEX = -100  # label value the loss skips (training.lm_loss, torch cross_entropy default)
+Batch = dict[str, torch.Tensor]
+_CHUNK = 1 << 24  # ids scanned at a time when checking a token file's range
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+
+def check_ids_in_vocab(max_id: int, min_id: int, vocab_size: int | None, what: str) -> None:
+    """Raise :class:`DataError` unless every id lies in ``[0, vocab_size)`` (no check when vocab_size is None)."""
+    if vocab_size is None:
+        return
+    if min_id < 0 or max_id >= vocab_size:
+        bad = max_id if max_id >= vocab_size else min_id
+        raise DataError(f"Token id {bad} in {what} is outside the vocabulary [0, {vocab_size}); the data was "
+                        "tokenized with another tokenizer than the model's: re-tokenize it (`llmcore prepare`) "
+                        "with the model's tokenizer, or pass the matching vocab_size.")
+
+
+def _id_rows(rows: Sequence[Sequence[int]], vocab_size: int | None, what: str) -> None:
+    """:func:`check_ids_in_vocab` over lists of ids."""
+    ids = [i for row in rows for i in row]
+    if ids:
+        check_ids_in_vocab(max(ids), min(ids), vocab_size, what)
+
+
+def _pick(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return t if rows is None else t[rows]
 
 
 def _to_device(t: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
@@ -51,11 +79,13 @@ class TokenDataset(torch.utils.data.Dataset):
         split: ``"train"`` or ``"val"`` when ``path_or_array`` is a directory.
         dtype: dtype of a bare ``.bin`` file without ``meta.json``.
         rank, world_size: for distributed evaluation, :meth:`iter_eval` yields only every
-            ``world_size``-th window starting at ``rank``. :meth:`sample_batch` ignores them: give each rank
-            its own generator seed (e.g. ``seed + rank``) so the ranks draw different windows.
+            ``world_size``-th window starting at ``rank``. :meth:`sample_batch` ignores them (the Trainer
+            passes ``rows=`` instead).
+        vocab_size: the model's vocabulary size; every id is checked to lie in ``[0, vocab_size)`` once, here
+            (a file is scanned in chunks). None = no check.
 
-    ``len(ds)`` and ``ds[i]`` are the full non-overlapping windows (``(x, y)`` of shape (block_size,)), so the
-    dataset also works with a ``DataLoader`` and ``DistributedSampler``.
+    ``len(ds)`` and ``ds[i]`` are the full non-overlapping windows (``{"input_ids", "labels"}`` of shape
+    (block_size,)), so the dataset also works with a ``DataLoader`` and ``DistributedSampler``.
     """
 
     def __init__(
@@ -66,6 +96,7 @@ class TokenDataset(torch.utils.data.Dataset):
         dtype: str | np.dtype | None = None,
         rank: int = 0,
         world_size: int = 1,
+        vocab_size: int | None = None,
     ) -> None:
         if not isinstance(block_size, int) or block_size < 1:
             raise DataError(f"block_size={block_size!r} must be a positive integer")
@@ -96,6 +127,13 @@ class TokenDataset(torch.utils.data.Dataset):
                 f"{block_size + 1}; use block_size <= {max(self.num_tokens - 1, 0)} or give more data "
                 "(for val: a larger val_fraction)"
             )
+        if vocab_size is not None:
+            data = self.data()
+            lo, hi = 0, 0
+            for i in range(0, self.num_tokens, _CHUNK):
+                chunk = data[i:i + _CHUNK]
+                lo, hi = min(lo, int(chunk.min())), max(hi, int(chunk.max()))
+            check_ids_in_vocab(hi, lo, vocab_size, f"{self.path or 'the given ids'}")
 
     @staticmethod
     def _locate(path: Path, split: str, dtype: Any) -> tuple[Path, np.dtype]:
@@ -127,17 +165,18 @@ class TokenDataset(torch.utils.data.Dataset):
         return torch.from_numpy(data[idx].astype(np.int64))
 
     def sample_batch(self, batch_size: int, generator: torch.Generator | None = None,
-                     device: str | torch.device | None = None) -> Batch:
-        """Random training windows: ``x`` (B, block_size) and ``y`` = ``x`` shifted left by one token.
+                     rows: torch.Tensor | None = None, device: str | torch.device | None = None) -> Batch:
+        """Random training windows: ``input_ids`` (B, block_size) and ``labels`` = them shifted left by one.
 
         Start indices are ``torch.randint(len(data) - block_size, (B,), generator=generator)``, as nanoGPT's
-        ``get_batch``, so the same generator state gives the same batch.
+        ``get_batch``, so the same generator state gives the same batch. ``rows`` (row indices into those B)
+        reads only these windows; the generator advances as for all B.
         """
         data = self.data()
-        ix = torch.randint(self.num_tokens - self.block_size, (batch_size,), generator=generator)
-        w = self._windows(data, ix.numpy(), self.block_size + 1)  # (B, T+1)
-        x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()  # (B, T), (B, T)
-        return _to_device(x, device), _to_device(y, device)
+        ix = _pick(torch.randint(self.num_tokens - self.block_size, (batch_size,), generator=generator), rows)
+        w = self._windows(data, ix.numpy(), self.block_size + 1)  # (b, T+1)
+        x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()  # (b, T), (b, T)
+        return {"input_ids": _to_device(x, device), "labels": _to_device(y, device)}
 
     @property
     def num_full_windows(self) -> int:
@@ -151,7 +190,7 @@ class TokenDataset(torch.utils.data.Dataset):
             raise IndexError(f"window {i} out of range for {len(self)} windows")
         start = (i % len(self)) * self.block_size
         w = torch.from_numpy(self.data()[start:start + self.block_size + 1].astype(np.int64))
-        return w[:-1], w[1:]
+        return {"input_ids": w[:-1], "labels": w[1:]}
 
     def iter_eval(self, batch_size: int, max_batches: int | None = None, pad_last: bool = False,
                   device: str | torch.device | None = None) -> Iterator[Batch]:
@@ -191,7 +230,7 @@ class TokenDataset(torch.utils.data.Dataset):
                 xt[0, :tail] = torch.from_numpy(data[s:s + tail].astype(np.int64))
                 yt[0, :tail] = torch.from_numpy(data[s + 1:s + 1 + tail].astype(np.int64))
                 x, y = torch.cat([x, xt]), torch.cat([y, yt])
-            yield _to_device(x.contiguous(), device), _to_device(y.contiguous(), device)
+            yield {"input_ids": _to_device(x.contiguous(), device), "labels": _to_device(y.contiguous(), device)}
 
     def num_eval_batches(self, batch_size: int, pad_last: bool = False) -> int:
         """How many batches :meth:`iter_eval` yields on this rank."""
@@ -201,7 +240,10 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 class ExampleDataset:
-    """Batches over a list of examples for the Trainer: subclasses define ``__len__`` and ``collate(indices)``.
+    """Batches over a list of examples for the Trainer: subclasses define ``__len__`` and
+    ``collate(indices, batch=None)``, which builds the dict batch of examples ``indices`` padded as the batch
+    of examples ``batch`` (default: ``indices`` themselves) would be, so a subset of rows equals those rows of
+    the whole batch.
 
     ``sample_batch`` draws examples with replacement from ``generator`` (reproducible); ``iter_eval`` visits
     every example once, in order. Pair, classification and seq2seq datasets share this.
@@ -231,8 +273,13 @@ class ExampleDataset:
                             "use bucket=1.")
         self._bucket = k
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        """A random batch (with replacement), drawn with ``generator`` for reproducibility."""
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None,
+                     rows: torch.Tensor | None = None) -> Batch:
+        """A random batch (with replacement), drawn with ``generator`` for reproducibility.
+
+        ``rows`` (row indices into the ``batch_size`` drawn) builds only those rows, padded to the width of the
+        whole batch, so they equal the same rows of the full batch; the generator advances as for all rows.
+        """
         k = self.bucket
         indices = torch.randint(len(self), (batch_size * k,), generator=generator).tolist()
         if k > 1:  # only then draw the slice, so bucket=1 consumes the generator exactly as before
@@ -241,7 +288,9 @@ class ExampleDataset:
             mass = tokens.view(k, batch_size).sum(1)  # (k,) tokens per slice
             j = int(torch.multinomial(mass, 1, generator=generator))
             indices = indices[j * batch_size:(j + 1) * batch_size]
-        return self.collate(indices)
+        if rows is None:
+            return self.collate(indices)
+        return self.collate([indices[r] for r in rows.tolist()], batch=indices)
 
     def iter_eval(self, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
         """Every example once, in order (the last batch may be smaller), up to ``max_batches`` batches."""
@@ -266,10 +315,11 @@ class OnTheFlyTextDataset:
         block_size: tokens per window.
         sample: encode with subword sampling; False gives deterministic encoding (any tokenizer).
         span_chars: characters per span; by default estimated from the text so a span holds the tokens.
+        vocab_size: the model's vocabulary size; the tokenizer's ids must fit it (checked once, here).
     """
 
     def __init__(self, text: str, tokenizer: Any, block_size: int, sample: bool = True,
-                 span_chars: int | None = None) -> None:
+                 span_chars: int | None = None, vocab_size: int | None = None) -> None:
         if not isinstance(block_size, int) or block_size < 1:
             raise DataError(f"block_size={block_size!r} must be a positive integer")
         if not isinstance(text, str) or not text:
@@ -278,6 +328,7 @@ class OnTheFlyTextDataset:
         if sample and not takes_sample:
             raise TokenizerError(f"{type(tokenizer).__name__}.encode has no sample= option; subword sampling needs "
                                  "a SentencePieceTokenizer, or pass sample=False")
+        check_ids_in_vocab(tokenizer.vocab_size - 1, 0, vocab_size, f"the tokenizer ({tokenizer.vocab_size} ids)")
         self.text, self.tokenizer, self.block_size = text, tokenizer, block_size
         self.kwargs = {"sample": sample} if takes_sample else {}
         head = text[:100_000]
@@ -295,24 +346,27 @@ class OnTheFlyTextDataset:
         return [self.tokenizer.encode(span, **self.kwargs) for span in spans]
 
     def sample_batch(self, batch_size: int, generator: torch.Generator | None = None,
-                     device: str | torch.device | None = None) -> Batch:
-        """``x`` (B, block_size) and ``y`` = ``x`` shifted by one, from freshly tokenized random spans."""
+                     rows: torch.Tensor | None = None, device: str | torch.device | None = None) -> Batch:
+        """``input_ids`` (B, block_size) and ``labels`` = them shifted by one, from freshly tokenized random spans.
+
+        ``rows`` tokenizes only those rows of the ``batch_size`` drawn (the generator advances as for all).
+        """
         need, text = self.block_size + 2, self.text
         span = min(self.span_chars, len(text))
-        starts = torch.randint(len(text) - span + 1, (batch_size,), generator=generator).tolist()
-        rows = self._encode([text[s:s + span] for s in starts])
+        starts = _pick(torch.randint(len(text) - span + 1, (batch_size,), generator=generator), rows).tolist()
+        encoded = self._encode([text[s:s + span] for s in starts])
         for r, s in enumerate(starts):
             length = span
-            while len(rows[r]) < need:  # an unusually token-dense span: take more text
+            while len(encoded[r]) < need:  # an unusually token-dense span: take more text
                 if length >= len(text):
-                    raise DataError(f"the text gives only {len(rows[r])} tokens, but block_size={self.block_size}"
+                    raise DataError(f"the text gives only {len(encoded[r])} tokens, but block_size={self.block_size}"
                                     f" needs {need}; use a smaller block_size or more text")
                 length = min(2 * length, len(text))
                 s = min(s, len(text) - length)
-                rows[r] = self._encode([text[s:s + length]])[0]
-        w = torch.tensor([row[1:need] for row in rows], dtype=torch.long)  # (B, T+1)
+                encoded[r] = self._encode([text[s:s + length]])[0]
+        w = torch.tensor([row[1:need] for row in encoded], dtype=torch.long)  # (B, T+1)
         x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
-        return _to_device(x, device), _to_device(y, device)
+        return {"input_ids": _to_device(x, device), "labels": _to_device(y, device)}
 
 
 def collate_pad(
@@ -321,8 +375,9 @@ def collate_pad(
     padding_side: Literal["left", "right"] = "right",
     label_pad: int = IGNORE_INDEX,
     labels: bool | Sequence[Sequence[int]] = False,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Pad id lists to one (B, T) batch, T = the longest sequence.
+    """Pad id lists to one (B, T) batch, T = the longest sequence (or ``width``, if that is larger).
 
     Args:
         sequences: B lists (or 1-D tensors) of ids.
@@ -332,6 +387,7 @@ def collate_pad(
         labels: ``True`` returns labels = ``input_ids`` with padding set to ``label_pad``; a list of B label
             lists (each as long as its sequence) returns those padded with ``label_pad``. Labels are aligned
             with ``input_ids`` (not shifted); the loss does the shift.
+        width: pad to at least this many columns (rows of a larger batch padded as that batch is).
 
     Returns:
         ``(input_ids, attention_mask)`` or ``(input_ids, attention_mask, labels)``, all LongTensors (B, T);
@@ -343,7 +399,7 @@ def collate_pad(
     if not seqs:
         raise DataError("collate_pad() got no sequences; pass at least one list of ids")
     lengths = [len(s) for s in seqs]
-    width = max(lengths)
+    width = max(max(lengths), width or 0)
     if pad_id is None and min(lengths) < width:
         raise DataError("sequences of different lengths need a pad_id; use a tokenizer with a pad token "
                         "or pass pad_id explicitly")
@@ -372,4 +428,4 @@ def collate_pad(
     return input_ids, mask, pad(label_rows, label_pad)
 
 
-__all__ = ["IGNORE_INDEX", "OnTheFlyTextDataset", "TokenDataset", "collate_pad"]
+__all__ = ["IGNORE_INDEX", "ExampleDataset", "OnTheFlyTextDataset", "TokenDataset", "check_ids_in_vocab", "collate_pad"]

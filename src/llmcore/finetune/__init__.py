@@ -6,6 +6,7 @@ triangular learning rates, LoRA) and prompt-masked pair data for supervised fine
     Trainer(model, config, data, strategies=ulmfit(every_n_steps=50)).fit()
 """
 
+from .classification import ClassificationDataset, classification_loss
 from .lora import (
     LoRA,
     LoRALinear,
@@ -34,6 +35,8 @@ from .strategies import (
 )
 
 __all__ = [
+    "ClassificationDataset",
+    "classification_loss",
     "Strategy",
     "Full",
     "Freeze",

@@ -1,13 +1,13 @@
 """Source → target pairs for supervised fine-tuning, with the loss on the target only.
 
 Each example is ``prompt + target + <eos>``, where the prompt is ``[<bos>] [src tag] template(src) [tgt tag]``.
-Labels are ``-100`` on every prompt position, so the model learns to *produce* targets, not to model
-prompts (instruction tuning, translation). Padding is on the right with ``-100`` labels: under causal
-attention real tokens never see the pads that follow them, so training needs no attention mask, and the
-Trainer's plain ``model(x)`` call is correct.
+Labels are ``IGNORE_INDEX`` (-100) on every prompt position, so the model learns to *produce* targets, not to
+model prompts (instruction tuning, translation). Padding is on the right with ignored labels: under causal
+attention real tokens never see the pads that follow them, so training needs no attention mask, and a batch
+is just ``{"input_ids": (B, T), "labels": (B, T)}`` (the Trainer calls ``model(input_ids=...)``).
 
-The shift: the full sequence ``ids`` (length n) gives ``x = ids[:-1]`` and ``y = labels[1:]``, so ``y[t]`` is
-the label for predicting position ``t + 1`` from ``x[:t + 1]``. The first target token is predicted from
+The shift: the full sequence ``ids`` (length n) gives ``input_ids = ids[:-1]`` and ``labels = labels[1:]``, so
+``labels[t]`` is the label for predicting position ``t + 1`` from ``input_ids[:t + 1]``. The first target token is predicted from
 the last prompt token, and ``<eos>`` from the last target token.
 
 Files: TSV with a header row, tab-separated, no quoting (a tab or newline inside a field is not
@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
-from ..data.datasets import ExampleDataset, collate_pad
+from ..data.datasets import ExampleDataset, check_ids_in_vocab, collate_pad
 from ..errors import ConfigError, DataError, TokenizerError
-
-IGNORE_INDEX = -100
+from ..inputs import IGNORE_INDEX
 
 # Named prompt templates; ``{src}`` is the source text. Any other string containing ``{src}`` works too.
 TEMPLATES: dict[str, str] = {
@@ -112,11 +111,14 @@ def _tag_id(tokenizer: Any, tag: str) -> int:
     return int(i)
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad full sequences and labels, then shift: returns x (B, T-1) and y (B, T-1), y = -100 on pads."""
-    ids, _, lab = collate_pad(seqs, pad_id, "right", label_pad=IGNORE_INDEX, labels=labels)  # (B, T) each
-    return ids[:, :-1], lab[:, 1:]  # y[t] labels the token at t + 1
+def pad_batch(seqs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
+              width: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad full sequences and labels to ``width`` (default: the longest), then shift.
+
+    Returns ``{"input_ids": (B, T-1), "labels": (B, T-1)}``, labels ``IGNORE_INDEX`` on pads.
+    """
+    ids, _, lab = collate_pad(seqs, pad_id, "right", label_pad=IGNORE_INDEX, labels=labels, width=width)  # (B, T)
+    return {"input_ids": ids[:, :-1], "labels": lab[:, 1:]}  # labels[t] is the token at t + 1
 
 
 class PairDataset(ExampleDataset):
@@ -136,11 +138,14 @@ class PairDataset(ExampleDataset):
         add_bos: start each example with ``<bos>`` (when the tokenizer has one).
         bucket: length-bucketing factor of ``sample_batch`` (1 = plain random batches; see
             :class:`~llmcore.data.ExampleDataset`).
+        vocab_size: the model's vocabulary size (default: the tokenizer's); every id is checked against it
+            once, here.
     """
 
     def __init__(self, source: Any, tokenizer: Any, template: str = "{src}", src_col: str = "src",
                  tgt_col: str = "tgt", src_lang_tag: str | None = None, tgt_lang_tag: str | None = None,
-                 max_len: int = 256, too_long: str = "error", add_bos: bool = True, bucket: int = 1) -> None:
+                 max_len: int = 256, too_long: str = "error", add_bos: bool = True, bucket: int = 1,
+                 vocab_size: int | None = None) -> None:
         template = TEMPLATES.get(template, template)
         if "{src}" not in template:
             raise ConfigError(f"Prompt template {template!r} has no '{{src}}' field; use one of {list(TEMPLATES)} "
@@ -152,9 +157,9 @@ class PairDataset(ExampleDataset):
         if tokenizer.eos_id is None:
             raise TokenizerError("PairDataset needs a tokenizer with an eos token to end each target.")
         self.tokenizer, self.template, self.max_len = tokenizer, template, max_len
-        # Pads are never attended by real tokens (right padding, causal) and carry -100 labels, so any valid id
-        # works; prefer <pad>, else <eos>.
-        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        # Pads are never attended by real tokens (right padding, causal) and carry ignored labels, so any valid
+        # id works.
+        self.pad_id = tokenizer.fill_id
         pre = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
         pre += [_tag_id(tokenizer, src_lang_tag)] if src_lang_tag else []
         post = [_tag_id(tokenizer, tgt_lang_tag)] if tgt_lang_tag else []
@@ -188,6 +193,9 @@ class PairDataset(ExampleDataset):
                           stacklevel=2)
         if not self.ids:
             raise DataError(f"No example fits max_len={max_len}; raise max_len.")
+        top = max(max(row) for row in self.ids)
+        check_ids_in_vocab(max(top, self.pad_id), min(min(row) for row in self.ids),
+                           vocab_size if vocab_size is not None else tokenizer.vocab_size, "the encoded pairs")
         self.bucket = bucket
 
     def __len__(self) -> int:
@@ -205,9 +213,11 @@ class PairDataset(ExampleDataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"input_ids": self.ids[i], "labels": self.labels[i], "prompt_len": self.prompt_lens[i]}
 
-    def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T) and y (B, T): right-padded and shifted; y is -100 on prompt positions and pads."""
-        return pad_batch([self.ids[i] for i in indices], [self.labels[i] for i in indices], self.pad_id)
+    def collate(self, indices: Sequence[int], batch: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """``{"input_ids", "labels"}`` (B, T): right-padded (to the longest of ``batch``, default ``indices``)
+        and shifted; labels are ``IGNORE_INDEX`` on prompt positions and pads."""
+        width = max(len(self.ids[i]) for i in (batch if batch is not None else indices))
+        return pad_batch([self.ids[i] for i in indices], [self.labels[i] for i in indices], self.pad_id, width)
 
     def prompt(self, i: int) -> list[int]:
         """The prompt ids of example ``i``, as to feed ``generate`` for evaluation."""

@@ -15,13 +15,13 @@ from ..registry import ARCHITECTURES
 from .classifier import SequenceClassifier
 from .lstm import LSTMLM, LSTMState
 from .pretrained import PreTrainedMixin, architecture_name, load_model, register_architecture
-from .seq2seq import Seq2SeqCache, Seq2SeqConfig, Seq2SeqForTrainer, Seq2SeqTransformer, shift_targets
+from .seq2seq import Seq2SeqCache, Seq2SeqConfig, Seq2SeqTransformer, shift_targets
 from .transformer import TransformerLM
 
 ARCHITECTURES.register("SequenceClassifier", SequenceClassifier)  # defined with the finetuning heads
 
 __all__ = [
-    "PreTrainedMixin", "TransformerLM", "Seq2SeqTransformer", "Seq2SeqConfig", "Seq2SeqCache", "Seq2SeqForTrainer",
+    "PreTrainedMixin", "TransformerLM", "Seq2SeqTransformer", "Seq2SeqConfig", "Seq2SeqCache",
     "shift_targets", "LSTMLM", "LSTMState", "SequenceClassifier",
     "ARCHITECTURES", "register_architecture", "architecture_name", "load_model",
 ]

@@ -291,27 +291,3 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         memory = self.encode(src_ids, src_mask)
         return generate(self, decoder_start_ids, model_kwargs={"memory": memory, "memory_mask": src_mask}, **kwargs)
 
-
-class Seq2SeqForTrainer(nn.Module):
-    """Adapts a :class:`Seq2SeqTransformer` to the Trainer's one-tensor call ``model(x) -> logits``.
-
-    ``x`` packs a batch as ``[source (B, src_len) | decoder input (B, T)]`` along dim 1: the first ``src_len``
-    columns are the source, right-padded with ``pad_id``, and the rest the target-side input. Labels ``y``
-    (B, T) belong to the decoder part only. All-padding source columns are trimmed before encoding, so a fixed
-    ``src_len`` costs nothing on batches of short sentences. :class:`llmcore.translation.data.Seq2SeqPairs`
-    produces such batches. Save the inner ``.model`` after training.
-    """
-
-    def __init__(self, model: Seq2SeqTransformer, src_len: int, pad_id: int) -> None:
-        super().__init__()
-        self.model, self.src_len, self.pad_id = model, src_len, pad_id
-
-    @property
-    def config(self) -> Seq2SeqConfig:
-        return self.model.config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, src_len + T) -> (B, T, V)
-        src, tgt = x[:, :self.src_len], x[:, self.src_len:]
-        src_mask = (src != self.pad_id).long()
-        n = max(int(src_mask.sum(1).max()), 1)
-        return self.model(tgt, src_ids=src[:, :n], src_mask=src_mask[:, :n])

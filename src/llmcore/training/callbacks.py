@@ -6,7 +6,8 @@ A callback is any object with methods named after events, or a plain function re
 =================  =============================================================================================
 ``on_train_start``  ``{"resumed_from": path or None}``, after the optimizer is built (and state restored)
 ``on_step_end``     ``{"step", "train_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "epoch"}``
-``on_eval``         ``{"step", "val_loss", "val_ppl", "val_acc", "is_best"}`` (val keys only with validation data)
+``on_eval``         ``{"step", "val_loss", "val_ppl", "val_acc", "is_best"}`` (val keys only with validation data;
+                    ``val_acc`` only when the outputs are scores over the labels' classes)
 ``on_train_end``    the summary dict that ``fit()`` returns
 =================  =============================================================================================
 
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..modules import eval_mode
 from .checkpoint import list_checkpoints, prune_checkpoints, save_checkpoint, trainer_snapshot
 from .distributed import unwrap
 
@@ -73,8 +75,9 @@ class ProgressBar:
 
     def on_eval(self, trainer: Any, info: dict[str, Any]) -> None:
         if "val_loss" in info and trainer.env.is_main:
-            line = (f"step {info['step']}: val loss {info['val_loss']:.4f}, ppl {info['val_ppl']:.2f}, "
-                    f"acc {info['val_acc']:.3f}" + (" (best)" if info.get("is_best") else ""))
+            line = (f"step {info['step']}: val loss {info['val_loss']:.4f}, ppl {info['val_ppl']:.2f}"
+                    + (f", acc {info['val_acc']:.3f}" if "val_acc" in info else "")
+                    + (" (best)" if info.get("is_best") else ""))
             if self.bar.disable:
                 logger.info(line)
             else:
@@ -192,14 +195,10 @@ class SampleGenerator:
 
         ids = list(self.tokenizer.encode(self.prompt)) or [getattr(self.tokenizer, "bos_id", None) or 0]
         x = torch.tensor([ids], dtype=torch.long, device=device)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             outs = [generate(model, x, max_new_tokens=self.max_new, do_sample=True, temperature=self.temperature,
                              top_k=self.top_k, seed=self.seed + i, sliding_window=True)[0].tolist()
                     for i in range(self.num)]
-        finally:
-            model.train(was_training)
         return [self.tokenizer.decode(o) for o in outs]
 
     def _emit(self, trainer: Any, step: int) -> None:

@@ -22,7 +22,6 @@ and the previous checkpoint stays valid.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import re
@@ -38,7 +37,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.pretrained import atomic_write_json, load_state_dict_checked, save_safetensors, tied_duplicates
+from ..io import atomic_write_json, read_json
+from ..models.pretrained import load_state_dict_checked, save_safetensors, tied_duplicates
 from .distributed import all_gather_tensor, unwrap
 
 CHECKPOINT_DIR = "trainer_state"
@@ -239,12 +239,10 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The JSON part of checkpoint ``path``."""
-    try:
-        return json.loads((path / STATE_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path} is not a checkpoint (no {STATE_NAME}).") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / STATE_NAME} is corrupt ({e}); delete this checkpoint.") from e
+    if not (path / STATE_NAME).is_file():
+        raise CheckpointError(f"{path} is not a checkpoint (no {STATE_NAME}).")
+    return read_json(path / STATE_NAME, "checkpoint state (delete this checkpoint if it is corrupt)",
+                     error=CheckpointError)
 
 
 def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:

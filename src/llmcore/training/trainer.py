@@ -1,21 +1,28 @@
 """The Trainer: a thin loop that wires a model, data, the loss, AdamW and callbacks together.
 
-It knows nothing about Transformers: any ``nn.Module`` mapping ids (B, T) to logits (B, T, V) trains unchanged
-(an LSTM baseline included). ``train_data`` needs ``sample_batch(batch_size, generator) -> (x, y)`` and
-``val_data`` needs ``iter_eval(batch_size, max_batches)`` yielding ``(x, y)``; :class:`llmcore.data.TokenDataset`
-has both. Everything else lives elsewhere: the loss in ``loss.py``, groups and schedules in ``optim.py``, saving
+It knows nothing about Transformers. A batch is a ``dict[str, Tensor]``: ``batch["labels"]`` is what the loss
+reads, every other entry is passed to the model as a keyword, ``outputs = model(**inputs)``, and
+``loss = loss_fn(outputs, batch)`` (summed over targets). So a language model (``input_ids``), an
+encoder-decoder (``tgt_ids``, ``src_ids``, ``src_mask``) and a classifier (``input_ids``, ``attention_mask``)
+all train unchanged, with no adapter. ``train_data`` needs ``sample_batch(batch_size, generator, rows=None)``
+and ``val_data`` needs ``iter_eval(batch_size, max_batches)``, both giving such dicts; every llmcore dataset
+(:class:`llmcore.data.TokenDataset`, ``PairDataset``, ``Seq2SeqPairs``, ``ClassificationDataset``) has both.
+Everything else lives elsewhere: the loss in ``loss.py``, groups and schedules in ``optim.py``, saving
 in ``checkpoint.py``, logging / early stopping / checkpointing / samples in ``callbacks.py``.
 
 One optimizer step, exactly:
 
 1. every strategy's ``on_step(step)``; the learning rate of each group is set to
    ``initial_lr · schedule(step)`` (``step`` = 0-based index of the step being taken);
-2. the *global* batch of ``batch_size · grad_accum · world_size`` sequences is drawn with one generator seeded
+2. the *global* batch of ``batch_size · grad_accum · world_size`` rows is drawn with one generator seeded
    from ``config.seed`` and identical on every rank; micro-batch i of rank r is the slice
-   ``[(i·world + r)·batch_size, ... + batch_size)``. The data stream is thus independent of how the batch is
-   split, so k accumulated micro-batches equal one k-times larger batch, and N ranks equal one process;
-3. each micro-batch's summed loss is divided by the number of target tokens in the global batch (known on
-   every rank, since every rank drew it) and back-propagated (``no_sync`` until the last one under DDP);
+   ``[(i·world + r)·batch_size, ... + batch_size)``. Each rank builds only its own rows
+   (``sample_batch(..., rows=...)``), while the generator is consumed as for the whole batch. The data stream
+   is thus independent of how the batch is split, so k accumulated micro-batches equal one k-times larger
+   batch, and N ranks equal one process;
+3. each micro-batch's summed loss is divided by the number of targets (``labels != IGNORE_INDEX``) in the
+   global batch (each rank counts its rows; one all-reduce per step) and back-propagated (``no_sync`` until the
+   last one under DDP);
 4. a non-finite loss or gradient norm stops the run with a :class:`TrainingError` before the weights change;
    gradients are clipped, AdamW steps.
 
@@ -26,6 +33,9 @@ default groups; groups need ``lr_mult``), ``schedule(step, max_steps)`` (replace
 are counted in tokens when the training data defines ``num_tokens`` or ``__len__`` in tokens). A strategy that
 unfreezes parameters calls ``trainer.rebuild_optimizer()``: new parameters join as extra groups with fresh
 state, the others keep their AdamW moments.
+
+``fit`` puts the model in train mode (after the strategies' ``setup``): a model from ``from_pretrained`` is in
+eval mode, and fine-tuning it must not run with dropout off. ``evaluate`` restores the mode it found.
 """
 
 from __future__ import annotations
@@ -45,10 +55,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..inputs import IGNORE_INDEX
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .callbacks import EVENTS, default_callbacks, peak_flops
-from .loss import eval_metrics, eval_sums, lm_loss
+from .loss import LossFn, default_loss, eval_metrics, eval_sums, model_inputs
 from .optim import SCHEDULES, build_optimizer, build_schedule, check_groups, param_groups, set_lr
 
 
@@ -141,28 +152,31 @@ class Trainer:
     """Trains ``model`` on ``train_data``; see the module docstring for the exact step and the hooks.
 
     Args:
-        model: any module mapping ids (B, T) to logits (B, T, V).
+        model: any module called as ``model(**inputs)`` (the batch without ``"labels"``).
         config: a :class:`TrainConfig` (or a dict of its fields).
-        train_data: ``sample_batch(batch_size, generator) -> (x, y)``; ``num_tokens`` enables epochs.
-        val_data: ``iter_eval(batch_size, max_batches)`` yielding ``(x, y)``; None = no evaluation.
+        train_data: ``sample_batch(batch_size, generator, rows=None) -> dict``; ``num_tokens`` enables epochs.
+        val_data: ``iter_eval(batch_size, max_batches)`` yielding dicts; None = no evaluation.
         tokenizer: saved into the run directory and used for text samples.
         strategies: fine-tuning strategies (``llmcore.finetune``).
         callbacks: objects with ``on_train_start`` / ``on_step_end`` / ``on_eval`` / ``on_train_end`` methods.
-        loss_fn: ``loss_fn(logits, labels, reduction="sum")`` returning the loss SUMMED over target tokens
-            (the Trainer divides by the global token count); default :func:`lm_loss` with the config's
-            label smoothing and z-loss.
+        loss_fn: ``loss_fn(outputs, batch)`` returning the loss SUMMED over the batch's targets (the Trainer
+            divides by the global target count); training and :meth:`evaluate` both use it. Default:
+            :func:`~llmcore.training.loss.default_loss` (cross-entropy against ``batch["labels"]``) with the
+            config's label smoothing and z-loss in training, and plain cross-entropy in evaluation, so the
+            validation perplexity is the true one.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig | dict[str, Any], train_data: Any,
                  val_data: Any = None, tokenizer: Any = None, strategies: Iterable[Any] = (),
-                 callbacks: Iterable[Any] = (), loss_fn: Callable[..., torch.Tensor] | None = None) -> None:
+                 callbacks: Iterable[Any] = (), loss_fn: LossFn | None = None) -> None:
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         if not hasattr(train_data, "sample_batch"):
             raise DataError(f"train_data ({type(train_data).__name__}) needs sample_batch(batch_size, generator).")
         self.model, self.train_data, self.val_data, self.tokenizer = model, train_data, val_data, tokenizer
         self.strategies = list(strategies)
-        self.loss_fn = loss_fn or functools.partial(lm_loss, label_smoothing=self.config.label_smoothing,
+        self.loss_fn = loss_fn or functools.partial(default_loss, label_smoothing=self.config.label_smoothing,
                                                     z_loss=self.config.z_loss)
+        self.eval_loss_fn = loss_fn or default_loss  # the default without smoothing / z-loss: true perplexity
         self.env = dist.detect()
         self.device = dist.resolve_device(self.config.device, self.env)
         self.generator = torch.Generator().manual_seed(self.config.seed)  # data order; same on every rank
@@ -241,6 +255,7 @@ class Trainer:
             self.model.to(self.device)
             for s in self.strategies:
                 s.setup(self.model, self)
+            self.model.train()  # a from_pretrained model is in eval mode; fine-tuning needs dropout on
             path = ckpt.find_resume_checkpoint(cfg.out_dir) if resume else None
             if path is None and cfg.out_dir is not None and ckpt.latest_checkpoint(cfg.out_dir) is not None:
                 raise CheckpointError(f"{cfg.out_dir} already holds checkpoints of an earlier run "
@@ -309,10 +324,10 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         try:
             with self._autocast():
-                return self.wrapped(x)
+                return self.wrapped(**inputs)
         except Exception as e:  # torch.compile fails lazily, on the first call
             if not self.config.compile:
                 raise
@@ -321,24 +336,37 @@ class Trainer:
             self.config.compile = False
             self._wrap()
             with self._autocast():
-                return self.wrapped(x)
+                return self.wrapped(**inputs)
+
+    def _my_rows(self) -> torch.Tensor | None:
+        """Rows of the global batch this rank trains on, micro-batch by micro-batch; None = all (one process)."""
+        cfg, env = self.config, self.env
+        if not env.enabled:
+            return None
+        B, W = cfg.batch_size, env.world_size
+        starts = (torch.arange(cfg.grad_accum) * W + env.rank) * B  # (k,) first row of each micro-batch
+        return (starts[:, None] + torch.arange(B)).reshape(-1)  # (k·B,)
 
     def _train_step(self, step: int) -> tuple[float, float | None, int]:
         """One optimizer step over the global batch; returns (mean loss, grad norm, tokens)."""
         cfg, env = self.config, self.env
         B, k, W = cfg.batch_size, cfg.grad_accum, env.world_size
-        x, y = self.train_data.sample_batch(B * k * W, self.generator)  # (B·k·W, T): the global batch
-        self._seq_len = x.shape[1]
-        count = int((y != -100).sum())  # target tokens in the global batch
+        rows = self._my_rows()  # a dataset used by one process only needs no rows= argument
+        batch = (self.train_data.sample_batch(B * k * W, self.generator) if rows is None else
+                 self.train_data.sample_batch(B * k * W, self.generator, rows=rows))  # this rank's k·B rows
+        _check_batch(batch, B * k, "sample_batch")
+        tokens_per_row = _row_tokens(batch)
+        self._seq_len = tokens_per_row
+        # One all-reduce per step; the int() is the one host sync the step already had.
+        count = int(dist.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum().to(self.device), env))
         if count == 0:
-            raise DataError(f"The batch of step {step + 1} has no target tokens (every label is -100).")
+            raise DataError(f"The batch of step {step + 1} has no target tokens (every label is {IGNORE_INDEX}).")
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(k):
-            lo = (i * W + env.rank) * B
-            xb, yb = x[lo:lo + B].to(self.device), y[lo:lo + B].to(self.device)
+            mb = {key: v[i * B:(i + 1) * B].to(self.device) for key, v in batch.items()}
             sync = not env.enabled or i == k - 1
             with nullcontext() if sync else self.wrapped.no_sync():
-                loss = self.loss_fn(self._forward(xb), yb, reduction="sum")
+                loss = self.loss_fn(self._forward(model_inputs(mb)), mb)
                 (loss * (W / count)).backward()  # DDP averages over W ranks: × W makes it a sum
             total += loss.detach().double()
         mean_loss = float(dist.all_reduce_sum(total, env)) / count
@@ -356,7 +384,7 @@ class Trainer:
                 + "Lower the learning rate, keep grad_clip on, or train in float32.")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return mean_loss, grad_norm, x.shape[0] * x.shape[1]
+        return mean_loss, grad_norm, B * k * W * tokens_per_row
 
     # ------------------------------------------------------------------ evaluation
     def _track(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -374,9 +402,12 @@ class Trainer:
         return metrics
 
     def evaluate(self, data: Any = None, max_batches: int | None = None) -> dict[str, float]:
-        """Mean loss, perplexity = exp(loss) and token accuracy over ``data`` (default: the validation set).
+        """Mean loss, perplexity = exp(loss) and accuracy over ``data`` (default: the validation set).
 
-        Plain cross-entropy (no label smoothing / z-loss), so the perplexity is the true one. ``max_batches``
+        The model call and the loss are those of training (``model(**inputs)``, ``loss_fn``); with the default
+        loss it is plain cross-entropy (no label smoothing / z-loss), so the perplexity is the true one.
+        ``val_acc`` (token or class accuracy) is reported only when the outputs are scores over the labels'
+        classes. The model's train/eval mode is restored afterwards. ``max_batches``
         (default ``eval_batches``) counts batches of ``batch_size`` per rank: under DDP the first
         ``max_batches · world_size`` batches are shared out between ranks and the sums all-reduced, so N ranks
         with batch b score the same windows as one process with batch N·b.
@@ -387,8 +418,30 @@ class Trainer:
         n = (max_batches or self.config.eval_batches) * self.env.world_size  # per-rank batches, shared out
         mine = (b for i, b in enumerate(data.iter_eval(self.config.batch_size, n))
                 if i % self.env.world_size == self.env.rank)
-        sums = eval_sums(self._eval_model, mine, self.device, self._autocast)
+        sums = eval_sums(self._eval_model, mine, self.device, self._autocast, self.eval_loss_fn)
         return eval_metrics(dist.all_reduce_sum(sums, self.env))
+
+
+# Model inputs whose width is the sequence length (tokens per row, for throughput, MFU and epochs).
+_TOKEN_KEYS = ("input_ids", "tgt_ids")
+
+
+def _check_batch(batch: Any, rows: int, where: str) -> None:
+    if not isinstance(batch, dict) or "labels" not in batch:
+        raise DataError(f"{where} returned a {type(batch).__name__}; the Trainer needs a dict of tensors with a "
+                        "'labels' entry, e.g. {'input_ids': x, 'labels': y} (other keys go to the model).")
+    bad = {key: tuple(v.shape) for key, v in batch.items() if not isinstance(v, torch.Tensor) or v.shape[0] != rows}
+    if bad:
+        raise DataError(f"{where} must give {rows} rows in every entry; got shapes {bad}.")
+
+
+def _row_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens per row: the width of ``input_ids`` (or ``tgt_ids``), else of the labels (1 for class labels)."""
+    for key in _TOKEN_KEYS:
+        if key in batch and batch[key].dim() >= 2:
+            return batch[key].shape[1]
+    labels = batch["labels"]
+    return labels.shape[1] if labels.dim() >= 2 else 1
 
 
 __all__ = ["Trainer", "TrainConfig"]

@@ -18,7 +18,8 @@ by their lower-cased English text (``hsk:<text>``), so repeated English sentence
 stay on one side. Test takes 15‰ of Bible chapters and 100‰ of HSK keys; validation the next 15‰ / 50‰.
 
 At run time :func:`load_parallel` reads only the shipped files. :class:`Seq2SeqPairs` turns pairs into the
-packed ``[source | decoder input]`` batches that :class:`~llmcore.models.seq2seq.Seq2SeqForTrainer` expects.
+dict batches (``tgt_ids``, ``src_ids``, ``src_mask``, ``labels``) on which a
+:class:`~llmcore.models.seq2seq.Seq2SeqTransformer` trains directly through the Trainer.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..data.datasets import ExampleDataset
+from ..data.datasets import ExampleDataset, check_ids_in_vocab
 from ..errors import DataError, TokenizerError
+from ..inputs import IGNORE_INDEX
 
 DATA_DIR = Path(__file__).parent / "data"
 PAIRS_FILE = "en_zh_pairs.tsv.xz"  # id, source, en, zh
@@ -122,19 +124,21 @@ def load_dictionary(data_dir: str | Path | None = None) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------- batches
 class Seq2SeqPairs(ExampleDataset):
-    """(source, target) pairs as Trainer batches for an encoder-decoder, packed as ``[source | decoder input]``.
+    """(source, target) pairs as Trainer batches for an encoder-decoder.
 
-    Source ids are ``encode(src) + [eos]``, right-padded to ``src_len`` columns; the decoder input is
-    ``[start] + encode(tgt)`` and the labels ``encode(tgt) + [eos]`` (``-100`` on padding), where ``start`` is
-    the target-language tag (``tgt_lang_tag``), so the same model could serve several target languages.
-    Longer examples are cut (source at ``src_len`` tokens, target at ``tgt_len``) and counted in
-    :attr:`truncated`. Wrap the model in :class:`~llmcore.models.seq2seq.Seq2SeqForTrainer` with the same
-    ``src_len`` and ``pad_id``. ``bucket`` > 1 draws training batches of similar length
-    (see :class:`~llmcore.data.ExampleDataset`).
+    A batch is ``{"tgt_ids": (B, T), "src_ids": (B, S), "src_mask": (B, S), "labels": (B, T)}``, the keywords of
+    :meth:`Seq2SeqTransformer.forward <llmcore.models.seq2seq.Seq2SeqTransformer.forward>`. Source ids are
+    ``encode(src) + [eos]``, right-padded to the batch's longest source (``src_mask`` is 1 on real tokens); the
+    decoder input ``tgt_ids`` is ``[start] + encode(tgt)`` and the labels ``encode(tgt) + [eos]``
+    (``IGNORE_INDEX`` on padding), where ``start`` is the target-language tag (``tgt_lang_tag``), so the same
+    model could serve several target languages. Longer examples are cut (source at ``src_len`` tokens, target at
+    ``tgt_len``) and counted in :attr:`truncated`. ``bucket`` > 1 draws training batches of similar length
+    (see :class:`~llmcore.data.ExampleDataset`). ``vocab_size`` (default: the tokenizer's) is the model's
+    vocabulary; every id is checked against it once, here.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str]], tokenizer: Any, src_len: int = 64, tgt_len: int = 64,
-                 tgt_lang_tag: str = "<2zh>", bucket: int = 1) -> None:
+                 tgt_lang_tag: str = "<2zh>", bucket: int = 1, vocab_size: int | None = None) -> None:
         if tokenizer.eos_id is None or tokenizer.pad_id is None:
             raise TokenizerError("Seq2SeqPairs needs a tokenizer with eos and pad tokens.")
         if not pairs:
@@ -147,10 +151,13 @@ class Seq2SeqPairs(ExampleDataset):
         self.truncated = sum(len(s) + 1 > src_len or len(t) + 1 > tgt_len for s, t in zip(srcs, tgts))
         self.src = [(s + [eos])[:src_len] for s in srcs]
         self.tgt = [([self.start_id] + t + [eos])[:tgt_len + 1] for t in tgts]
+        ids = [i for rows in (self.src, self.tgt) for row in rows for i in row] + [self.pad_id]
+        check_ids_in_vocab(max(ids), min(ids), vocab_size if vocab_size is not None else tokenizer.vocab_size,
+                           "the encoded pairs")
         self.bucket = bucket
 
     def example_length(self, i: int) -> int:
-        # The source is trimmed to the batch's longest and the target padded to it: both cost.
+        # The source and the target are each padded to the batch's longest: both cost.
         return len(self.src[i]) + len(self.tgt[i])
 
     def __len__(self) -> int:
@@ -161,17 +168,24 @@ class Seq2SeqPairs(ExampleDataset):
         """Target tokens in one pass (epochs are counted in these)."""
         return sum(len(t) - 1 for t in self.tgt)
 
-    def collate(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, src_len + T) = [source | decoder input], y (B, T) labels; T = longest target in the batch."""
-        T = max(len(self.tgt[i]) for i in indices) - 1
-        x = torch.full((len(indices), self.src_len + T), self.pad_id, dtype=torch.long)
-        y = torch.full((len(indices), T), -100, dtype=torch.long)
+    def collate(self, indices: Sequence[int], batch: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """``{"tgt_ids", "src_ids", "src_mask", "labels"}``; S and T are the longest source and target of
+        ``batch`` (default: ``indices``), so rows built alone equal the same rows of the whole batch."""
+        every = batch if batch is not None else indices
+        S = max(len(self.src[i]) for i in every)
+        T = max(len(self.tgt[i]) for i in every) - 1
+        src = torch.full((len(indices), S), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), S), dtype=torch.long)
+        tgt = torch.full((len(indices), T), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(indices), T), IGNORE_INDEX, dtype=torch.long)
         for row, i in enumerate(indices):
             s, t = self.src[i], self.tgt[i]
-            x[row, :len(s)] = torch.tensor(s)
-            x[row, self.src_len:self.src_len + len(t) - 1] = torch.tensor(t[:-1])
-            y[row, :len(t) - 1] = torch.tensor(t[1:])
-        return x, y
+            src[row, :len(s)] = torch.tensor(s)
+            mask[row, :len(s)] = 1
+            tgt[row, :len(t) - 1] = torch.tensor(t[:-1])
+            labels[row, :len(t) - 1] = torch.tensor(t[1:])
+        return {"tgt_ids": tgt, "src_ids": src, "src_mask": mask, "labels": labels}
+
 
 def language_tag_id(tokenizer: Any, tag: str) -> int:
     """The single id of a language tag such as ``<2zh>``; TokenizerError if the tokenizer lacks it."""
