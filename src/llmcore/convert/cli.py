@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..models.hf import save_hf
 from ..models.pretrained import CONFIG_NAME, read_json
 from ..models.transformer import TransformerLM
-from .hf import save_hf
 
 
 def run(args: argparse.Namespace) -> int:
