@@ -285,6 +285,22 @@ class Tokenizer(abc.ABC):
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={self.special_tokens})"
 
 
+def language_tag_id(tokenizer: Tokenizer, tag: str, what: str = "language tag") -> int:
+    """The single id of a language tag such as ``<2zh>``.
+
+    Raises :class:`TokenizerError` naming ``what`` (e.g. "target-language tag") when the tag is not one token
+    of the vocabulary (unknown, or mapped to ``<unk>``): a model trained with such a tokenizer never saw it.
+    """
+    try:
+        i = tokenizer.token_to_id(tag)
+    except (TokenizerError, KeyError, ValueError):
+        i = None
+    if i is None or i == getattr(tokenizer, "unk_id", None):
+        raise TokenizerError(f"The tokenizer has no {what} {tag!r} as one token; train it with "
+                             f"user_defined_symbols=[{tag!r}, ...] (and the model with that tag).")
+    return int(i)
+
+
 def read_settings(directory: Path) -> dict[str, Any]:
     """Parse ``directory/tokenizer.json`` with errors that name the file."""
     path = directory / TOKENIZER_FILE

@@ -34,6 +34,7 @@ import torch
 
 from ..data.datasets import ExampleDataset
 from ..errors import DataError, TokenizerError
+from ..tokenizer import language_tag_id
 
 DATA_DIR = Path(__file__).parent / "data"
 PAIRS_FILE = "en_zh_pairs.tsv.xz"  # id, source, en, zh
@@ -171,14 +172,3 @@ class Seq2SeqPairs(ExampleDataset):
             x[row, self.src_len:self.src_len + len(t) - 1] = torch.tensor(t[:-1])
             y[row, :len(t) - 1] = torch.tensor(t[1:])
         return x, y
-
-def language_tag_id(tokenizer: Any, tag: str) -> int:
-    """The single id of a language tag such as ``<2zh>``; TokenizerError if the tokenizer lacks it."""
-    try:
-        i = tokenizer.token_to_id(tag)
-    except (TokenizerError, KeyError, ValueError):
-        i = None
-    if i is None or i == getattr(tokenizer, "unk_id", None):
-        raise TokenizerError(f"The tokenizer has no target-language tag {tag!r}; train it with "
-                             f"user_defined_symbols=[{tag!r}, ...] (and the model with that tag).")
-    return int(i)
