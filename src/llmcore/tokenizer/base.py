@@ -2,8 +2,13 @@
 
 A tokenizer turns text into a list of integer ids and back. This file holds what all kinds share: batching
 with explicit padding and truncation (``encode_batch``), tensor-or-list decoding, and the on-disk format
-(``tokenizer.json`` naming the kind and its settings, next to whatever files the kind needs). It holds no
-tokenization algorithm itself; see ``spm.py`` (SentencePiece) and ``simple.py`` (bytes, characters).
+(``llmcore_tokenizer.json`` naming the kind and its settings, next to whatever files the kind needs; a name
+Hugging Face does not use, so the two kinds of directory never collide). It holds no tokenization algorithm
+itself; see ``spm.py`` (SentencePiece) and ``simple.py`` (bytes, characters).
+
+:func:`load_tokenizer` also reads directories written before that name (``tokenizer.json`` with a ``kind``
+field) and Hugging Face directories that ship a sentencepiece ``tokenizer.model`` (Llama, Mistral), checking
+the bos/eos/pad tokens their ``tokenizer_config.json`` / ``special_tokens_map.json`` name.
 
 Special tokens (bos/eos/pad/unk) are never produced from plain text: encoding the literal string ``"<eos>"``
 gives the ids of its characters or pieces, never ``eos_id``. They are added only through ``add_bos`` /
@@ -20,11 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import TokenizerError
+from ..io import read_json
 
 if TYPE_CHECKING:  # torch is imported lazily: ``llmcore tokenizer --help`` should not pay for it
     import torch
 
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "llmcore_tokenizer.json"
+LEGACY_TOKENIZER_FILE = "tokenizer.json"  # what llmcore wrote before; also Hugging Face's fast-tokenizer file
+HF_CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # read in this order, later ones win
+SPM_MODEL_FILE = "tokenizer.model"
 FORMAT_VERSION = 1
 
 # kind name -> class; filled by ``Tokenizer.__init_subclass__`` so ``load_tokenizer`` can dispatch.
@@ -40,7 +49,7 @@ class Tokenizer(abc.ABC):
     :meth:`id_to_token`, :meth:`_save_files` / :meth:`_settings` and the :meth:`_from_dir` class method.
     """
 
-    kind: ClassVar[str] = ""  # the name written to tokenizer.json; empty for abstract classes
+    kind: ClassVar[str] = ""  # the name written to llmcore_tokenizer.json; empty for abstract classes
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,7 +87,7 @@ class Tokenizer(abc.ABC):
 
     @abc.abstractmethod
     def _settings(self) -> dict[str, Any]:
-        """JSON-serialisable settings written to tokenizer.json (besides ``kind``)."""
+        """JSON-serialisable settings written to llmcore_tokenizer.json (besides ``kind``)."""
 
     def _save_files(self, directory: Path) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Write the extra files this kind needs (e.g. a sentencepiece model)."""
@@ -86,7 +95,7 @@ class Tokenizer(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def _from_dir(cls, directory: Path, settings: dict[str, Any]) -> Tokenizer:
-        """Rebuild a tokenizer from its directory and the parsed tokenizer.json."""
+        """Rebuild a tokenizer from its directory and the parsed llmcore_tokenizer.json."""
 
     # ---------------------------------------------------------------- special ids (None when absent)
     @property
@@ -259,7 +268,7 @@ class Tokenizer(abc.ABC):
 
     # ---------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` (kind + settings) and the kind's files into ``directory``; returns it."""
+        """Write ``llmcore_tokenizer.json`` (kind + settings) and the kind's files into ``directory``; returns it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_files(directory)
@@ -301,50 +310,102 @@ def language_tag_id(tokenizer: Tokenizer, tag: str, what: str = "language tag") 
     return int(i)
 
 
-def read_settings(directory: Path) -> dict[str, Any]:
-    """Parse ``directory/tokenizer.json`` with errors that name the file."""
-    path = directory / TOKENIZER_FILE
-    try:
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot read {path}: {e}") from e
-    if not isinstance(settings, dict) or "kind" not in settings:
+def read_settings(path: Path) -> dict[str, Any]:
+    """Parse an llmcore settings file (``llmcore_tokenizer.json``, or an old ``tokenizer.json``) naming its kind."""
+    settings = read_json(path, "llmcore tokenizer settings", TokenizerError)
+    if "kind" not in settings:
         raise TokenizerError(f"{path} has no 'kind' field; was it written by llmcore?")
     return settings
+
+
+def _from_settings(path: Path, settings: dict[str, Any]) -> Tokenizer:
+    kind = settings["kind"]
+    if kind not in _KINDS:
+        raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r}; known: {sorted(_KINDS)}")
+    return _KINDS[kind]._from_dir(path.parent, settings)
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as Hugging Face stores it: a string, or an AddedToken dict with ``content``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _hf_directory(path: Path) -> Tokenizer:
+    """The sentencepiece ``tokenizer.model`` of a Hugging Face directory, its special tokens checked.
+
+    bos / eos named by ``special_tokens_map.json`` / ``tokenizer_config.json`` must be the model's own bos / eos
+    pieces; a named pad token is used when the model has none (Llama-style models often pad with ``<unk>`` or
+    ``</s>``), and must match when it has one.
+    """
+    named: dict[str, str] = {}
+    for name in HF_CONFIG_FILES:
+        if (path / name).is_file():
+            cfg = read_json(path / name, "Hugging Face tokenizer config", TokenizerError)
+            for role in ("bos", "eos", "pad"):
+                token = _token_text(cfg.get(f"{role}_token"))
+                if token is not None:
+                    named[role] = token
+    spm = _KINDS["sentencepiece"]
+    tok = spm._from_dir(path / SPM_MODEL_FILE, {})
+    if "pad" in named and tok.pad_id is None:
+        tok = spm._from_dir(path / SPM_MODEL_FILE, {"pad_token": named["pad"]})
+    for role, token in named.items():
+        try:
+            want = tok.token_to_id(token)
+        except TokenizerError:
+            want = None
+        have = getattr(tok, f"{role}_id")
+        if want is None or want != have:
+            raise TokenizerError(
+                f"{path}: the Hugging Face config names {role}_token {token!r} (id {want}), but "
+                f"{SPM_MODEL_FILE}'s {role} id is {have}. llmcore takes the special tokens from the sentencepiece "
+                "model and loads only directories where the two agree; fix the config or use the model's tokens.")
+    return tok
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load any saved tokenizer.
 
-    ``path`` may be a directory with ``tokenizer.json`` (any kind), a model run directory containing a
-    ``tokenizer/`` subdirectory, a directory with a bare ``tokenizer.model`` (e.g. a Hugging Face Llama
-    checkpoint), a ``tokenizer.json`` file, or a sentencepiece ``.model`` file trained elsewhere.
+    ``path`` may be a directory with ``llmcore_tokenizer.json`` (any kind, written by :meth:`Tokenizer.save`), a
+    directory written by older llmcore versions (``tokenizer.json`` with a ``kind``), a model run directory
+    containing a ``tokenizer/`` subdirectory, a Hugging Face directory with a sentencepiece ``tokenizer.model``
+    (e.g. Llama, Mistral), one of those settings files, or a sentencepiece ``.model`` file trained elsewhere.
     """
     path = Path(path)
     if not path.exists():
         raise TokenizerError(f"no tokenizer at {path}: the path does not exist")
     if path.is_file():
-        if path.name == TOKENIZER_FILE:
+        if path.name in (TOKENIZER_FILE, LEGACY_TOKENIZER_FILE):
             return load_tokenizer(path.parent)
         if path.suffix == ".model":
             return _KINDS["sentencepiece"]._from_dir(path, {})
         raise TokenizerError(
-            f"{path} is not a tokenizer: expected a directory, a tokenizer.json or a .model file"
+            f"{path} is not a tokenizer: expected a directory, a {TOKENIZER_FILE} or a .model file"
         )
     if (path / TOKENIZER_FILE).is_file():
-        settings = read_settings(path)
-        kind = settings["kind"]
-        if kind not in _KINDS:
-            raise TokenizerError(
-                f"{path / TOKENIZER_FILE}: unknown tokenizer kind {kind!r}; known: {sorted(_KINDS)}"
-            )
-        return _KINDS[kind]._from_dir(path, settings)
+        return _from_settings(path / TOKENIZER_FILE, read_settings(path / TOKENIZER_FILE))
+    legacy = None
+    if (path / LEGACY_TOKENIZER_FILE).is_file():
+        legacy = read_json(path / LEGACY_TOKENIZER_FILE, "tokenizer file", TokenizerError)
+        if "kind" in legacy:  # written by llmcore before the file had its own name
+            return _from_settings(path / LEGACY_TOKENIZER_FILE, legacy)
     if (path / "tokenizer").is_dir():
         return load_tokenizer(path / "tokenizer")
-    if (path / "tokenizer.model").is_file():
-        return _KINDS["sentencepiece"]._from_dir(path / "tokenizer.model", {})
+    if (path / SPM_MODEL_FILE).is_file():
+        return _hf_directory(path)
+    if legacy is not None:
+        model = legacy.get("model")
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise TokenizerError(
+            f"{path / LEGACY_TOKENIZER_FILE} is a Hugging Face `tokenizers` file (model type {kind!r}) and there is "
+            f"no sentencepiece {SPM_MODEL_FILE} beside it. llmcore loads its own {TOKENIZER_FILE}, an older llmcore "
+            f"tokenizer.json (with a 'kind' field) and sentencepiece models (a Hugging Face directory's "
+            f"{SPM_MODEL_FILE}, or any .model file); train one with `llmcore tokenizer train`."
+        )
+    found = sorted(p.name for p in path.iterdir())
     raise TokenizerError(
-        f"no tokenizer found in {path}: expected {TOKENIZER_FILE} (written by Tokenizer.save), "
-        "a tokenizer/ subdirectory, or a sentencepiece tokenizer.model"
+        f"no tokenizer found in {path} (it holds {found[:8] or 'nothing'}): expected {TOKENIZER_FILE} (written "
+        f"by Tokenizer.save), a tokenizer/ subdirectory, or a sentencepiece {SPM_MODEL_FILE}"
     )
