@@ -1,7 +1,7 @@
 """``llmcore prepare``: build or load a tokenizer, then tokenize a corpus into ``train.bin`` / ``val.bin``.
 
 Writes ``OUT/tokenizer/`` (the tokenizer, reloadable with ``load_tokenizer``), ``OUT/train.bin``,
-``OUT/val.bin`` and ``OUT/meta.json``; see :mod:`llmcore.data.prepare` for the format.
+``OUT/val.bin`` and ``OUT/meta.json``; see :mod:`llmcore.data.shards` for the format.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from . import corpora
-from .prepare import build_tokenizer, check_val_fraction, prepare
+from .shards import build_tokenizer, check_val_fraction, prepare
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

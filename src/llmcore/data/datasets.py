@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, TokenizerError
-from .prepare import load_meta
+from .shards import load_meta
 
 IGNORE_INDEX = -100  # label value the loss skips (training.lm_loss, torch cross_entropy default)
 
