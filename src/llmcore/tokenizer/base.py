@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import TokenizerError
 from ..io import read_json
+from .hf import SPM_MODEL_FILE, hf_sentencepiece
 
 if TYPE_CHECKING:  # torch is imported lazily: ``llmcore tokenizer --help`` should not pay for it
     import torch
 
 TOKENIZER_FILE = "llmcore_tokenizer.json"
 LEGACY_TOKENIZER_FILE = "tokenizer.json"  # what llmcore wrote before; also Hugging Face's fast-tokenizer file
-HF_CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # read in this order, later ones win
-SPM_MODEL_FILE = "tokenizer.model"
 FORMAT_VERSION = 1
 
 # kind name -> class; filled by ``Tokenizer.__init_subclass__`` so ``load_tokenizer`` can dispatch.
@@ -325,46 +324,6 @@ def _from_settings(path: Path, settings: dict[str, Any]) -> Tokenizer:
     return _KINDS[kind]._from_dir(path.parent, settings)
 
 
-def _token_text(value: Any) -> str | None:
-    """A special token as Hugging Face stores it: a string, or an AddedToken dict with ``content``."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _hf_directory(path: Path) -> Tokenizer:
-    """The sentencepiece ``tokenizer.model`` of a Hugging Face directory, its special tokens checked.
-
-    bos / eos named by ``special_tokens_map.json`` / ``tokenizer_config.json`` must be the model's own bos / eos
-    pieces; a named pad token is used when the model has none (Llama-style models often pad with ``<unk>`` or
-    ``</s>``), and must match when it has one.
-    """
-    named: dict[str, str] = {}
-    for name in HF_CONFIG_FILES:
-        if (path / name).is_file():
-            cfg = read_json(path / name, "Hugging Face tokenizer config", TokenizerError)
-            for role in ("bos", "eos", "pad"):
-                token = _token_text(cfg.get(f"{role}_token"))
-                if token is not None:
-                    named[role] = token
-    spm = _KINDS["sentencepiece"]
-    tok = spm._from_dir(path / SPM_MODEL_FILE, {})
-    if "pad" in named and tok.pad_id is None:
-        tok = spm._from_dir(path / SPM_MODEL_FILE, {"pad_token": named["pad"]})
-    for role, token in named.items():
-        try:
-            want = tok.token_to_id(token)
-        except TokenizerError:
-            want = None
-        have = getattr(tok, f"{role}_id")
-        if want is None or want != have:
-            raise TokenizerError(
-                f"{path}: the Hugging Face config names {role}_token {token!r} (id {want}), but "
-                f"{SPM_MODEL_FILE}'s {role} id is {have}. llmcore takes the special tokens from the sentencepiece "
-                "model and loads only directories where the two agree; fix the config or use the model's tokens.")
-    return tok
-
-
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load any saved tokenizer.
 
@@ -394,7 +353,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if (path / "tokenizer").is_dir():
         return load_tokenizer(path / "tokenizer")
     if (path / SPM_MODEL_FILE).is_file():
-        return _hf_directory(path)
+        return hf_sentencepiece(path, _KINDS["sentencepiece"])
     if legacy is not None:
         model = legacy.get("model")
         kind = model.get("type") if isinstance(model, dict) else None
