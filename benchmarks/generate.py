@@ -1,7 +1,7 @@
 """Greedy decoding speed: llmcore ``generate`` vs Hugging Face ``generate`` on the same weights, and llmcore
 with vs without the KV cache.
 
-Each HF model is built from a config (random weights, no download) and converted with ``llmcore.convert.from_hf``,
+Each HF model is built from a config (random weights, no download) and converted with ``llmcore.models.hf.from_hf``,
 so both libraries run identical weights in fp32. Runs are interleaved (ours, HF, ours, HF, ...) so background
 load hits both alike, and the best of ``--repeats`` is reported. Both decode exactly ``new`` tokens (no EOS).
 
@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from llmcore.convert import from_hf
 from llmcore.generation import generate
+from llmcore.models import TransformerLM
+from llmcore.models.hf import from_hf
 
 
 def hf_gpt2(n_layer: int, n_head: int, n_embd: int, n_positions: int, vocab_size: int):
@@ -49,7 +50,7 @@ def best_of(fns: dict[str, callable], repeats: int) -> dict[str, float]:
 
 def vs_hf(name: str, shapes: dict, batch: int, prompt: int, new: int, repeats: int) -> str:
     hf = hf_gpt2(**shapes)
-    ours = from_hf(hf.config.to_dict(), hf.state_dict())
+    ours = from_hf(hf.config.to_dict(), hf.state_dict(), TransformerLM)
     ids = torch.randint(1, shapes["vocab_size"], (batch, prompt), generator=torch.Generator().manual_seed(0))
 
     def run_ours():

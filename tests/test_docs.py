@@ -13,6 +13,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 PUBLIC_MODULES = ["llmcore", "llmcore.tokenizer", "llmcore.modules", "llmcore.models", "llmcore.data",
                   "llmcore.training", "llmcore.finetune", "llmcore.generation", "llmcore.convert",
+                  "llmcore.models.hf", "llmcore.io",
                   "llmcore.translation"]
 
 

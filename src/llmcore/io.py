@@ -1,8 +1,12 @@
-"""Small file helpers shared by every layer: JSON read with one-line errors, atomic JSON writes.
+"""Small file helpers shared by every layer: JSON and safetensors reads with one-line errors, atomic writes.
 
 Reading: a missing or corrupt file becomes the caller's :class:`LLMCoreError` subclass naming the path and
 what the file should be, never a bare ``FileNotFoundError`` / ``JSONDecodeError``. Writing goes through a
 temporary file and ``os.replace`` so a crash never leaves half a file.
+
+The model-directory helpers (:func:`read_state_dict`, :func:`save_safetensors`, :func:`load_state_dict_checked`,
+:func:`tied_duplicates`) live here, below ``models`` and ``convert``, so that saving, loading, converting and
+checkpointing all share one reader and one writer without importing each other.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import LLMCoreError
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError, LLMCoreError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[LLMCoreError] = LLMCoreError,
@@ -42,4 +55,73 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     os.replace(tmp, p)
 
 
-__all__ = ["read_json", "atomic_write_json"]
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write tensors to ``path`` via a temporary file and rename, so a crash never leaves a half file."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {})
+    os.replace(tmp, p)
+
+
+def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
+    d = Path(directory)
+    if (d / WEIGHTS_NAME).exists():
+        files = [d / WEIGHTS_NAME]
+    elif (d / INDEX_NAME).exists():
+        index = read_json(d / INDEX_NAME, "safetensors shard index", CheckpointError)
+        files = [d / f for f in sorted(set(index.get("weight_map", {}).values()))]
+    else:
+        raise CheckpointError(
+            f"No {WEIGHTS_NAME} or {INDEX_NAME} in {d}; only safetensors weights are read "
+            "(convert .bin/.pt checkpoints to safetensors first)."
+        )
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            state.update(load_file(str(f)))
+        except FileNotFoundError as e:
+            raise CheckpointError(f"Weight shard {f} listed in {INDEX_NAME} is missing.") from e
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"Cannot read {f}: {e}. The file is truncated or corrupt; re-save or re-copy it.") from e
+    return state
+
+
+def tied_duplicates(module: nn.Module) -> dict[str, str]:
+    """{duplicate name: first name} for parameters registered under several names (tied weights)."""
+    first: dict[int, str] = {}
+    dups: dict[str, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            dups[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return dups
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy ``state`` into ``model`` after checking names and shapes; mismatches raise CheckpointError."""
+    dups = tied_duplicates(model)
+    expected = {k: v for k, v in model.state_dict().items() if k not in dups}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected) - set(dups))
+    wrong = [f"{k}: {tuple(state[k].shape)} in {source} vs {tuple(v.shape)} in model"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"shape mismatches: {wrong[:3]}")
+        raise CheckpointError(
+            f"The {source} does not match the model config: {'; '.join(parts)}. "
+            "Check that config.json belongs to these weights."
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k not in dups}, strict=False)
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_json", "atomic_write_json", "save_safetensors",
+           "read_state_dict", "tied_duplicates", "load_state_dict_checked"]

@@ -1,7 +1,7 @@
 """Generation parity with Hugging Face ``transformers``: greedy, beam search and seeded sampling.
 
 Tiny random HF GPT-2 and Llama models are built from config objects (no download), converted with the same
-``llmcore.convert.from_hf`` users call, and both libraries decode the same prompts. Weights use a large
+``llmcore.models.hf.from_hf`` users call, and both libraries decode the same prompts. Weights use a large
 initializer range so the logits are far from uniform and floating-point noise cannot flip a choice.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmcore import TransformerLM
 from llmcore.generation import generate
+from llmcore.models.hf import from_hf
 
 transformers = pytest.importorskip("transformers")
-convert = pytest.importorskip("llmcore.convert")
 
 pytestmark = pytest.mark.parity
 
@@ -44,7 +45,7 @@ def _hf_model(kind: str):
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def pair(request):
     hf = _hf_model(request.param)
-    ours = convert.from_hf(hf.config.to_dict(), hf.state_dict())
+    ours = from_hf(hf.config.to_dict(), hf.state_dict(), TransformerLM)
     return hf, ours
 
 

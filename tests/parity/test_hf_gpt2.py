@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmcore import ModelConfig, TransformerLM
-from llmcore.convert import from_hf
+from llmcore.models.hf import from_hf
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.parity
@@ -40,14 +40,14 @@ def hf_logits(model: torch.nn.Module, ids: torch.Tensor, **kwargs: torch.Tensor)
 
 
 def test_logits_match(hf_model):
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     ids = torch.randint(0, 128, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf_logits(hf_model, ids), atol=1e-4, rtol=1e-4)
 
 
 def test_left_padded_batch(hf_model):
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     ids = torch.randint(0, 128, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[0, :4] = 0  # row 0 is left-padded by 4
@@ -60,7 +60,7 @@ def test_left_padded_batch(hf_model):
 
 
 def test_greedy_generation(hf_model):
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     hf_model.generation_config.eos_token_id = None  # no early stop on either side: compare all 10 tokens
     ids = torch.randint(1, 128, (2, 6))
     want = hf_model.generate(ids, do_sample=False, max_new_tokens=10, pad_token_id=0)
@@ -74,7 +74,7 @@ def test_greedy_generation(hf_model):
 
 
 def test_export_loads_in_transformers(hf_model, tmp_path):
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     ours.save_pretrained(tmp_path, format="hf")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(reloaded).__name__ == "GPT2LMHeadModel"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmcore import TransformerLM
-from llmcore.convert import from_hf
+from llmcore.models.hf import from_hf
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.parity
@@ -57,7 +57,7 @@ def hf_logits(model: torch.nn.Module, ids: torch.Tensor, **kwargs: torch.Tensor)
 
 
 def test_logits_match(hf_model):
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     assert ours.config.n_kv_heads == hf_model.config.num_key_value_heads
     ids = torch.randint(0, 128, (2, 16))
     with torch.no_grad():
@@ -65,7 +65,7 @@ def test_logits_match(hf_model):
 
 
 def test_left_padded_batch(hf_model):
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     ids = torch.randint(0, 128, (2, 10))
     mask = torch.ones(2, 10, dtype=torch.long)
     mask[0, :4] = 0  # row 0 is left-padded by 4
@@ -80,7 +80,7 @@ def test_left_padded_batch(hf_model):
 @pytest.mark.parametrize("case", ["llama-gqa", "llama-mqa-bias"])  # HF generate is slow: two cache layouts
 def test_greedy_generation(case):
     hf_model = build(case)
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     hf_model.generation_config.eos_token_id = None  # no early stop on either side: compare all 10 tokens
     ids = torch.randint(1, 128, (2, 6))
     want = hf_model.generate(ids, do_sample=False, max_new_tokens=10, pad_token_id=0)
@@ -94,7 +94,7 @@ def test_greedy_generation(case):
 
 
 def test_export_loads_in_transformers(hf_model, tmp_path):
-    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict())
+    ours = from_hf(hf_model.config.to_dict(), hf_model.state_dict(), TransformerLM)
     ours.save_pretrained(tmp_path, format="hf")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(reloaded) is type(hf_model)  # exported back as the family it came from
@@ -120,7 +120,7 @@ def test_hf_directory_round_trip(hf_model, tmp_path):
 def test_bf16_cuda_logits_close():
     config = transformers.LlamaConfig(**TINY, num_key_value_heads=2, tie_word_embeddings=False)
     hf = randomize(transformers.LlamaForCausalLM(config))
-    ours = from_hf(hf.config.to_dict(), hf.state_dict())
+    ours = from_hf(hf.config.to_dict(), hf.state_dict(), TransformerLM)
     hf, ours = hf.to("cuda", torch.bfloat16), ours.to("cuda", torch.bfloat16)
     ids = torch.randint(0, 128, (2, 16), device="cuda")
     with torch.no_grad():

@@ -135,7 +135,7 @@ def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path):
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    import llmcore.models.pretrained as pretrained
+    import llmcore.io as pretrained  # save_safetensors and its save_file live in llmcore.io
 
     real = pretrained.save_file
 

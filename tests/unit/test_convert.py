@@ -9,8 +9,8 @@ import torch
 
 from llmcore import CheckpointError, ModelConfig, TransformerLM
 from llmcore.cli import main
-from llmcore.convert import hf_to_llmcore, llmcore_to_hf, load_hf, save_hf
-from llmcore.convert.hf import parse_size
+from llmcore.convert import hf_to_llmcore, llmcore_to_hf
+from llmcore.models.hf import load_hf, parse_size, save_hf
 
 GPT2_SHAPED = dict(vocab_size=128, max_seq_len=64, d_model=32, n_layers=2, n_heads=4, activation="gelu_tanh",
                    pos_encoding="learned", norm="layernorm", bias=True, tie_embeddings=True, extra={"note": "x"})
@@ -156,7 +156,7 @@ def test_sharded_directory_loads(tmp_path, shape):
     save_hf(model, tmp_path)  # re-saving unsharded replaces the shards
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     with torch.no_grad():
-        torch.testing.assert_close(load_hf(tmp_path)(ids), model(ids), atol=0, rtol=0)
+        torch.testing.assert_close(load_hf(tmp_path, TransformerLM)(ids), model(ids), atol=0, rtol=0)
 
 
 def test_cli_convert(tmp_path, capsys):
@@ -175,3 +175,18 @@ def test_cli_convert(tmp_path, capsys):
         torch.testing.assert_close(back(ids), model(ids), atol=0, rtol=0)
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_models_hf_default_class_is_the_registered_transformer_lm(tmp_path):
+    """``load_hf`` / ``from_hf`` without a class build whatever is registered as "TransformerLM" (by name, so
+    models/hf.py need not import models/transformer.py, which imports pretrained.py, which imports hf.py)."""
+    from llmcore.registry import ARCHITECTURES
+
+    ARCHITECTURES.register("TransformerLM", TransformerLM)  # a no-op once transformer.py registers it itself
+    model = random_model(**LLAMA_SHAPED)
+    save_hf(model, tmp_path)
+    loaded = load_hf(tmp_path)
+    assert type(loaded) is TransformerLM and not loaded.training
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)

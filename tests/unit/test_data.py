@@ -227,7 +227,7 @@ def test_token_dataset_errors(prepared):
     with pytest.raises(DataError, match="nowhere does not exist"):
         TokenDataset(prepared / "nowhere", block_size=8)
     (prepared / "empty_dir").mkdir()
-    with pytest.raises(DataError, match="meta.json does not exist; run `llmcore prepare"):
+    with pytest.raises(DataError, match=r"meta.json not found; expected the token-shard metadata written by `llmcore prepare"):
         TokenDataset(prepared / "empty_dir", block_size=8)
     ds = TokenDataset(np.arange(20), block_size=4)
     assert len(ds) == 4 and torch.equal(ds[1]["input_ids"], torch.arange(4, 8))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from llmcore import ConfigError, GenerationError, LLMCoreError, ModelConfig, TransformerLM
+from llmcore import ConfigError, DataError, GenerationError, LLMCoreError, ModelConfig, TransformerLM
 from llmcore.generation import (
     beam_search,
     generate,
@@ -460,6 +460,43 @@ def test_bad_inputs(lm):
         generate(lm, torch.ones(3, dtype=torch.long))
     with pytest.raises(GenerationError, match="beam search"):
         next(stream(lm, torch.ones(1, 3, dtype=torch.long), num_beams=2))
+
+
+@pytest.mark.parametrize("bad", [128, -1])
+@pytest.mark.parametrize("entry", ["generate", "stream", "beam_search"])
+def test_out_of_vocab_prompt_raises_before_decoding(lm, entry, bad):
+    """Models do not check ids in forward; generation checks the prompt once per call, before any model call."""
+    calls = []
+    hook = lm.register_forward_pre_hook(lambda module, args: calls.append(1))
+    ids, mask = _left_pad([[5, 17, bad], [11, 2]])
+    try:
+        with pytest.raises(DataError, match=rf"Token id {bad} is outside the vocabulary \[0, 128\) in the prompt"):
+            if entry == "generate":
+                generate(lm, ids, mask, max_new_tokens=3)
+            elif entry == "stream":
+                next(stream(lm, ids, mask, max_new_tokens=3))
+            else:
+                beam_search(lm, ids, mask, num_beams=2, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_runner_asks_for_the_last_position_only_when_the_model_can():
+    """A model whose forward takes ``logits_to_keep`` gets 1 on every call; the tokens are those of full logits."""
+
+    class KeepsLast(FixedLM):
+        def forward(self, input_ids, attention_mask=None, kv_cache=None, logits_to_keep=0):
+            self.kept = getattr(self, "kept", []) + [logits_to_keep]
+            logits = super().forward(input_ids, attention_mask, kv_cache)
+            return logits[:, -logits_to_keep:] if logits_to_keep else logits
+
+    scores = [0.0, 3.0, 1.0, 2.0]
+    keeps, plain = KeepsLast(scores), FixedLM(scores)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(generate(keeps, ids, max_new_tokens=3, use_cache=False),
+                       generate(plain, ids, max_new_tokens=3, use_cache=False))
+    assert keeps.kept == [1, 1, 1]
 
 
 # ====================================================================== command line

@@ -254,7 +254,7 @@ def test_save_load_every_kind(spm_tok: SentencePieceTokenizer, tmp_path: Path) -
     sample = "  To be,\tor not\n\n你好😀 ▁"
     for tok in all_tokenizers(spm_tok):
         d = tok.save(tmp_path / tok.kind)
-        assert (d / "tokenizer.json").is_file()
+        assert sorted(f.name for f in d.glob("*.json")) == ["llmcore_tokenizer.json"]  # not HF's tokenizer.json
         back = load_tokenizer(d)
         assert type(back) is type(tok) and back.vocab_size == tok.vocab_size
         assert back.special_tokens == tok.special_tokens
@@ -288,6 +288,74 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "x" / "tokenizer.json").write_text('{"kind": "wordpiece"}')
     with pytest.raises(TokenizerError, match="unknown tokenizer kind 'wordpiece'"):
         load_tokenizer(tmp_path / "x")
+
+
+def test_directories_written_before_the_rename_still_load(spm_tok: SentencePieceTokenizer, tmp_path: Path) -> None:
+    """Old llmcore directories hold ``tokenizer.json`` with a "kind" field; they load as before."""
+    sample = "To be, or not 你好"
+    for tok in all_tokenizers(spm_tok):
+        d = tok.save(tmp_path / tok.kind)
+        (d / "llmcore_tokenizer.json").rename(d / "tokenizer.json")
+        for where in (d, d / "tokenizer.json"):
+            back = load_tokenizer(where)
+            assert type(back) is type(tok) and back.encode(sample) == tok.encode(sample)
+
+
+@pytest.fixture(scope="module")
+def llama_style_model() -> bytes:
+    """A tiny sentencepiece model laid out like Llama's: <unk>=0, <s>=1, </s>=2 and no pad piece."""
+    import sentencepiece
+
+    out = io.BytesIO()
+    lines = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.isascii()]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=out, vocab_size=300, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, bos_piece="<s>", eos_piece="</s>", minloglevel=2)
+    return out.getvalue()
+
+
+def _hf_dir(path: Path, model: bytes | None, config: dict, tokenizers_json: bool = True) -> Path:
+    """A fake Hugging Face tokenizer directory: tokenizer.json of the `tokenizers` library, configs, .model."""
+    import json
+
+    path.mkdir(parents=True)
+    if tokenizers_json:
+        (path / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    (path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    if model is not None:
+        (path / "tokenizer.model").write_bytes(model)
+    return path
+
+
+def test_hugging_face_directory_loads_its_sentencepiece_model(llama_style_model: bytes, tmp_path: Path) -> None:
+    proto = llama_style_model
+    reference = SentencePieceTokenizer(proto)
+    config = {"bos_token": {"__type": "AddedToken", "content": "<s>"}, "eos_token": "</s>", "pad_token": None}
+    tok = load_tokenizer(_hf_dir(tmp_path / "llama", proto, config))
+    assert type(tok) is SentencePieceTokenizer
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id) == (1, 2, None, 0)
+    assert tok.encode("Hello world, to be", add_bos=True) == reference.encode("Hello world, to be", add_bos=True)
+    # a pad token the model lacks is taken from the config (Llama fine-tunes often pad with <unk>) ...
+    padded = load_tokenizer(_hf_dir(tmp_path / "pad", proto, {"pad_token": "<unk>"}))
+    assert padded.pad_id == 0 and padded.fill_id == 0
+    assert padded.encode_batch(["a", "ab c"])["input_ids"][0].tolist()[-1] == 0
+    # ... and survives saving the tokenizer with a model (llmcore_tokenizer.json records it)
+    assert load_tokenizer(padded.save(tmp_path / "saved")).pad_id == 0
+
+
+def test_hugging_face_directory_errors_say_what_was_found(llama_style_model: bytes, tmp_path: Path) -> None:
+    proto = llama_style_model
+    with pytest.raises(TokenizerError, match=r"names eos_token '<eos>' \(id None\), but tokenizer.model's eos id is 2"):
+        load_tokenizer(_hf_dir(tmp_path / "bad-eos", proto, {"eos_token": "<eos>"}))
+    with pytest.raises(TokenizerError, match=r"names bos_token '</s>' \(id 2\), but tokenizer.model's bos id is 1"):
+        load_tokenizer(_hf_dir(tmp_path / "swapped", proto, {"bos_token": "</s>"}))
+    # GPT-2 style: only the `tokenizers` file, no sentencepiece model
+    with pytest.raises(TokenizerError, match=r"Hugging Face `tokenizers` file \(model type 'BPE'\) and there is no "
+                                             r"sentencepiece tokenizer.model"):
+        load_tokenizer(_hf_dir(tmp_path / "gpt2", None, {}))
+    with pytest.raises(TokenizerError, match=r"no tokenizer found in .*\['special_tokens_map.json', 'tokenizer_config"):
+        load_tokenizer(_hf_dir(tmp_path / "configs-only", None, {}, tokenizers_json=False))
 
 
 # ------------------------------------------------------------------------------------------- training errors

@@ -1,4 +1,7 @@
-"""Translation: data build rules and split determinism, metrics and baselines, Trainer batches, Translator, CLI."""
+"""Translation: split determinism, metrics and baselines, Trainer batches, Translator, CLI.
+
+The offline data build (scripts/build_parallel_data.py) is tested in tests/test_build_parallel_data.py.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +24,12 @@ from llmcore.translation import (
     Pair,
     Seq2SeqPairs,
     bleu,
-    build_parallel_data,
     chrf,
     copy_source,
     evaluate_translations,
     load_parallel,
     split_of,
 )
-from llmcore.translation.metrics import build_dictionary
 from llmcore.translation.translator import Translator
 
 TAGS = ("<bos>", "<eos>", "<pad>", "<2en>", "<2zh>")
@@ -64,51 +65,6 @@ def test_shipped_splits_are_deterministic_and_disjoint():
     assert split_of(Pair("bible:Gen.1.1", "bible", "x", "y")) == split_of(Pair("bible:Gen.1.31", "bible", "a", "b"))
     with pytest.raises(DataError, match="Unknown split"):
         load_parallel("dev")
-
-
-def _write(path, header, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def test_build_parallel_data_applies_the_cleaning_rules(tmp_path):
-    shared = tmp_path / "shared"
-    cols = ["book", "chapter", "verse", "en_web", "en_kjv", "en_bbe", "zh_cuv", "es_rv1909", "fr_lsg1910"]
-    en, zh = "In the beginning God created the heavens.", "起初神创造天地。"  # ratio ~0.2
-    verses = [["Gen", "1", str(v), en, "", "", zh, "", ""] for v in range(1, 11)]
-    verses[3][6] = ""  # CUV merged verse 4 into verse 3: verses 3 and 4 go
-    verses[6][3] = ""  # verse 7: empty English
-    verses[8][6] = "起" * 60  # verse 9: length-ratio outlier
-    verses.append(["John", "7", "53", en, "", "", "", "", ""])  # merged into the NEXT verse
-    verses.append(["John", "8", "1", en, "", "", zh, "", ""])
-    verses.append(["John", "8", "2", en, "", "", zh, "", ""])
-    _write(shared / "bible-parallel" / "verses.tsv", cols, verses)
-    _write(shared / "hsk-sentences" / "hsk_en_zh.tsv", ["id", "hsk_level", "topic", "en", "zh_hans", "zh_hant", "pinyin"],
-           [["hsk1-1", "1", "g", "Hello!", "你好！", "", ""], ["hsk1-2", "1", "g", "Hello!", "你好！", "", ""]])
-    _write(shared / "cc-cedict" / "cedict.tsv", ["traditional", "simplified", "pinyin", "english"],
-           [["神", "神", "shen2", "God,deity"], ["天地", "天地", "tian1 di4", "heaven and earth,world"]])
-    stats = build_parallel_data(shared, tmp_path / "out")
-    kept = {p.id for p in load_parallel(None, data_dir=tmp_path / "out")}
-    bible = {i for i in kept if i.startswith("bible")}
-    assert bible == {"bible:Gen.1.1", "bible:Gen.1.2", "bible:Gen.1.5", "bible:Gen.1.6", "bible:Gen.1.8",
-                     "bible:Gen.1.10", "bible:John.8.2"}
-    assert stats["dropped"] == {"empty_zh": 2, "merged_verse": 2, "empty_en": 1, "length_ratio": 1}
-    assert {i for i in kept if i.startswith("hsk")} == {"hsk:hsk1-1"}  # duplicate pair removed
-    assert (tmp_path / "out" / "en_zh_dict.tsv.xz").is_file()
-    # Same inputs, same bytes.
-    first = (tmp_path / "out" / "en_zh_pairs.tsv.xz").read_bytes()
-    build_parallel_data(shared, tmp_path / "again")
-    assert (tmp_path / "again" / "en_zh_pairs.tsv.xz").read_bytes() == first
-
-
-def test_build_dictionary_prefers_co_occurring_candidates(tmp_path):
-    path = tmp_path / "cedict.tsv"
-    _write(path, ["traditional", "simplified", "pinyin", "english"],
-           [["光", "光", "guang1", "light,ray"], ["輕", "轻", "qing1", "light (not heavy)"],
-            ["好", "好", "hao3", "good,surname Hao"], ["李", "李", "li3", "surname Li"]])
-    pairs = [Pair(f"x:{i}", "hsk", "good light", "好光") for i in range(3)]
-    d = build_dictionary(path, pairs)
-    assert d == {"light": "光", "good": "好"}
 
 
 # ------------------------------------------------------------------------------------------- metrics

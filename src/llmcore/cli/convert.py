@@ -17,8 +17,8 @@ CONFIG_NAME = "config.json"
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert.hf import save_hf
     from ..io import read_json
+    from ..models.hf import save_hf
     from .common import load_model_dir
 
     src, dst = Path(args.src), Path(args.dst)

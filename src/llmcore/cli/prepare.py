@@ -1,7 +1,7 @@
 """``llmcore prepare``: build or load a tokenizer, then tokenize a corpus into ``train.bin`` / ``val.bin``.
 
 Writes ``OUT/tokenizer/`` (the tokenizer, reloadable with ``load_tokenizer``), ``OUT/train.bin``,
-``OUT/val.bin`` and ``OUT/meta.json``; see :mod:`llmcore.data.prepare` for the format.
+``OUT/val.bin`` and ``OUT/meta.json``; see :mod:`llmcore.data.shards` for the format.
 """
 
 from __future__ import annotations

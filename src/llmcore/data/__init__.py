@@ -1,7 +1,7 @@
 """Data: read corpora, tokenize them once into memmap files, and draw training / evaluation batches.
 
 - :mod:`~llmcore.data.corpora` — UTF-8 / gzip files and directories as text; the bundled Shakespeare.
-- :mod:`~llmcore.data.prepare` — :func:`prepare` (text -> ``train.bin``/``val.bin``/``meta.json``, in parallel,
+- :mod:`~llmcore.data.shards` — :func:`prepare` (text -> ``train.bin``/``val.bin``/``meta.json``, in parallel,
   flat memory) and :func:`build_tokenizer` (``"char"``, ``"byte"``, ``"sp"`` or a directory).
 - :mod:`~llmcore.data.datasets` — :class:`TokenDataset` (random and sequential windows),
   :class:`OnTheFlyTextDataset` (re-tokenized with subword sampling) and :func:`collate_pad`.
@@ -9,7 +9,7 @@
 
 from .corpora import bundled_corpus_path, read_text, resolve_paths
 from .datasets import IGNORE_INDEX, ExampleDataset, OnTheFlyTextDataset, TokenDataset, collate_pad
-from .prepare import build_tokenizer, choose_dtype, load_meta, prepare
+from .shards import build_tokenizer, choose_dtype, load_meta, prepare
 
 __all__ = [
     "bundled_corpus_path",

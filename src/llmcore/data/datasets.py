@@ -30,7 +30,7 @@ import torch
 
 from ..errors import DataError, TokenizerError
 from ..inputs import IGNORE_INDEX
-from .prepare import load_meta
+from .shards import load_meta
 
 Batch = dict[str, torch.Tensor]
 _CHUNK = 1 << 24  # ids scanned at a time when checking a token file's range

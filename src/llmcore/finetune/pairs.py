@@ -28,6 +28,7 @@ import torch
 from ..data.datasets import ExampleDataset, check_ids_in_vocab, collate_pad
 from ..errors import ConfigError, DataError, TokenizerError
 from ..inputs import IGNORE_INDEX
+from ..tokenizer import language_tag_id
 
 # Named prompt templates; ``{src}`` is the source text. Any other string containing ``{src}`` works too.
 TEMPLATES: dict[str, str] = {
@@ -100,17 +101,6 @@ def read_pairs(source: str | Path | Sequence[Mapping[str, Any]] | Sequence[Seque
     return pairs
 
 
-def _tag_id(tokenizer: Any, tag: str) -> int:
-    try:
-        i = tokenizer.token_to_id(tag)
-    except (TokenizerError, KeyError, ValueError) as e:
-        raise TokenizerError(f"Language tag {tag!r} is not a token of this tokenizer; train the tokenizer with "
-                             f"user_defined_symbols=[{tag!r}, ...] so the tag is one id.") from e
-    if i is None or (getattr(tokenizer, "unk_id", None) is not None and i == tokenizer.unk_id):
-        raise TokenizerError(f"Language tag {tag!r} maps to <unk>; add it to the tokenizer's user_defined_symbols.")
-    return int(i)
-
-
 def pad_batch(seqs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
               width: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad full sequences and labels to ``width`` (default: the longest), then shift.
@@ -161,8 +151,8 @@ class PairDataset(ExampleDataset):
         # id works.
         self.pad_id = tokenizer.fill_id
         pre = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
-        pre += [_tag_id(tokenizer, src_lang_tag)] if src_lang_tag else []
-        post = [_tag_id(tokenizer, tgt_lang_tag)] if tgt_lang_tag else []
+        pre += [language_tag_id(tokenizer, src_lang_tag, "source-language tag")] if src_lang_tag else []
+        post = [language_tag_id(tokenizer, tgt_lang_tag, "target-language tag")] if tgt_lang_tag else []
         self.pairs = read_pairs(source, src_col, tgt_col)
         self.ids: list[list[int]] = []
         self.labels: list[list[int]] = []

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from ..modules import eval_mode
 from .config import GenerationConfig
-from .decode import hits_stop_string
-from .prepare import ModelRunner, prepare, resolve_config
 from .processors import Processor, apply_processors, build_processors
+from .runner import ModelRunner, hits_stop_string, prepare, resolve_config
 
 _NEG = -1.0e9  # "impossible" score; finite so sums and comparisons stay well defined
 
@@ -52,12 +52,8 @@ def beam_search(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask:
     K = cfg.num_beams
     B = input_ids.shape[0]
     req = prepare(model, input_ids, attention_mask, cfg, tokenizer, model_kwargs, expand=K)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         seqs, scores = _search(model, req, B, K, tokenizer, logits_processors)
-    finally:
-        model.train(was_training)
     return (seqs, scores) if return_scores else seqs
 
 

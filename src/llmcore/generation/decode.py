@@ -37,9 +37,12 @@ from typing import Any
 
 import torch
 
+from ..errors import GenerationError
+from ..modules import eval_mode
+from .beam import beam_search
 from .config import GenerationConfig
-from .prepare import ModelRunner, Request, prepare, resolve_config
 from .processors import Processor, apply_processors, build_processors, sample_next
+from .runner import ModelRunner, Request, hits_stop_string, prepare, resolve_config
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -63,8 +66,6 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
     """
     config = resolve_config(config, overrides)
     if config.num_beams > 1:
-        from .beam import beam_search
-
         return beam_search(model, input_ids, attention_mask, config=config, tokenizer=tokenizer,
                            logits_processors=logits_processors, model_kwargs=model_kwargs)
     steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs)
@@ -91,8 +92,6 @@ def stream(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     """
     config = resolve_config(config, overrides)
     if config.num_beams > 1:
-        from ..errors import GenerationError
-
         raise GenerationError(f"stream() does not support beam search (num_beams={config.num_beams}): the best "
                               "hypothesis is only known at the end. Use generate() or num_beams=1.")
     steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs)
@@ -184,12 +183,8 @@ def _decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """
     expand = config.num_return_sequences if config.is_sampling else 1
     req = prepare(model, input_ids, attention_mask, config, tokenizer, model_kwargs, expand=expand)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return (yield from _decode_loop(model, req, tokenizer, logits_processors))
-    finally:
-        model.train(was_training)
 
 
 def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
@@ -262,8 +257,3 @@ class _StopStrings:
                 hit[row] = True
         return hit
 
-
-def hits_stop_string(tokenizer: Any, ids: list[int], stops: list[str]) -> bool:
-    """True when the decoded ``ids`` contain any of ``stops`` (decoding all ids catches boundary-spanning ones)."""
-    text = tokenizer.decode(ids)
-    return any(s in text for s in stops)

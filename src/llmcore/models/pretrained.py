@@ -2,110 +2,41 @@
 
 :class:`PreTrainedMixin` gives any llmcore model ``save_pretrained(dir)`` and ``from_pretrained(dir)``.
 Tied parameters (e.g. the LM head sharing the embedding matrix) are stored once and re-tied on load.
-``from_pretrained`` also reads Hugging Face GPT-2 / Llama directories through :mod:`llmcore.convert`,
-and ``save_pretrained(dir, format="hf")`` writes one that ``transformers`` loads.
+``from_pretrained`` also reads Hugging Face GPT-2 / Llama directories through :mod:`.hf` (which builds on the
+pure mappings of :mod:`llmcore.convert`), and ``save_pretrained(dir, format="hf")`` writes one that
+``transformers`` loads. The file helpers (safetensors, JSON, tied weights) are :mod:`llmcore.io`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import io
 from ..config import ModelConfig
 from ..errors import CheckpointError
+
+# Re-exported: classifier.py, training/checkpoint.py, finetune/lora.py and the commands import them from here.
+from ..io import (  # noqa: F401
+    CONFIG_NAME,
+    INDEX_NAME,
+    WEIGHTS_NAME,
+    atomic_write_json,
+    load_state_dict_checked,
+    read_state_dict,
+    save_safetensors,
+    tied_duplicates,
+)
 from ..registry import ARCHITECTURES
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-
-
-def tied_duplicates(module: nn.Module) -> dict[str, str]:
-    """{duplicate name: first name} for parameters registered under several names (tied weights)."""
-    first: dict[int, str] = {}
-    dups: dict[str, str] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            dups[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    return dups
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path} not found: a model directory needs {CONFIG_NAME} and {WEIGHTS_NAME}.") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is corrupt, re-save the model.") from e
-
-
-def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
-    d = Path(directory)
-    if (d / WEIGHTS_NAME).exists():
-        files = [d / WEIGHTS_NAME]
-    elif (d / INDEX_NAME).exists():
-        index = read_json(d / INDEX_NAME)
-        files = [d / f for f in sorted(set(index.get("weight_map", {}).values()))]
-    else:
-        raise CheckpointError(
-            f"No {WEIGHTS_NAME} or {INDEX_NAME} in {d}; only safetensors weights are read "
-            "(convert .bin/.pt checkpoints to safetensors first)."
-        )
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            state.update(load_file(str(f)))
-        except FileNotFoundError as e:
-            raise CheckpointError(f"Weight shard {f} listed in {INDEX_NAME} is missing.") from e
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"Cannot read {f}: {e}. The file is truncated or corrupt; re-save or re-copy it.") from e
-    return state
-
-
-def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Copy ``state`` into ``model`` after checking names and shapes; mismatches raise CheckpointError."""
-    dups = tied_duplicates(model)
-    expected = {k: v for k, v in model.state_dict().items() if k not in dups}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected) - set(dups))
-    wrong = [f"{k}: {tuple(state[k].shape)} in {source} vs {tuple(v.shape)} in model"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"shape mismatches: {wrong[:3]}")
-        raise CheckpointError(
-            f"The {source} does not match the model config: {'; '.join(parts)}. "
-            "Check that config.json belongs to these weights."
-        )
-    model.load_state_dict({k: v for k, v in state.items() if k not in dups}, strict=False)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write tensors to ``path`` via a temporary file and rename, so a crash never leaves a half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {})
-    os.replace(tmp, path)
+    """A model directory's ``config.json`` (or another JSON file in it); CheckpointError when missing/corrupt."""
+    return io.read_json(path, f"model config (a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME})",
+                        CheckpointError)
 
 
 def register_architecture(name: str | type | None = None) -> Any:
@@ -145,7 +76,7 @@ class PreTrainedMixin:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         if format == "hf":
-            from ..convert import save_hf  # local import: modules/models never depend on convert at import
+            from .hf import save_hf
 
             save_hf(self, d)
         elif format == "llmcore":
@@ -182,7 +113,7 @@ class PreTrainedMixin:
             model = target(config)
             load_state_dict_checked(model, read_state_dict(d), source=str(d / WEIGHTS_NAME))
         elif "model_type" in meta:
-            from ..convert import load_hf
+            from .hf import load_hf
 
             model = load_hf(d, cls)
         else:

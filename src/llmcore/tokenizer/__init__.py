@@ -4,14 +4,17 @@
   from any sentencepiece ``.model``; lossless round trip with the training defaults.
 - :class:`ByteTokenizer` — UTF-8 bytes (ids 0..255) plus specials; no training.
 - :class:`CharTokenizer` — one id per character, as in nanoGPT's shakespeare_char.
-- :func:`load_tokenizer` — load whichever kind a directory holds (also a run dir or a bare ``.model``).
+- :func:`load_tokenizer` — load whichever kind a directory holds (also a run dir, a Hugging Face directory's
+  sentencepiece ``tokenizer.model`` or a bare ``.model``).
+- :func:`language_tag_id` — the one id of a language tag such as ``<2zh>`` (translation prompts).
 
 All share the :class:`Tokenizer` interface: ``encode``/``decode``, ``encode_batch`` (padding, masks, explicit
 truncation), ``decode_batch``, the bos/eos/pad/unk ids, and ``save(dir)``.
 """
 
-from .base import Tokenizer, load_tokenizer
+from .base import Tokenizer, language_tag_id, load_tokenizer
 from .simple import ByteTokenizer, CharTokenizer
 from .spm import SentencePieceTokenizer
 
-__all__ = ["Tokenizer", "SentencePieceTokenizer", "ByteTokenizer", "CharTokenizer", "load_tokenizer"]
+__all__ = ["Tokenizer", "SentencePieceTokenizer", "ByteTokenizer", "CharTokenizer", "load_tokenizer",
+           "language_tag_id"]

@@ -2,8 +2,13 @@
 
 A tokenizer turns text into a list of integer ids and back. This file holds what all kinds share: batching
 with explicit padding and truncation (``encode_batch``), tensor-or-list decoding, and the on-disk format
-(``tokenizer.json`` naming the kind and its settings, next to whatever files the kind needs). It holds no
-tokenization algorithm itself; see ``spm.py`` (SentencePiece) and ``simple.py`` (bytes, characters).
+(``llmcore_tokenizer.json`` naming the kind and its settings, next to whatever files the kind needs; a name
+Hugging Face does not use, so the two kinds of directory never collide). It holds no tokenization algorithm
+itself; see ``spm.py`` (SentencePiece) and ``simple.py`` (bytes, characters).
+
+:func:`load_tokenizer` also reads directories written before that name (``tokenizer.json`` with a ``kind``
+field) and Hugging Face directories that ship a sentencepiece ``tokenizer.model`` (Llama, Mistral), checking
+the bos/eos/pad tokens their ``tokenizer_config.json`` / ``special_tokens_map.json`` name.
 
 Special tokens (bos/eos/pad/unk) are never produced from plain text: encoding the literal string ``"<eos>"``
 gives the ids of its characters or pieces, never ``eos_id``. They are added only through ``add_bos`` /
@@ -20,11 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import TokenizerError
+from ..io import read_json
+from .hf import SPM_MODEL_FILE, hf_sentencepiece
 
 if TYPE_CHECKING:  # torch is imported lazily: ``llmcore tokenizer --help`` should not pay for it
     import torch
 
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = "llmcore_tokenizer.json"
+LEGACY_TOKENIZER_FILE = "tokenizer.json"  # what llmcore wrote before; also Hugging Face's fast-tokenizer file
 FORMAT_VERSION = 1
 
 # kind name -> class; filled by ``Tokenizer.__init_subclass__`` so ``load_tokenizer`` can dispatch.
@@ -40,7 +48,7 @@ class Tokenizer(abc.ABC):
     :meth:`id_to_token`, :meth:`_save_files` / :meth:`_settings` and the :meth:`_from_dir` class method.
     """
 
-    kind: ClassVar[str] = ""  # the name written to tokenizer.json; empty for abstract classes
+    kind: ClassVar[str] = ""  # the name written to llmcore_tokenizer.json; empty for abstract classes
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,7 +86,7 @@ class Tokenizer(abc.ABC):
 
     @abc.abstractmethod
     def _settings(self) -> dict[str, Any]:
-        """JSON-serialisable settings written to tokenizer.json (besides ``kind``)."""
+        """JSON-serialisable settings written to llmcore_tokenizer.json (besides ``kind``)."""
 
     def _save_files(self, directory: Path) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Write the extra files this kind needs (e.g. a sentencepiece model)."""
@@ -86,7 +94,7 @@ class Tokenizer(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def _from_dir(cls, directory: Path, settings: dict[str, Any]) -> Tokenizer:
-        """Rebuild a tokenizer from its directory and the parsed tokenizer.json."""
+        """Rebuild a tokenizer from its directory and the parsed llmcore_tokenizer.json."""
 
     # ---------------------------------------------------------------- special ids (None when absent)
     @property
@@ -259,7 +267,7 @@ class Tokenizer(abc.ABC):
 
     # ---------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` (kind + settings) and the kind's files into ``directory``; returns it."""
+        """Write ``llmcore_tokenizer.json`` (kind + settings) and the kind's files into ``directory``; returns it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_files(directory)
@@ -285,50 +293,78 @@ class Tokenizer(abc.ABC):
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={self.special_tokens})"
 
 
-def read_settings(directory: Path) -> dict[str, Any]:
-    """Parse ``directory/tokenizer.json`` with errors that name the file."""
-    path = directory / TOKENIZER_FILE
+def language_tag_id(tokenizer: Tokenizer, tag: str, what: str = "language tag") -> int:
+    """The single id of a language tag such as ``<2zh>``.
+
+    Raises :class:`TokenizerError` naming ``what`` (e.g. "target-language tag") when the tag is not one token
+    of the vocabulary (unknown, or mapped to ``<unk>``): a model trained with such a tokenizer never saw it.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot read {path}: {e}") from e
-    if not isinstance(settings, dict) or "kind" not in settings:
+        i = tokenizer.token_to_id(tag)
+    except (TokenizerError, KeyError, ValueError):
+        i = None
+    if i is None or i == getattr(tokenizer, "unk_id", None):
+        raise TokenizerError(f"The tokenizer has no {what} {tag!r} as one token; train it with "
+                             f"user_defined_symbols=[{tag!r}, ...] (and the model with that tag).")
+    return int(i)
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """Parse an llmcore settings file (``llmcore_tokenizer.json``, or an old ``tokenizer.json``) naming its kind."""
+    settings = read_json(path, "llmcore tokenizer settings", TokenizerError)
+    if "kind" not in settings:
         raise TokenizerError(f"{path} has no 'kind' field; was it written by llmcore?")
     return settings
+
+
+def _from_settings(path: Path, settings: dict[str, Any]) -> Tokenizer:
+    kind = settings["kind"]
+    if kind not in _KINDS:
+        raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r}; known: {sorted(_KINDS)}")
+    return _KINDS[kind]._from_dir(path.parent, settings)
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load any saved tokenizer.
 
-    ``path`` may be a directory with ``tokenizer.json`` (any kind), a model run directory containing a
-    ``tokenizer/`` subdirectory, a directory with a bare ``tokenizer.model`` (e.g. a Hugging Face Llama
-    checkpoint), a ``tokenizer.json`` file, or a sentencepiece ``.model`` file trained elsewhere.
+    ``path`` may be a directory with ``llmcore_tokenizer.json`` (any kind, written by :meth:`Tokenizer.save`), a
+    directory written by older llmcore versions (``tokenizer.json`` with a ``kind``), a model run directory
+    containing a ``tokenizer/`` subdirectory, a Hugging Face directory with a sentencepiece ``tokenizer.model``
+    (e.g. Llama, Mistral), one of those settings files, or a sentencepiece ``.model`` file trained elsewhere.
     """
     path = Path(path)
     if not path.exists():
         raise TokenizerError(f"no tokenizer at {path}: the path does not exist")
     if path.is_file():
-        if path.name == TOKENIZER_FILE:
+        if path.name in (TOKENIZER_FILE, LEGACY_TOKENIZER_FILE):
             return load_tokenizer(path.parent)
         if path.suffix == ".model":
             return _KINDS["sentencepiece"]._from_dir(path, {})
         raise TokenizerError(
-            f"{path} is not a tokenizer: expected a directory, a tokenizer.json or a .model file"
+            f"{path} is not a tokenizer: expected a directory, a {TOKENIZER_FILE} or a .model file"
         )
     if (path / TOKENIZER_FILE).is_file():
-        settings = read_settings(path)
-        kind = settings["kind"]
-        if kind not in _KINDS:
-            raise TokenizerError(
-                f"{path / TOKENIZER_FILE}: unknown tokenizer kind {kind!r}; known: {sorted(_KINDS)}"
-            )
-        return _KINDS[kind]._from_dir(path, settings)
+        return _from_settings(path / TOKENIZER_FILE, read_settings(path / TOKENIZER_FILE))
+    legacy = None
+    if (path / LEGACY_TOKENIZER_FILE).is_file():
+        legacy = read_json(path / LEGACY_TOKENIZER_FILE, "tokenizer file", TokenizerError)
+        if "kind" in legacy:  # written by llmcore before the file had its own name
+            return _from_settings(path / LEGACY_TOKENIZER_FILE, legacy)
     if (path / "tokenizer").is_dir():
         return load_tokenizer(path / "tokenizer")
-    if (path / "tokenizer.model").is_file():
-        return _KINDS["sentencepiece"]._from_dir(path / "tokenizer.model", {})
+    if (path / SPM_MODEL_FILE).is_file():
+        return hf_sentencepiece(path, _KINDS["sentencepiece"])
+    if legacy is not None:
+        model = legacy.get("model")
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise TokenizerError(
+            f"{path / LEGACY_TOKENIZER_FILE} is a Hugging Face `tokenizers` file (model type {kind!r}) and there is "
+            f"no sentencepiece {SPM_MODEL_FILE} beside it. llmcore loads its own {TOKENIZER_FILE}, an older llmcore "
+            f"tokenizer.json (with a 'kind' field) and sentencepiece models (a Hugging Face directory's "
+            f"{SPM_MODEL_FILE}, or any .model file); train one with `llmcore tokenizer train`."
+        )
+    found = sorted(p.name for p in path.iterdir())
     raise TokenizerError(
-        f"no tokenizer found in {path}: expected {TOKENIZER_FILE} (written by Tokenizer.save), "
-        "a tokenizer/ subdirectory, or a sentencepiece tokenizer.model"
+        f"no tokenizer found in {path} (it holds {found[:8] or 'nothing'}): expected {TOKENIZER_FILE} (written "
+        f"by Tokenizer.save), a tokenizer/ subdirectory, or a sentencepiece {SPM_MODEL_FILE}"
     )

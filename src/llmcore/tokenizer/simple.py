@@ -223,4 +223,4 @@ class CharTokenizer(_TableTokenizer):
                 settings["chars"], specials=settings.get("specials", ()), unk=settings.get("unk", "error")
             )
         except KeyError as e:
-            raise TokenizerError(f"{directory}/tokenizer.json has no {e.args[0]!r} field") from None
+            raise TokenizerError(f"The tokenizer settings in {directory} have no {e.args[0]!r} field") from None

@@ -50,7 +50,9 @@ class SentencePieceTokenizer(Tokenizer):
         num_threads: threads for batched encode/decode of lists (-1 = all cores, like sentencepiece).
         newline_split: encode a string with newlines as its lines, batched over threads. Only valid when no
             piece spans a newline (true for models trained by :meth:`train`); checked at construction.
-        training: the options used to train, kept in tokenizer.json for reference.
+        training: the options used to train, kept in llmcore_tokenizer.json for reference.
+        pad_token: a piece to pad with when the model has no pad id of its own (a Hugging Face directory's
+            ``pad_token``, e.g. ``"<unk>"``); it becomes :attr:`pad_id` and a special token.
     """
 
     kind = "sentencepiece"
@@ -65,6 +67,7 @@ class SentencePieceTokenizer(Tokenizer):
         num_threads: int = -1,
         newline_split: bool = False,
         training: dict[str, Any] | None = None,
+        pad_token: str | None = None,
     ) -> None:
         try:
             self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
@@ -83,7 +86,12 @@ class SentencePieceTokenizer(Tokenizer):
                 ("unk", "bos", "eos", "pad"), (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id())
             )
         }
+        self.pad_token = pad_token if self._ids["pad"] is None else None
+        if self.pad_token is not None:
+            self._ids["pad"] = self._piece_id(pad_token)
         self._specials = {sp.id_to_piece(i): i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)}
+        if self.pad_token is not None:
+            self._specials[self.pad_token] = self._ids["pad"]
         self._special_set = frozenset(self._specials.values())
         # A literal "▁" is encoded as its three UTF-8 byte pieces so it survives decoding (needs byte fallback).
         byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE.encode()]
@@ -124,6 +132,9 @@ class SentencePieceTokenizer(Tokenizer):
         return dict(self._specials)
 
     def token_to_id(self, token: str) -> int:
+        return self._piece_id(token)
+
+    def _piece_id(self, token: str) -> int:
         i = self.sp.piece_to_id(token)
         if i == self.sp.unk_id() and token != self.sp.id_to_piece(i):
             raise TokenizerError(f"{token!r} is not a piece of this sentencepiece vocabulary")
@@ -239,6 +250,7 @@ class SentencePieceTokenizer(Tokenizer):
             "nbest_size": self.nbest_size,
             "newline_split": self.newline_split,
             "training": self.training,
+            "pad_token": self.pad_token,
         }
 
     def _save_files(self, directory: Path) -> None:
@@ -252,7 +264,7 @@ class SentencePieceTokenizer(Tokenizer):
             proto = path.read_bytes()
         except OSError as e:
             raise TokenizerError(f"cannot read sentencepiece model {path}: {e.strerror or e}") from e
-        keys = ("enable_sampling", "alpha", "nbest_size", "newline_split", "training")
+        keys = ("enable_sampling", "alpha", "nbest_size", "newline_split", "training", "pad_token")
         return cls(proto, **{k: settings[k] for k in keys if k in settings})
 
     # ---------------------------------------------------------------- training

@@ -1,8 +1,9 @@
 """English→Chinese translation: the shipped parallel corpus, metrics and baselines, and ``llmcore translate``.
 
 - :mod:`.data` — :func:`load_parallel` (train / validation / test pairs shipped with the package),
-  :func:`load_cuv_text` (Chinese text for LM examples), :class:`Seq2SeqPairs` (Trainer batches for an
-  encoder-decoder) and :func:`build_parallel_data` (rebuilds the shipped files from the raw sources).
+  :func:`load_cuv_text` (Chinese text for LM examples) and :class:`Seq2SeqPairs` (Trainer batches for an
+  encoder-decoder). The shipped files are rebuilt offline from the raw sources by
+  ``scripts/build_parallel_data.py``.
 - :mod:`.metrics` — :func:`bleu` and :func:`chrf` (sacrebleu, optional), :class:`DictionaryBaseline` and
   :func:`copy_source`.
 - ``llmcore translate`` (in :mod:`llmcore.cli.translate`) runs it from the command line (encoder-decoder or decoder-only models).
@@ -14,7 +15,6 @@ The models live in :mod:`llmcore.models` (:class:`~llmcore.models.seq2seq.Seq2Se
 from .data import (
     Pair,
     Seq2SeqPairs,
-    build_parallel_data,
     load_cuv_text,
     load_dictionary,
     load_parallel,
@@ -23,6 +23,6 @@ from .data import (
 from .metrics import DictionaryBaseline, bleu, chrf, copy_source, evaluate_translations
 
 __all__ = [
-    "Pair", "Seq2SeqPairs", "load_parallel", "load_cuv_text", "load_dictionary", "split_of", "build_parallel_data",
+    "Pair", "Seq2SeqPairs", "load_parallel", "load_cuv_text", "load_dictionary", "split_of",
     "bleu", "chrf", "evaluate_translations", "DictionaryBaseline", "copy_source",
 ]

@@ -1,6 +1,6 @@
 """The English→Chinese parallel corpus shipped with llmcore, its splits, and batches for the Trainer.
 
-Two sources, assembled once by :func:`build_parallel_data` from the project's shared data folder into
+Two sources, assembled once by ``scripts/build_parallel_data.py`` from the project's shared data folder into
 ``llmcore/translation/data/`` (see the README there for sources and licences):
 
 * Bible verses, World English Bible (derived text) → Chinese Union Version 1919 (Simplified); public domain.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import lzma
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +36,7 @@ import torch
 from ..data.datasets import ExampleDataset, check_ids_in_vocab
 from ..errors import DataError, TokenizerError
 from ..inputs import IGNORE_INDEX
+from ..tokenizer import language_tag_id
 
 DATA_DIR = Path(__file__).parent / "data"
 PAIRS_FILE = "en_zh_pairs.tsv.xz"  # id, source, en, zh
@@ -78,7 +78,7 @@ def _read_xz_lines(name: str, data_dir: Path | None) -> list[str]:
     path = Path(data_dir or DATA_DIR) / name
     if not path.is_file():
         raise DataError(f"{path} is missing: the translation data ships inside the llmcore package. Reinstall "
-                        "llmcore, or rebuild it with llmcore.translation.data.build_parallel_data(shared_dir, out_dir).")
+                        "llmcore, or rebuild it with python scripts/build_parallel_data.py SHARED_DIR OUT_DIR.")
     with lzma.open(path, "rt", encoding="utf-8") as f:
         return f.read().split("\n")
 
@@ -90,7 +90,7 @@ def load_parallel(split: str | None = "train", sources: Sequence[str] = ("bible"
     Args:
         split: ``"train"``, ``"validation"``, ``"test"`` or None.
         sources: any of ``"bible"``, ``"hsk"``.
-        data_dir: read from here instead of the package (e.g. a fresh :func:`build_parallel_data` output).
+        data_dir: read from here instead of the package (e.g. a fresh ``scripts/build_parallel_data.py`` output).
     """
     if split is not None and split not in SPLITS:
         raise DataError(f"Unknown split {split!r}; choose one of {SPLITS} (or None for all pairs).")
@@ -117,7 +117,7 @@ def load_cuv_text(data_dir: str | Path | None = None) -> str:
 
 
 def load_dictionary(data_dir: str | Path | None = None) -> dict[str, str]:
-    """English word (lower case) → one Chinese rendering, from CC-CEDICT; see :func:`build_dictionary`."""
+    """English word (lower case) → one Chinese rendering, from CC-CEDICT (see ``scripts/build_parallel_data.py``)."""
     lines = _read_xz_lines(DICT_FILE, data_dir)
     return dict(line.split("\t") for line in lines[1:] if line)
 
@@ -185,101 +185,3 @@ class Seq2SeqPairs(ExampleDataset):
             tgt[row, :len(t) - 1] = torch.tensor(t[:-1])
             labels[row, :len(t) - 1] = torch.tensor(t[1:])
         return {"tgt_ids": tgt, "src_ids": src, "src_mask": mask, "labels": labels}
-
-
-def language_tag_id(tokenizer: Any, tag: str) -> int:
-    """The single id of a language tag such as ``<2zh>``; TokenizerError if the tokenizer lacks it."""
-    try:
-        i = tokenizer.token_to_id(tag)
-    except (TokenizerError, KeyError, ValueError):
-        i = None
-    if i is None or i == getattr(tokenizer, "unk_id", None):
-        raise TokenizerError(f"The tokenizer has no target-language tag {tag!r}; train it with "
-                             f"user_defined_symbols=[{tag!r}, ...] (and the model with that tag).")
-    return int(i)
-
-
-# ---------------------------------------------------------------------------------------------- build
-def _read_tsv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise DataError(f"{path} not found; pass the shared data directory that holds it.")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line]
-
-
-def bible_pairs(verses_tsv: Path) -> tuple[list[Pair], dict[str, int]]:
-    """Clean WEB→CUV verse pairs (see the module docstring) and counts of what each rule dropped."""
-    rows = _read_tsv(verses_tsv)
-    ids = [f"{r['book']}.{r['chapter']}.{r['verse']}" for r in rows]
-    drop: dict[int, str] = {}
-    for k, r in enumerate(rows):
-        if not r["en_web"].strip():
-            drop.setdefault(k, "empty_en")
-        if not r["zh_cuv"].strip():
-            drop.setdefault(k, "empty_zh")
-            merged_into = k + 1 if ids[k] == "John.7.53" else k - 1
-            drop.setdefault(merged_into, "merged_verse")
-        if ids[k] in FLAGGED:
-            drop.setdefault(k, "flagged")
-    kept = [k for k in range(len(rows)) if k not in drop]
-    ratio = {k: len(rows[k]["zh_cuv"]) / len(rows[k]["en_web"]) for k in kept}
-    med = statistics.median(ratio.values())
-    for k in kept:
-        if not med / 2 <= ratio[k] <= 2 * med:
-            drop[k] = "length_ratio"
-        elif len(rows[k]["en_web"]) > MAX_EN_CHARS:
-            drop[k] = "too_long"
-    counts: dict[str, int] = {}
-    for why in drop.values():
-        counts[why] = counts.get(why, 0) + 1
-    pairs = [Pair("bible:" + ids[k], "bible", rows[k]["en_web"].strip(), rows[k]["zh_cuv"].strip())
-             for k in range(len(rows)) if k not in drop]
-    return pairs, counts
-
-
-def hsk_pairs(hsk_tsv: Path) -> list[Pair]:
-    """All HSK sentence pairs (Simplified Chinese), exact (en, zh) duplicates removed."""
-    seen, pairs = set(), []
-    for r in _read_tsv(hsk_tsv):
-        en, zh = r["en"].strip(), r["zh_hans"].strip()
-        if en and zh and (en, zh) not in seen:
-            seen.add((en, zh))
-            pairs.append(Pair("hsk:" + r["id"], "hsk", en, zh))
-    return pairs
-
-
-def _write_xz(path: Path, text: str) -> None:
-    with lzma.open(path, "wt", encoding="utf-8", preset=9 | lzma.PRESET_EXTREME) as f:
-        f.write(text)
-
-
-def build_parallel_data(shared_dir: str | Path, out_dir: str | Path = DATA_DIR) -> dict[str, Any]:
-    """Rebuild the shipped files from the shared data folder (``bible-parallel``, ``hsk-sentences``, ``cc-cedict``).
-
-    Writes :data:`PAIRS_FILE`, :data:`CUV_FILE` and :data:`DICT_FILE` into ``out_dir`` and returns statistics
-    (pairs per source and split, rows dropped per rule). Deterministic: the same inputs give the same bytes.
-    """
-    from .metrics import build_dictionary  # the dictionary is the baseline's business
-
-    shared, out = Path(shared_dir), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    bible, dropped = bible_pairs(shared / "bible-parallel" / "verses.tsv")
-    hsk = hsk_pairs(shared / "hsk-sentences" / "hsk_en_zh.tsv")
-    pairs = bible + hsk
-    bad = [p.id for p in pairs if "\t" in p.en + p.zh or "\n" in p.en + p.zh]
-    if bad:
-        raise DataError(f"Pairs {bad[:3]} contain tabs or newlines, which the TSV format cannot hold.")
-    _write_xz(out / PAIRS_FILE, "id\tsource\ten\tzh\n" + "".join("\t".join(p) + "\n" for p in pairs))
-    cuv = [r["zh_cuv"].strip() for r in _read_tsv(shared / "bible-parallel" / "verses.tsv")]
-    _write_xz(out / CUV_FILE, "".join(v + "\n" for v in cuv if v))
-    train = [p for p in pairs if split_of(p) == "train"]
-    dictionary = build_dictionary(shared / "cc-cedict" / "cedict.tsv", train)
-    _write_xz(out / DICT_FILE, "en\tzh\n" + "".join(f"{w}\t{z}\n" for w, z in sorted(dictionary.items())))
-    stats: dict[str, Any] = {"dropped": dropped, "dictionary_words": len(dictionary)}
-    for source in ("bible", "hsk"):
-        for split in SPLITS:
-            stats[f"{source}_{split}"] = sum(p.source == source and split_of(p) == split for p in pairs)
-    stats["bytes"] = {f.name: f.stat().st_size for f in sorted(out.glob("*.xz"))}
-    return stats
-

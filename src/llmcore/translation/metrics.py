@@ -4,8 +4,9 @@
   splits Chinese into characters (Chinese has no spaces, so word BLEU would need a segmenter).
 * :func:`chrf` — character n-gram F-score (Popović, 2015), sacrebleu defaults (n=6, β=2); less sensitive to
   segmentation than BLEU and more informative at low quality.
-* :class:`DictionaryBaseline` — word-by-word lookup in an English→Chinese dictionary derived from CC-CEDICT,
-  unknown words dropped, punctuation mapped to full-width. A floor any learned system must beat.
+* :class:`DictionaryBaseline` — word-by-word lookup in an English→Chinese dictionary derived from CC-CEDICT
+  (built offline by ``scripts/build_parallel_data.py``), unknown words dropped, punctuation mapped to
+  full-width. A floor any learned system must beat.
 * :func:`copy_source` — the source unchanged (scores near zero for en→zh; a sanity check of the metric).
 
 sacrebleu is an optional dependency (``pip install llmcore[eval]``); it is imported only when a metric is
@@ -15,9 +16,7 @@ computed, with an error saying how to install it.
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
@@ -30,9 +29,6 @@ IRREGULAR = {"is": "be", "are": "be", "was": "be", "were": "be", "am": "be", "be
              "went": "go", "came": "come", "saw": "see", "took": "take", "made": "make", "gave": "give",
              "had": "have", "has": "have", "did": "do", "does": "do", "men": "man", "children": "child",
              "spoke": "speak", "knew": "know", "told": "tell", "brought": "bring", "heard": "hear"}
-# Gloss prefixes of CC-CEDICT senses that are not translations of an English word.
-SKIP_SENSES = ("surname ", "variant of", "old variant", "see ", "cl:", "used in", "abbr.", "japanese variant",
-               "erhua variant", "(bound form)")
 
 
 def _sacrebleu() -> Any:
@@ -107,69 +103,3 @@ class DictionaryBaseline:
 
     def __call__(self, texts: Sequence[str]) -> list[str]:
         return [self.translate(t) for t in texts]
-
-
-# ---------------------------------------------------------------------------------------------- building
-def _glosses(english: str) -> list[tuple[int, str]]:
-    """(sense index, single-word gloss) pairs of one CC-CEDICT definition, e.g. "to go; to leave" -> go, leave."""
-    out = []
-    for si, sense in enumerate(english.split(",")):
-        if sense.strip().lower().startswith(SKIP_SENSES):
-            continue
-        for gloss in sense.split(";"):
-            g = re.sub(r"\([^)]*\)|\[[^]]*\]", " ", gloss).strip().lower()
-            g = re.sub(r"^(to|a|an|the) ", "", g).strip()
-            if re.fullmatch(r"[a-z]+(?:'[a-z]+)?", g):
-                out.append((si, g))
-    return out
-
-
-def build_dictionary(cedict_tsv: str | Path, train_pairs: Sequence[Any], min_count: int = 2) -> dict[str, str]:
-    """English word → Chinese word from CC-CEDICT, choosing among candidates with the parallel training data.
-
-    Every CC-CEDICT entry whose definition contains the English word as a whole gloss is a candidate (CC-CEDICT
-    is Chinese→English, so one English word has many). The candidate chosen is the one that co-occurs best with
-    the word in the training pairs (Dice coefficient over sentence pairs: 2·n(w, c) / (n(w) + n(c))), then the
-    earlier sense, then the shorter word. Only words seen ``min_count`` times in the training English are kept.
-    Uses training pairs only, so test sentences never influence the baseline.
-    """
-    en_sents = [set(w.lower() for w in TOKEN_RE.findall(p.en) if w[0].isalpha()) for p in train_pairs]
-    zh_sents = [p.zh for p in train_pairs]
-    word_count = Counter(w for s in en_sents for w in s)
-    vocab = {w for w, n in word_count.items() if n >= min_count}
-    cands: dict[str, dict[str, int]] = defaultdict(dict)  # word -> {zh: best sense index}
-    path = Path(cedict_tsv)
-    if not path.is_file():
-        raise DataError(f"{path} not found; pass the CC-CEDICT TSV of the shared data folder.")
-    for line in path.read_text(encoding="utf-8").split("\n")[1:]:
-        parts = line.split("\t")
-        if len(parts) < 4 or re.search(r"[A-Za-z0-9%·，]", parts[1]):
-            continue
-        for si, g in _glosses(parts[3]):
-            if g in vocab:
-                cands[g][parts[1]] = min(si, cands[g].get(parts[1], si))
-    # Postings: which training sentences contain each Chinese character (to count n(c) quickly).
-    postings: dict[str, set[int]] = defaultdict(set)
-    for i, zh in enumerate(zh_sents):
-        for ch in set(zh):
-            postings[ch].add(i)
-    n_c_cache: dict[str, int] = {}
-
-    def n_c(c: str) -> int:
-        if c not in n_c_cache:
-            rows = set.intersection(*(postings.get(ch, set()) for ch in set(c)))
-            n_c_cache[c] = sum(c in zh_sents[i] for i in rows)
-        return n_c_cache[c]
-
-    word_rows: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(en_sents):
-        for w in s & cands.keys():
-            word_rows[w].append(i)
-
-    def score(c: str, si: int, rows: list[int]) -> tuple[float, int, int]:
-        both = sum(c in zh_sents[i] for i in rows)
-        dice = 2 * both / (len(rows) + n_c(c)) if both else 0.0
-        return (-round(dice, 6), si, len(c))
-
-    return {w: min(options.items(), key=lambda kv: score(kv[0], kv[1], word_rows[w]))[0]
-            for w, options in cands.items()}

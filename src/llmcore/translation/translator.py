@@ -26,7 +26,10 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, DataError
-from .data import language_tag_id
+from ..generation import generate
+from ..io import CONFIG_NAME, read_json
+from ..modules import eval_mode
+from ..tokenizer import language_tag_id
 
 DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}"}
 
@@ -34,14 +37,13 @@ DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}
 def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
     """A Seq2SeqTransformer, TransformerLM or LSTMLM from ``directory``, chosen by its config.json."""
     from ..models.lstm import LSTMLM
-    from ..models.pretrained import CONFIG_NAME, read_json
     from ..models.seq2seq import Seq2SeqTransformer
     from ..models.transformer import TransformerLM
 
     d = Path(directory)
     if not (d / CONFIG_NAME).is_file():
         raise CheckpointError(f"{d} has no {CONFIG_NAME}; pass a model directory written by save_pretrained.")
-    arch = read_json(d / CONFIG_NAME).get("architecture", "TransformerLM")
+    arch = read_json(d / CONFIG_NAME, "model config", CheckpointError).get("architecture", "TransformerLM")
     classes = {"Seq2SeqTransformer": Seq2SeqTransformer, "TransformerLM": TransformerLM, "LSTMLM": LSTMLM}
     if arch not in classes:
         raise CheckpointError(f"{d} holds a {arch}; translation needs a Seq2SeqTransformer, or a TransformerLM "
@@ -61,12 +63,12 @@ class Translator:
         for key, value in (("src_lang_tag", src_lang_tag), ("tgt_lang_tag", tgt_lang_tag), ("template", template)):
             if value is not None:
                 settings[key] = value
-        self.model, self.tokenizer, self.settings = model.eval(), tokenizer, settings
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.seq2seq = isinstance(model, Seq2SeqTransformer)
-        self.tgt_id = language_tag_id(tokenizer, settings["tgt_lang_tag"])
+        self.tgt_id = language_tag_id(tokenizer, settings["tgt_lang_tag"], "target-language tag")
         self.src_id = None
         if not self.seq2seq and settings["src_lang_tag"]:
-            self.src_id = language_tag_id(tokenizer, settings["src_lang_tag"])
+            self.src_id = language_tag_id(tokenizer, settings["src_lang_tag"], "source-language tag")
         if tokenizer.eos_id is None:
             raise DataError("The tokenizer has no <eos>; a translation model needs it to end its output.")
         self.max_len = model.config.max_seq_len
@@ -127,7 +129,7 @@ class Translator:
     def _translate_batch(self, batch: list[list[int]], num_beams: int, max_new_tokens: int | None,
                          generate_kwargs: dict[str, Any]) -> list[str]:
         tok, B, L = self.tokenizer, len(batch), max(len(s) for s in batch)
-        pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
+        pad = tok.fill_id
         ids = torch.full((B, L), pad, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
         for r, s in enumerate(batch):  # right padding for the encoder, left padding for a decoder prompt
@@ -138,12 +140,11 @@ class Translator:
         n = min(max_new_tokens or 2 * L + 10, room)
         opts = dict(max_new_tokens=n, num_beams=num_beams, eos_token_id=tok.eos_id, pad_token_id=pad)
         opts.update(generate_kwargs)
-        if self.seq2seq:
-            seqs = self.model.generate(ids, mask, decoder_start_ids=self.tgt_id, **opts)[:, 1:]
-        else:
-            from ..generation import generate
-
-            seqs = generate(self.model, ids, mask, **opts)[:, L:]
+        with eval_mode(self.model):  # the encoder pass too: dropout off, the caller's mode kept
+            if self.seq2seq:
+                seqs = self.model.generate(ids, mask, decoder_start_ids=self.tgt_id, **opts)[:, 1:]
+            else:
+                seqs = generate(self.model, ids, mask, **opts)[:, L:]
         texts = []
         for row in seqs.tolist():
             row = row[:row.index(tok.eos_id)] if tok.eos_id in row else row

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError, TokenizerError
+from ..io import read_json
 from . import corpora
 
 META_FILE = "meta.json"
@@ -325,13 +326,8 @@ def prepare(
 
 def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """Read ``meta.json`` written by :func:`prepare`, with an error that says how to create it."""
-    path = Path(directory) / META_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; run `llmcore prepare --out {directory}` first") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}; run `llmcore prepare` again") from e
+    return read_json(Path(directory) / META_FILE, f"token-shard metadata written by `llmcore prepare --out {directory}` "
+                     "(run it first)", DataError)
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers

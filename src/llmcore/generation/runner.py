@@ -1,19 +1,23 @@
-"""Everything decoding needs before the first step, and the object that feeds the model at every step.
+"""What both decoding loops share: the request checks before the first step, the object that feeds the model
+at every step, and the stop-string test.
 
-:func:`prepare` validates a request (shapes, padding side, lengths, special tokens) and returns a
+:func:`prepare` validates a request (shapes, padding side, lengths, token ids, special tokens) and returns a
 :class:`Request`; :class:`ModelRunner` hides whether a KV cache is used: it prefills once and then feeds one
-token per step, or recomputes the whole (possibly windowed) sequence when there is no cache. Both greedy /
-sampling (``decode.py``) and beam search (``beam.py``) are built on these two.
+token per step, or recomputes the whole (possibly windowed) sequence when there is no cache;
+:func:`hits_stop_string` tells whether decoded ids contain a stop string. Greedy / sampling (``decode.py``)
+and beam search (``beam.py``) are built on these; neither imports the other's loop.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import GenerationError
+from ..inputs import check_token_ids
 from .config import GenerationConfig
 
 
@@ -58,7 +62,9 @@ def prepare(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
 
     Raises :class:`GenerationError` for: a non-2-D prompt, an empty prompt without a BOS id, right padding,
     a row with no real token, stop strings without a tokenizer, and prompt + max_new_tokens beyond the model's
-    ``max_seq_len`` (unless ``sliding_window``). ``expand`` repeats every row (beams or samples per prompt).
+    ``max_seq_len`` (unless ``sliding_window``); :class:`~llmcore.errors.DataError` for a prompt id outside the
+    model's vocabulary. These checks run once per call, here: models do not check ids in ``forward`` (a
+    host sync on every step). ``expand`` repeats every row (beams or samples per prompt).
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
@@ -95,6 +101,10 @@ def prepare(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
             f"{max(max_seq_len - T, 0)}, or pass sliding_window=True to keep only the last {max_seq_len} tokens."
         )
 
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab_size is not None:  # the length is checked above, with the sliding-window exception
+        check_token_ids(input_ids, model.config, what="the prompt (input_ids)", check_length=False)
+
     pad_lengths = None
     if mask is not None:
         pad_lengths = (mask == 0).sum(dim=1)
@@ -130,21 +140,16 @@ def _expand(value: Any, batch: int, n: int) -> Any:
     return value
 
 
-def _hidden_and_head(model: Any) -> tuple[Any, Any] | None:
-    """``(model.forward_hidden, model.lm_head)`` when ``forward`` is exactly ``lm_head(forward_hidden(...))``.
+def _takes_logits_to_keep(model: Any) -> bool:
+    """True when ``model.forward`` has a ``logits_to_keep`` argument (Hugging Face's name, TransformerLM's too).
 
-    Then only the last position goes through the LM head, which saves a (B, T, V) logits tensor at prefill
-    and on every step without a cache (HF's ``logits_to_keep=1``). It is used only when the class that
-    defines ``forward`` also defines ``forward_hidden`` (TransformerLM, Seq2SeqTransformer); a subclass that
-    overrides ``forward`` gets its own ``forward`` called as usual.
+    Then the runner asks for the last position only, which saves a (B, T, V) logits tensor at prefill and on
+    every step without a cache. Any other model is called as the protocol says and its last position kept.
     """
-    hidden, head = getattr(model, "forward_hidden", None), getattr(model, "lm_head", None)
-    if hidden is None or not isinstance(head, torch.nn.Module):
-        return None
-    if getattr(model, "_forward_hooks", None) or getattr(model, "_forward_pre_hooks", None):
-        return None  # hooks on the model must see its forward
-    owner = next((c for c in type(model).__mro__ if "forward" in c.__dict__), None)
-    return (hidden, head) if owner is not None and "forward_hidden" in owner.__dict__ else None
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without an inspectable signature (a C extension, a mock)
+        return False
 
 
 class ModelRunner:
@@ -158,7 +163,7 @@ class ModelRunner:
     def __init__(self, model: Any, batch: int, total_len: int, use_cache: bool, window: int | None,
                  model_kwargs: dict[str, Any]) -> None:
         self.model = model
-        self.split = _hidden_and_head(model)
+        self.keep_last = _takes_logits_to_keep(model)
         self.window = window
         self.model_kwargs = model_kwargs
         cache_len = total_len if window is None else min(total_len, window)
@@ -179,12 +184,17 @@ class ModelRunner:
             ids = seq[:, start:cur]
         if mask is not None:
             kwargs["attention_mask"] = mask[:, start:cur]
-        if self.split is not None:  # the LM head on the last position only: (B, V), not (B, t, V)
-            hidden, head = self.split
-            return head(hidden(ids, **kwargs)[:, -1]).float()
+        if self.keep_last:  # the LM head on the last position only: (B, 1, V), not (B, t, V)
+            kwargs["logits_to_keep"] = 1
         return self.model(ids, **kwargs)[:, -1].float()
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep cache rows ``index`` (beam search); a no-op without a cache."""
         if self.cache is not None:
             self.cache.reorder(index)
+
+
+def hits_stop_string(tokenizer: Any, ids: list[int], stops: list[str]) -> bool:
+    """True when the decoded ``ids`` contain any of ``stops`` (decoding all ids catches boundary-spanning ones)."""
+    text = tokenizer.decode(ids)
+    return any(s in text for s in stops)
