@@ -238,25 +238,12 @@ def load_plugins(specs: list[str], entry_points: bool = True) -> list[str]:
 # ---------------------------------------------------------------------------------------------- models
 def load_model_dir(directory: str | Path, device: Any = "cpu") -> Any:
     """Load the model saved in ``directory``, whatever its registered architecture (every command uses this)."""
-    from .. import models
-    from ..io import read_json
-    from ..registry import ARCHITECTURES
+    from ..models import load_model
 
     d = Path(directory)
     if not (d / "config.json").is_file():
         raise CheckpointError(f"{d} is not a model directory (no config.json); pass the --out of a run.")
-    meta = read_json(d / "config.json", "model config", error=CheckpointError)
-    if meta.get("format") != "llmcore":  # a Hugging Face directory: GPT-2 / Llama load as TransformerLM
-        return models.TransformerLM.from_pretrained(d, device=device)
-    arch = meta.get("architecture", "TransformerLM")
-    if arch in ARCHITECTURES:
-        cls = ARCHITECTURES.get(arch)
-    elif arch in models.__all__:
-        cls = getattr(models, arch)
-    else:
-        raise CheckpointError(f"{d} holds architecture {arch!r}, which is not registered; define and register "
-                              "it, then pass --import FILE_OR_MODULE to the command.")
-    return cls.from_pretrained(d, device=device)
+    return load_model(d, device=device)
 
 
 def resolve_device(name: str) -> Any:

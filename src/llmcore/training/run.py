@@ -91,16 +91,10 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 
 def architecture(name: str) -> type:
-    """The model class registered as ``name`` (TransformerLM while the registry is still empty)."""
-    from ..models import TransformerLM
+    """The model class registered as ``name`` (ConfigError listing the registered names if none is)."""
     from ..registry import ARCHITECTURES
 
-    if name in ARCHITECTURES or len(ARCHITECTURES):
-        return ARCHITECTURES.get(name)  # ConfigError listing the registered names
-    if name != "TransformerLM":
-        raise ConfigError(f"Unknown architecture {name!r}; registered: TransformerLM. Register a new one with "
-                          "llmcore.registry.ARCHITECTURES.register(name, cls) and pass --import FILE_OR_MODULE.")
-    return TransformerLM
+    return ARCHITECTURES.get(name)
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import CheckpointError, DataError
 from ..generation import generate
-from ..io import CONFIG_NAME, read_json
+from ..io import CONFIG_NAME
 from ..modules import eval_mode
 from ..tokenizer import language_tag_id
 
@@ -35,20 +35,19 @@ DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}
 
 
 def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
-    """A Seq2SeqTransformer, TransformerLM or LSTMLM from ``directory``, chosen by its config.json."""
-    from ..models.lstm import LSTMLM
-    from ..models.seq2seq import Seq2SeqTransformer
-    from ..models.transformer import TransformerLM
+    """The translator model in ``directory``: a Seq2SeqTransformer, or a decoder-only LM (any registered
+    architecture, e.g. a TransformerLM or LSTMLM fine-tuned on translation pairs)."""
+    from ..models import load_model
+    from ..models.classifier import SequenceClassifier
 
     d = Path(directory)
     if not (d / CONFIG_NAME).is_file():
         raise CheckpointError(f"{d} has no {CONFIG_NAME}; pass a model directory written by save_pretrained.")
-    arch = read_json(d / CONFIG_NAME, "model config", CheckpointError).get("architecture", "TransformerLM")
-    classes = {"Seq2SeqTransformer": Seq2SeqTransformer, "TransformerLM": TransformerLM, "LSTMLM": LSTMLM}
-    if arch not in classes:
-        raise CheckpointError(f"{d} holds a {arch}; translation needs a Seq2SeqTransformer, or a TransformerLM "
-                              "or LSTMLM fine-tuned on translation pairs.")
-    return classes[arch].from_pretrained(d, device=device).eval()
+    model = load_model(d, device=device)
+    if isinstance(model, SequenceClassifier):
+        raise CheckpointError(f"{d} holds a SequenceClassifier; translation needs a Seq2SeqTransformer, or a "
+                              "decoder-only LM fine-tuned on translation pairs.")
+    return model
 
 
 class Translator:
