@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config import parse_assignment, parse_value
 from .errors import ConfigError, TrainingError
 
 logger = logging.getLogger("llmcore.sweep")
@@ -265,21 +266,11 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["lr=1e-3,3e-3", "n_layers=2,4"]`` -> ``{"lr": [0.001, 0.003], "n_layers": [2, 4]}``."""
     grid: dict[str, list[Any]] = {}
     for item in items:
-        key, sep, values = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key or not values.strip():
-            raise ConfigError(f"--grid {item!r} is not KEY=V1,V2,..., e.g. --grid lr=1e-3,3e-3.")
+        key, values = parse_assignment(item, "--grid", "lr=1e-3,3e-3 (KEY=V1,V2,...)")
         if key in grid:
             raise ConfigError(f"--grid {key} is given twice; list all its values once: --grid {key}=V1,V2.")
-        grid[key] = [_parse_value(v.strip()) for v in values.split(",")]
+        grid[key] = [parse_value(v.strip()) for v in values.split(",")]
     return grid
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 __all__ = ["sweep", "run_config", "points", "run_name", "read_results", "write_csv", "format_table", "parse_grid"]

@@ -22,8 +22,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ..training.config import TrainConfig
 from ..training.run import RunConfig, split_overrides
-from ..training.trainer import TrainConfig
 from .common import (
     add_dataclass_args,
     add_model_command,

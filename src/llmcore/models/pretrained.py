@@ -80,7 +80,8 @@ class PreTrainedMixin:
 
             save_hf(self, d)
         elif format == "llmcore":
-            assert isinstance(self, nn.Module)
+            if not isinstance(self, nn.Module):
+                raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")
             dups = tied_duplicates(self)
             state = {k: v for k, v in self.state_dict().items() if k not in dups}
             save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -91,6 +92,14 @@ class PreTrainedMixin:
         if tokenizer is not None:
             tokenizer.save(d / "tokenizer")
         return d
+
+    @classmethod
+    def config_from_meta(cls, meta: dict[str, Any]) -> Any:
+        """The config of a saved llmcore ``config.json`` (parsed: ``{"format", "architecture", "config"}``).
+
+        Override to read a layout an earlier version of the class wrote (see ``SequenceClassifier``).
+        """
+        return cls.config_cls.from_dict(meta["config"])
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
@@ -109,8 +118,7 @@ class PreTrainedMixin:
         meta = read_json(d / CONFIG_NAME)
         if meta.get("format") == "llmcore":
             target = _resolve_architecture(cls, meta.get("architecture"), d)
-            config = target.config_cls.from_dict(meta["config"])
-            model = target(config)
+            model = target(target.config_from_meta(meta))
             load_state_dict_checked(model, read_state_dict(d), source=str(d / WEIGHTS_NAME))
         elif "model_type" in meta:
             from .hf import load_hf

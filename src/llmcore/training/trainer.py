@@ -40,7 +40,6 @@ eval mode, and fine-tuning it must not run with dropout off. ``evaluate`` restor
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -48,7 +47,6 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,93 +57,9 @@ from ..inputs import IGNORE_INDEX
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .callbacks import EVENTS, default_callbacks, peak_flops
+from .config import TrainConfig
 from .loss import LossFn, default_loss, eval_metrics, eval_sums, model_inputs
-from .optim import SCHEDULES, build_optimizer, build_schedule, check_groups, param_groups, set_lr
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters. Defaults are nanoGPT's shakespeare-char settings scaled for a CPU."""
-
-    max_steps: int = 2000
-    batch_size: int = 12  # sequences per micro-batch per rank
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # the schedule ends at min_lr / lr
-    warmup_steps: int = 100
-    schedule: Any = "cosine"  # a name in optim.SCHEDULES or a callable step -> multiplier
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.99)  # β2 = 0.99 because small batches make for noisy gradients
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0  # max global gradient norm; None or 0 = off
-    eval_interval: int = 250  # evaluate (and checkpoint) every N steps and at the end
-    eval_batches: int = 20
-    log_interval: int = 10
-    patience: int | None = None  # early stopping after N evaluations without improvement; None = off
-    keep_last: int = 1  # newest checkpoints kept (the best one is kept besides, if keep_best)
-    keep_best: bool = True
-    seed: int = 1337  # data order (same on every rank) and, as seed + rank, torch's global RNG (dropout)
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16 (autocast; weights and optimizer stay float32)
-    compile: bool = False  # torch.compile the model; falls back to eager with a warning if it fails
-    out_dir: str | None = None  # run directory; None = write nothing
-    label_smoothing: float = 0.0
-    z_loss: float = 0.0
-    num_samples: int = 2  # text samples at the end (needs a tokenizer)
-    sample_tokens: int = 200
-    sample_prompt: str = "\n"
-    sample_interval: int | None = None
-    sample_temperature: float = 0.8
-    sample_top_k: int | None = 200
-    max_epochs: float | None = None  # stop after this many passes over the training tokens
-    peak_flops: float | None = None  # one device's peak FLOP/s, for MFU; known GPUs are looked up
-    progress: bool = True  # show a tqdm bar
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
-            _check(self, name, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
-        _check(self, "warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-        _check(self, "keep_last", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-        _check(self, "lr", lambda v: v > 0, "> 0")
-        _check(self, "min_lr", lambda v: 0 <= v <= self.lr, f"in [0, lr={self.lr}]")
-        _check(self, "weight_decay", lambda v: v >= 0, ">= 0")
-        _check(self, "betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
-        _check(self, "grad_clip", lambda v: v is None or v >= 0, "None or >= 0")
-        _check(self, "patience", lambda v: v is None or (isinstance(v, int) and v >= 1), "None or an integer >= 1")
-        _check(self, "device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
-        _check(self, "dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16")
-        _check(self, "schedule", lambda v: callable(v) or v in SCHEDULES, f"callable or one of {list(SCHEDULES)}")
-        _check(self, "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
-        _check(self, "z_loss", lambda v: v >= 0, ">= 0")
-        _check(self, "num_samples", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-        _check(self, "max_epochs", lambda v: v is None or v > 0, "None or > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if callable(self.schedule):
-            d["schedule"] = getattr(self.schedule, "__name__", "custom")
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; unknown keys raise :class:`ConfigError` listing the valid ones."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"Unknown TrainConfig keys {unknown}; valid keys are: {', '.join(known)}.")
-        return cls(**d)
-
-
-def _check(cfg: TrainConfig, name: str, ok: Callable[[Any], bool], what: str) -> None:
-    value = getattr(cfg, name)
-    try:
-        good = ok(value)
-    except TypeError:
-        good = False
-    if not good:
-        raise ConfigError(f"TrainConfig.{name}={value!r} is invalid: it must be {what}.")
+from .optim import build_optimizer, build_schedule, check_groups, param_groups, set_lr
 
 
 class Trainer:
