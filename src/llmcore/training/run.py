@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import ModelConfig, check_field, is_int, is_number
 from ..errors import CheckpointError, ConfigError
+from ..io import read_json
 from . import distributed as dist
 from .config import TrainConfig
 
@@ -117,7 +118,7 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> An
     stamp = data_dir / "source.json"
     if env.is_main:
         wanted = _fingerprint(config)
-        fresh = not (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted
+        fresh = not (stamp.is_file() and read_json(stamp, "data fingerprint (delete it to re-prepare)") == wanted
                      and (data_dir / "tokenizer").is_dir() and (data_dir / "meta.json").is_file())
         if fresh:
             paths = [Path(p) for p in config.data] if config.data else None
