@@ -1,4 +1,5 @@
-"""Helpers shared by the per-family converters: a strict tensor reader and HF provenance in ``config.extra``.
+"""Helpers shared by the per-family converters: a strict tensor reader, HF provenance in ``config.extra`` and
+the check of which layout a config can be exported to.
 
 Nothing here knows a model family. :class:`StateReader` is the "check shapes before copying" rule of
 nanoGPT's ``from_pretrained``, extended to report every missing, misshapen and unexpected tensor at once.
@@ -136,3 +137,16 @@ def llmcore_reader(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> St
     """A reader over an llmcore TransformerLM state dict (the tied head copy, if present, is skipped)."""
     ignore = [r"^lm_head\.weight$"] if config.tie_embeddings else []
     return StateReader(state, "llmcore state dict", ignore=ignore)
+
+
+def layout_problems(config: ModelConfig, family: str, needs: Mapping[str, Any]) -> list[str]:
+    """``"norm='layernorm' (Llama needs 'rmsnorm')"`` for every field of ``config`` that ``family``'s layout
+    cannot hold; ``needs`` maps a field to the value it must have, or to a list of the values allowed."""
+    problems = []
+    for name, want in needs.items():
+        value = getattr(config, name)
+        allowed = want if isinstance(want, (list, tuple)) else [want]
+        if value not in allowed:
+            shown = f"one of {list(want)}" if isinstance(want, (list, tuple)) else repr(want)
+            problems.append(f"{name}={value!r} ({family} needs {shown})")
+    return problems
