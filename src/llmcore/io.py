@@ -118,6 +118,18 @@ def tied_duplicates(module: nn.Module) -> dict[str, str]:
     return dups
 
 
+def raise_mismatch(what: str, missing: list[str], wrong: list[str], unexpected: list[str], hint: str) -> None:
+    """CheckpointError ``"The <what>: N missing tensors (e.g. ...); ... <hint>"``, unless all three are empty.
+
+    One report for every tensor check (model loading here, the converters' ``StateReader``), listing all
+    three kinds of problem at once rather than the first.
+    """
+    parts = [f"{len(names)} {kind} (e.g. {names[:3]})" for kind, names in
+             (("missing tensors", missing), ("shape mismatches", wrong), ("unexpected tensors", unexpected)) if names]
+    if parts:
+        raise CheckpointError(f"The {what}: {'; '.join(parts)}. {hint}")
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Copy ``state`` into ``model`` after checking names and shapes; mismatches raise CheckpointError."""
     dups = tied_duplicates(model)
@@ -126,20 +138,10 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     unexpected = sorted(set(state) - set(expected) - set(dups))
     wrong = [f"{k}: {tuple(state[k].shape)} in {source} vs {tuple(v.shape)} in model"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"shape mismatches: {wrong[:3]}")
-        raise CheckpointError(
-            f"The {source} does not match the model config: {'; '.join(parts)}. "
-            "Check that config.json belongs to these weights."
-        )
+    raise_mismatch(f"{source} does not match the model config", missing, wrong, unexpected,
+                   "Check that config.json belongs to these weights.")
     model.load_state_dict({k: v for k, v in state.items() if k not in dups}, strict=False)
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_json", "read_jsonl", "atomic_write_json", "save_safetensors",
-           "read_state_dict", "tied_duplicates", "load_state_dict_checked"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_json", "read_jsonl", "atomic_write_json",
+           "save_safetensors", "read_state_dict", "tied_duplicates", "raise_mismatch", "load_state_dict_checked"]

@@ -15,6 +15,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..io import raise_mismatch
 
 # Special token ids kept in ModelConfig.extra so an exported config.json carries them back to HF.
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -61,15 +62,7 @@ class StateReader:
         """Raise CheckpointError if anything was missing, misshapen or left over; ``hint`` says what to do."""
         unexpected = sorted(k for k in self.state if k not in self.used
                             and not any(p.search(k) for p in self.ignore))
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing tensors (e.g. {self.missing[:3]})")
-        if self.wrong:
-            parts.append(f"{len(self.wrong)} shape mismatches (e.g. {self.wrong[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
-        if parts:
-            raise CheckpointError(f"The {self.source} does not match its config: {'; '.join(parts)}. {hint}")
+        raise_mismatch(f"{self.source} does not match its config", self.missing, self.wrong, unexpected, hint)
 
 
 def zeros_like_rows(weight: torch.Tensor) -> torch.Tensor:
