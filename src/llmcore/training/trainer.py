@@ -7,8 +7,9 @@ encoder-decoder (``tgt_ids``, ``src_ids``, ``src_mask``) and a classifier (``inp
 all train unchanged, with no adapter. ``train_data`` needs ``sample_batch(batch_size, generator, rows=None)``
 and ``val_data`` needs ``iter_eval(batch_size, max_batches)``, both giving such dicts; every llmcore dataset
 (:class:`llmcore.data.TokenDataset`, ``PairDataset``, ``Seq2SeqPairs``, ``ClassificationDataset``) has both.
-Everything else lives elsewhere: the loss in ``loss.py``, groups and schedules in ``optim.py``, saving
-in ``checkpoint.py``, logging / early stopping / checkpointing / samples in ``callbacks.py``.
+Everything else lives elsewhere: :class:`TrainConfig` in ``config.py``, the per-rank batch in ``batches.py``,
+the loss in ``loss.py``, groups and schedules in ``optim.py``, saving in ``checkpoint.py``, logging / early
+stopping / checkpointing / samples in ``callbacks.py``.
 
 One optimizer step, exactly:
 
@@ -16,10 +17,9 @@ One optimizer step, exactly:
    ``initial_lr · schedule(step)`` (``step`` = 0-based index of the step being taken);
 2. the *global* batch of ``batch_size · grad_accum · world_size`` rows is drawn with one generator seeded
    from ``config.seed`` and identical on every rank; micro-batch i of rank r is the slice
-   ``[(i·world + r)·batch_size, ... + batch_size)``. Each rank builds only its own rows
-   (``sample_batch(..., rows=...)``), while the generator is consumed as for the whole batch. The data stream
-   is thus independent of how the batch is split, so k accumulated micro-batches equal one k-times larger
-   batch, and N ranks equal one process;
+   ``[(i·world + r)·batch_size, ... + batch_size)``, and each rank builds only its own rows (``batches.py``).
+   The data stream is thus independent of how the batch is split, so k accumulated micro-batches equal one
+   k-times larger batch, and N ranks equal one process;
 3. each micro-batch's summed loss is divided by the number of targets (``labels != IGNORE_INDEX``) in the
    global batch (each rank counts its rows; one all-reduce per step) and back-propagated (``no_sync`` until the
    last one under DDP);
@@ -53,9 +53,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
-from ..inputs import IGNORE_INDEX
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .batches import draw_batch, global_targets, micro_batches, rank_share, row_tokens
 from .callbacks import EVENTS, default_callbacks, peak_flops
 from .config import TrainConfig
 from .loss import LossFn, default_loss, eval_metrics, eval_sums, model_inputs
@@ -118,24 +118,27 @@ class Trainer:
         for fn in self._callbacks[event]:
             fn(self, info)
 
+    def _hooks(self, name: str) -> list[Callable[..., Any]]:
+        """The strategies' methods called ``name``, in strategy order (a strategy may define any of them)."""
+        return [getattr(s, name) for s in self.strategies if callable(getattr(s, name, None))]
+
     def param_names(self) -> dict[int, str]:
         """{id(parameter): name} for the plain model (tied parameters under their first name)."""
         return {id(p): n for n, p in dist.unwrap(self.model).named_parameters()}
 
     def _groups(self) -> list[dict[str, Any]]:
         cfg, model = self.config, dist.unwrap(self.model)
-        for s in self.strategies:
-            if callable(getattr(s, "param_groups", None)):
-                groups = s.param_groups(model, cfg.lr, cfg.weight_decay)
-                if groups is not None:
-                    return check_groups(model, groups, cfg.lr)
+        for hook in self._hooks("param_groups"):
+            groups = hook(model, cfg.lr, cfg.weight_decay)
+            if groups is not None:
+                return check_groups(model, groups, cfg.lr)
         return param_groups(model, cfg.weight_decay, cfg.lr)
 
     def _schedule(self) -> Callable[[int], float]:
         cfg = self.config
-        for s in self.strategies:
-            if callable(getattr(s, "schedule", None)):
-                return lambda step, s=s: s.schedule(step, cfg.max_steps)
+        hooks = self._hooks("schedule")  # the first strategy with a schedule replaces the config's
+        if hooks:
+            return lambda step: hooks[0](step, cfg.max_steps)
         return build_schedule(cfg.schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr / cfg.lr)
 
     def _wrap(self) -> None:
@@ -200,9 +203,8 @@ class Trainer:
         last, train_time, tokens_done, fpt = None, 0.0, 0, None
         while state["step"] < cfg.max_steps and not self.should_stop:
             step = state["step"]
-            for s in self.strategies:
-                if callable(getattr(s, "on_step", None)):
-                    s.on_step(step)
+            for hook in self._hooks("on_step"):
+                hook(step)
             lr_mult = schedule(step)
             set_lr(self.optimizer, lr_mult)
             t0 = time.perf_counter()
@@ -213,9 +215,8 @@ class Trainer:
             if n_tokens:
                 epoch = state["tokens_seen"] // n_tokens
                 for e in range(state["epoch"] + 1, epoch + 1):
-                    for s in self.strategies:
-                        if callable(getattr(s, "on_epoch", None)):
-                            s.on_epoch(e)
+                    for hook in self._hooks("on_epoch"):
+                        hook(e)
                 state["epoch"] = epoch
                 if cfg.max_epochs is not None and state["tokens_seen"] >= cfg.max_epochs * n_tokens:
                     self.should_stop = True
@@ -252,32 +253,15 @@ class Trainer:
             with self._autocast():
                 return self.wrapped(**inputs)
 
-    def _my_rows(self) -> torch.Tensor | None:
-        """Rows of the global batch this rank trains on, micro-batch by micro-batch; None = all (one process)."""
-        cfg, env = self.config, self.env
-        if not env.enabled:
-            return None
-        B, W = cfg.batch_size, env.world_size
-        starts = (torch.arange(cfg.grad_accum) * W + env.rank) * B  # (k,) first row of each micro-batch
-        return (starts[:, None] + torch.arange(B)).reshape(-1)  # (k·B,)
-
     def _train_step(self, step: int) -> tuple[float, float | None, int]:
         """One optimizer step over the global batch; returns (mean loss, grad norm, tokens)."""
         cfg, env = self.config, self.env
         B, k, W = cfg.batch_size, cfg.grad_accum, env.world_size
-        rows = self._my_rows()  # a dataset used by one process only needs no rows= argument
-        batch = (self.train_data.sample_batch(B * k * W, self.generator) if rows is None else
-                 self.train_data.sample_batch(B * k * W, self.generator, rows=rows))  # this rank's k·B rows
-        _check_batch(batch, B * k, "sample_batch")
-        tokens_per_row = _row_tokens(batch)
-        self._seq_len = tokens_per_row
-        # One all-reduce per step; the int() is the one host sync the step already had.
-        count = int(dist.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum().to(self.device), env))
-        if count == 0:
-            raise DataError(f"The batch of step {step + 1} has no target tokens (every label is {IGNORE_INDEX}).")
+        batch = draw_batch(self.train_data, self.generator, B, k, env)  # this rank's k·B rows
+        tokens_per_row = self._seq_len = row_tokens(batch)
+        count = global_targets(batch, self.device, env, step)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i in range(k):
-            mb = {key: v[i * B:(i + 1) * B].to(self.device) for key, v in batch.items()}
+        for i, mb in enumerate(micro_batches(batch, B, self.device)):
             sync = not env.enabled or i == k - 1
             with nullcontext() if sync else self.wrapped.no_sync():
                 loss = self.loss_fn(self._forward(model_inputs(mb)), mb)
@@ -330,32 +314,9 @@ class Trainer:
         if data is None:
             raise DataError("evaluate() needs data: pass val_data to the Trainer or data= here.")
         n = (max_batches or self.config.eval_batches) * self.env.world_size  # per-rank batches, shared out
-        mine = (b for i, b in enumerate(data.iter_eval(self.config.batch_size, n))
-                if i % self.env.world_size == self.env.rank)
+        mine = rank_share(data.iter_eval(self.config.batch_size, n), self.env)
         sums = eval_sums(self._eval_model, mine, self.device, self._autocast, self.eval_loss_fn)
         return eval_metrics(dist.all_reduce_sum(sums, self.env))
-
-
-# Model inputs whose width is the sequence length (tokens per row, for throughput, MFU and epochs).
-_TOKEN_KEYS = ("input_ids", "tgt_ids")
-
-
-def _check_batch(batch: Any, rows: int, where: str) -> None:
-    if not isinstance(batch, dict) or "labels" not in batch:
-        raise DataError(f"{where} returned a {type(batch).__name__}; the Trainer needs a dict of tensors with a "
-                        "'labels' entry, e.g. {'input_ids': x, 'labels': y} (other keys go to the model).")
-    bad = {key: tuple(v.shape) for key, v in batch.items() if not isinstance(v, torch.Tensor) or v.shape[0] != rows}
-    if bad:
-        raise DataError(f"{where} must give {rows} rows in every entry; got shapes {bad}.")
-
-
-def _row_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens per row: the width of ``input_ids`` (or ``tgt_ids``), else of the labels (1 for class labels)."""
-    for key in _TOKEN_KEYS:
-        if key in batch and batch[key].dim() >= 2:
-            return batch[key].shape[1]
-    labels = batch["labels"]
-    return labels.shape[1] if labels.dim() >= 2 else 1
 
 
 __all__ = ["Trainer", "TrainConfig"]
