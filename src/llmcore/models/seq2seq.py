@@ -86,8 +86,9 @@ class Seq2SeqCache(KVCache):
     :meth:`reorder` (beam search) selects their rows together with the key/value buffers.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__(n_layers, batch_size, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.memory: torch.Tensor | None = None
         self.memory_mask: torch.Tensor | None = None
 
