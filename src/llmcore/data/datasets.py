@@ -192,7 +192,7 @@ class TokenDataset(torch.utils.data.Dataset):
         Window ``k`` covers tokens ``[k*T, (k+1)*T]``; this rank gets windows ``rank, rank + world_size, ...``
         in batches of ``batch_size`` (the last batch may be smaller, and ranks may get one batch fewer than
         others, so reduce loss sums and token counts once after the loop). The final ``< T`` targets are
-        dropped unless ``pad_last``, which adds them as one more window with ``y = -100`` (ignored by the loss)
+        dropped unless ``pad_last``, which adds them as one more window with labels ``IGNORE_INDEX`` (ignored by the loss)
         and ``x = 0`` beyond the data, so that every target token is scored exactly once. With
         ``max_batches`` smaller than the split, the windows are spread evenly over the whole split.
         """

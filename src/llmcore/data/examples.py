@@ -103,7 +103,7 @@ def collate_pad(
         sequences: B lists (or 1-D tensors) of ids.
         pad_id: the id written into padding (may be None only if no padding is needed).
         padding_side: ``"right"`` for training, ``"left"`` for batched generation.
-        label_pad: the label of padding positions (-100 is ignored by the loss).
+        label_pad: the label of padding positions (``IGNORE_INDEX``, -100, is ignored by the loss).
         labels: ``True`` returns labels = ``input_ids`` with padding set to ``label_pad``; a list of B label
             lists (each as long as its sequence) returns those padded with ``label_pad``. Labels are aligned
             with ``input_ids`` (not shifted); the loss does the shift.
