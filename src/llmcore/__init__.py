@@ -4,16 +4,9 @@ Tokenizers, Transformer modules, pretraining, fine-tuning and generation as smal
 their own; a thin Trainer wires them together. Importing this package has no side effects.
 """
 
+from . import errors
 from .config import ModelConfig
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    GenerationError,
-    LLMCoreError,
-    TokenizerError,
-    TrainingError,
-)
+from .errors import *  # noqa: F403 - every llmcore exception is public at the top level (errors.__all__)
 from .generation import GenerationConfig
 from .models import TransformerLM
 from .tokenizer import load_tokenizer
@@ -28,12 +21,6 @@ __all__ = [
     "load_tokenizer",
     "Trainer",
     "TrainConfig",
-    "LLMCoreError",
-    "ConfigError",
-    "DataError",
-    "TokenizerError",
-    "CheckpointError",
-    "GenerationError",
-    "TrainingError",
+    *errors.__all__,
     "__version__",
 ]

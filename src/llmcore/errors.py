@@ -33,18 +33,9 @@ class GenerationError(LLMCoreError, ValueError):
     """A generation request that cannot be served (prompt too long, incompatible options)."""
 
 
-__all__ = [
-    "LLMCoreError",
-    "ConfigError",
-    "DataError",
-    "TokenizerError",
-    "CheckpointError",
-    "GenerationError",
-]
-
-
 class TrainingError(LLMCoreError, RuntimeError):
     """A training run that cannot continue (non-finite loss or gradients); the last checkpoint stays valid."""
 
 
-__all__.append("TrainingError")
+__all__ = ["LLMCoreError", "ConfigError", "DataError", "TokenizerError", "CheckpointError", "GenerationError",
+           "TrainingError"]

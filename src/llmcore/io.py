@@ -1,6 +1,6 @@
 """Small file helpers shared by every layer: JSON and safetensors reads with one-line errors, atomic writes.
 
-Reading: a missing or corrupt file becomes the caller's :class:`LLMCoreError` subclass naming the path and
+Reading: a missing or corrupt file (:func:`read_json`) becomes the caller's :class:`LLMCoreError` subclass naming the path and
 what the file should be, never a bare ``FileNotFoundError`` / ``JSONDecodeError``. Writing goes through a
 temporary file and ``os.replace`` so a crash never leaves half a file.
 
@@ -45,6 +45,24 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[LLMC
         raise error(f"{p} holds a JSON {type(value).__name__}, but the {what} must be a JSON "
                     f"{'object' if expect is dict else expect.__name__}.")
     return value
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines log (``metrics.jsonl``), in order; ``[]`` when the file is missing.
+
+    A line that is not a JSON object is skipped: logs are read while they are written, and a run killed
+    mid-write leaves its last line cut short. (User data files are read strictly instead, with the line.)
+    """
+    p = Path(path)
+    records = []
+    for line in p.read_text(encoding="utf-8").splitlines() if p.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -100,6 +118,18 @@ def tied_duplicates(module: nn.Module) -> dict[str, str]:
     return dups
 
 
+def raise_mismatch(what: str, missing: list[str], wrong: list[str], unexpected: list[str], hint: str) -> None:
+    """CheckpointError ``"The <what>: N missing tensors (e.g. ...); ... <hint>"``, unless all three are empty.
+
+    One report for every tensor check (model loading here, the converters' ``StateReader``), listing all
+    three kinds of problem at once rather than the first.
+    """
+    parts = [f"{len(names)} {kind} (e.g. {names[:3]})" for kind, names in
+             (("missing tensors", missing), ("shape mismatches", wrong), ("unexpected tensors", unexpected)) if names]
+    if parts:
+        raise CheckpointError(f"The {what}: {'; '.join(parts)}. {hint}")
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Copy ``state`` into ``model`` after checking names and shapes; mismatches raise CheckpointError."""
     dups = tied_duplicates(model)
@@ -108,20 +138,10 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     unexpected = sorted(set(state) - set(expected) - set(dups))
     wrong = [f"{k}: {tuple(state[k].shape)} in {source} vs {tuple(v.shape)} in model"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"shape mismatches: {wrong[:3]}")
-        raise CheckpointError(
-            f"The {source} does not match the model config: {'; '.join(parts)}. "
-            "Check that config.json belongs to these weights."
-        )
+    raise_mismatch(f"{source} does not match the model config", missing, wrong, unexpected,
+                   "Check that config.json belongs to these weights.")
     model.load_state_dict({k: v for k, v in state.items() if k not in dups}, strict=False)
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_json", "atomic_write_json", "save_safetensors",
-           "read_state_dict", "tied_duplicates", "load_state_dict_checked"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_json", "read_jsonl", "atomic_write_json",
+           "save_safetensors", "read_state_dict", "tied_duplicates", "raise_mismatch", "load_state_dict_checked"]

@@ -19,7 +19,6 @@ fallback after DejaVu Sans; without one a warning says which package to install.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError, LLMCoreError
+from .io import read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 # Installed-font names tried in order for CJK text (Linux packages: fonts-noto-cjk, fonts-wqy-zenhei, ...).
@@ -63,14 +63,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"No {METRICS_FILE} in {Path(run_dir)}; point at a run directory written by "
                         "`llmcore train --out DIR` (or a Trainer with out_dir set).")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            records.append(rec)
+    records = [r for r in read_jsonl(path) if "step" in r]
     if not any("train_loss" in r or "val_loss" in r for r in records):
         raise DataError(f"{path} has no train_loss or val_loss records yet; train for at least log_interval "
                         "steps, then plot.")

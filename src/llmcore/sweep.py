@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config import parse_assignment, parse_value
 from .errors import ConfigError, TrainingError
+from .io import read_json, read_jsonl
 
 logger = logging.getLogger("llmcore.sweep")
 
@@ -138,12 +140,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     """Summary of a run directory from its ``metrics.jsonl`` (works for finished and interrupted runs)."""
     run_dir = Path(run_dir)
     train, val = [], []
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in read_jsonl(run_dir / "metrics.jsonl"):
         if "val_loss" in rec:
             val.append(rec)
         elif "train_loss" in rec:
@@ -151,7 +148,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     best = min(val, key=lambda r: r["val_loss"]) if val else None
     steps = max((r.get("step", 0) for r in train + val), default=0)
     cfg_path = run_dir / "train_config.json"
-    max_steps = json.loads(cfg_path.read_text(encoding="utf-8")).get("max_steps") if cfg_path.is_file() else None
+    max_steps = read_json(cfg_path, "run's TrainConfig").get("max_steps") if cfg_path.is_file() else None
     return {"best_val_loss": best and best["val_loss"], "best_step": best and best["step"],
             "final_val_loss": val[-1]["val_loss"] if val else None,
             "final_train_loss": train[-1]["train_loss"] if train else None, "steps": steps,
@@ -235,7 +232,7 @@ def sweep(base_args: dict[str, Any], grid: dict[str, list[Any]], out_dir: str | 
         run_dir = config.out
         done = run_dir / RESULT_FILE
         if done.is_file():
-            row = {**json.loads(done.read_text(encoding="utf-8")), "status": "skipped"}
+            row = {**read_json(done, "result of a finished sweep run"), "status": "skipped"}
             logger.info("[%d/%d] %s: already complete, skipped", i, len(plan), run_dir.name)
         else:
             config.resume = latest_checkpoint(run_dir) is not None
@@ -265,21 +262,11 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``["lr=1e-3,3e-3", "n_layers=2,4"]`` -> ``{"lr": [0.001, 0.003], "n_layers": [2, 4]}``."""
     grid: dict[str, list[Any]] = {}
     for item in items:
-        key, sep, values = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key or not values.strip():
-            raise ConfigError(f"--grid {item!r} is not KEY=V1,V2,..., e.g. --grid lr=1e-3,3e-3.")
+        key, values = parse_assignment(item, "--grid", "lr=1e-3,3e-3 (KEY=V1,V2,...)")
         if key in grid:
             raise ConfigError(f"--grid {key} is given twice; list all its values once: --grid {key}=V1,V2.")
-        grid[key] = [_parse_value(v.strip()) for v in values.split(",")]
+        grid[key] = [parse_value(v.strip()) for v in values.split(",")]
     return grid
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 __all__ = ["sweep", "run_config", "points", "run_name", "read_results", "write_csv", "format_table", "parse_grid"]

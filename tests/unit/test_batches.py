@@ -8,6 +8,7 @@ import torch
 
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import OnTheFlyTextDataset, TokenDataset
+from llmcore.errors import DataError
 from llmcore.finetune import ClassificationDataset, GradualUnfreeze, PairDataset
 from llmcore.inputs import IGNORE_INDEX
 from llmcore.tokenizer import ByteTokenizer, CharTokenizer
@@ -152,3 +153,21 @@ def test_gradual_unfreeze_interrupted_and_resumed_equals_uninterrupted(tmp_path)
     for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(p, q), n
         assert p.requires_grad == q.requires_grad, n
+
+
+def test_rank_rows_partition_the_global_batch():
+    from llmcore.training.batches import check_batch, rank_rows, row_tokens
+    from llmcore.training.distributed import DistEnv
+
+    B, k, W = 4, 2, 3
+    assert rank_rows(B, k, DistEnv()) is None  # one process builds every row
+    rows = [rank_rows(B, k, DistEnv(rank=r, world_size=W)) for r in range(W)]
+    assert sorted(torch.cat(rows).tolist()) == list(range(B * k * W))  # each row on exactly one rank
+    # micro-batch i of rank r is the slice [(i·W + r)·B, ... + B)
+    assert rows[1].tolist() == [4, 5, 6, 7, 16, 17, 18, 19]
+    batch = {"input_ids": torch.zeros(8, 5, dtype=torch.long), "labels": torch.zeros(8, 5, dtype=torch.long)}
+    assert row_tokens(batch) == 5 and row_tokens({"labels": torch.zeros(8)}) == 1
+    with pytest.raises(DataError, match=r"must give 6 rows.*'input_ids': \(8, 5\)"):
+        check_batch(batch, 6, "sample_batch")
+    with pytest.raises(DataError, match="needs a dict of tensors with a 'labels' entry"):
+        check_batch((batch["input_ids"], batch["labels"]), 8, "sample_batch")

@@ -51,7 +51,7 @@ def test_unknown_keys_and_presets_rejected(tmp_path):
         ModelConfig.from_preset("gpt5")
     bad = tmp_path / "c.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="Cannot parse"):
+    with pytest.raises(ConfigError, match="not valid UTF-8 JSON"):
         ModelConfig.from_json(bad)
     assert isinstance(ConfigError("x"), ValueError)
     json.loads(ModelConfig().to_json())

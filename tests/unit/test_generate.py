@@ -439,7 +439,7 @@ def test_beam_search_reorders_the_cache():
     (dict(top_k=-1), ConfigError, "top_k"),
     (dict(early_stopping="sometimes"), ConfigError, "early_stopping"),
     (dict(num_beams=2, num_return_sequences=3), ConfigError, "num_return_sequences"),
-    (dict(max_new_token=5), ConfigError, "Unknown generation options"),
+    (dict(max_new_token=5), ConfigError, "Unknown GenerationConfig options"),
 ])
 def test_bad_options(lm, kw, err, match):
     with pytest.raises(err, match=match):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llmcore import ModelConfig
-from llmcore.errors import CheckpointError, DataError
+from llmcore.errors import CheckpointError, ConfigError, DataError
 from llmcore.models.seq2seq import Seq2SeqCache, Seq2SeqConfig, Seq2SeqTransformer, shift_targets
 
 PAD, BOS, EOS = 0, 1, 2
@@ -195,3 +195,47 @@ def test_save_load_round_trip(tmp_path, share, tie):
 
     with pytest.raises(CheckpointError, match="Seq2SeqTransformer"):
         TransformerLM.from_pretrained(tmp_path)
+
+
+# config.json exactly as the code before Seq2SeqConfig.decoder_start_token_id wrote it (Seq2SeqTransformer of
+# ModelConfig(vocab_size=40, max_seq_len=16, d_model=16, n_layers=1, n_heads=2, extra={...}), save_pretrained):
+# the decoder start id and share_embeddings lived in ``extra``.
+OLD_CONFIG_JSON = """{
+  "architecture": "Seq2SeqTransformer",
+  "config": {
+    "activation": "gelu", "bias": true, "d_ff": 64, "d_model": 16, "dropout": 0.0,
+    "extra": {"decoder_start_token_id": 3, "share_embeddings": false, "translation": {"tgt_lang_tag": "<2zh>"}},
+    "init_std": 0.02, "max_seq_len": 16, "multiple_of": 64, "n_encoder_layers": 1, "n_heads": 2,
+    "n_kv_heads": 2, "n_layers": 1, "norm": "layernorm", "norm_eps": 1e-05, "pos_encoding": "learned",
+    "rope_theta": 10000.0, "share_embeddings": false, "tie_embeddings": true, "vocab_size": 40
+  },
+  "format": "llmcore"
+}"""
+
+
+def test_old_config_json_with_settings_in_extra_loads(tmp_path):
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=40, max_seq_len=16, d_model=16, n_layers=1, n_heads=2,
+                                             share_embeddings=False)).eval()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(OLD_CONFIG_JSON, encoding="utf-8")
+    loaded = Seq2SeqTransformer.from_pretrained(tmp_path)
+    cfg = loaded.config
+    assert (cfg.decoder_start_token_id, cfg.share_embeddings) == (3, False)
+    assert cfg.extra == {"translation": {"tgt_lang_tag": "<2zh>"}}  # what is not a field stays where it was
+    assert loaded.src_embeddings.weight is not loaded.tgt_embeddings.weight
+    src = torch.tensor([[5, 6, 7, 2]])
+    out = loaded.generate(src, max_new_tokens=3, eos_token_id=[])  # starts from the saved decoder start id
+    assert out[0, 0].item() == 3 and out.shape == (1, 4)
+    torch.testing.assert_close(loaded(out, src_ids=src), model(out, src_ids=src), rtol=0, atol=0)
+    # Saved again, the settings are fields; the new file loads to the same config.
+    loaded.save_pretrained(tmp_path / "again")
+    assert Seq2SeqTransformer.from_pretrained(tmp_path / "again").config == cfg
+
+
+def test_decoder_start_token_id_is_validated():
+    with pytest.raises(ConfigError, match=r"decoder_start_token_id=40 is invalid.*vocab_size=40"):
+        Seq2SeqConfig(vocab_size=40, d_model=16, n_heads=2, decoder_start_token_id=40)
+    model = tiny()
+    with pytest.raises(DataError, match="decoder_start_ids"):
+        model.generate(torch.tensor([[5, 6]]), max_new_tokens=1)

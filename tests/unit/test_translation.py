@@ -13,7 +13,7 @@ import torch
 
 from llmcore import ModelConfig
 from llmcore.cli import main
-from llmcore.errors import DataError, TokenizerError
+from llmcore.errors import ConfigError, DataError, TokenizerError
 from llmcore.inputs import IGNORE_INDEX
 from llmcore.models.lstm import LSTMLM
 from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
@@ -140,6 +140,17 @@ def test_translator_errors_and_truncation(tok):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(Translator(lm, tok).translate(["hello", "good night"], num_beams=2, max_new_tokens=4)) == 2
+
+
+@pytest.mark.parametrize("saved, match", [
+    ({"tgt_tag": "<2zh>"}, r"unknown key 'tgt_tag'.*src_lang_tag, tgt_lang_tag, template"),
+    ({"template": 3}, r"template=3 is not a string"),
+    ("<2zh>", "not a dict"),
+])
+def test_saved_translation_settings_are_checked(tok, saved, match):
+    lm = TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, extra={"translation": saved}))
+    with pytest.raises(ConfigError, match=match):
+        Translator(lm, tok)
 
 
 def test_lstm_translator_batched_equals_one_at_a_time_and_reloads(tok, tmp_path):

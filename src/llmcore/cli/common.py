@@ -16,13 +16,13 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
-import json
 import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from ..config import parse_assignment, parse_value
 from ..errors import CheckpointError, ConfigError
 
 PLUGIN_GROUP = "llmcore.plugins"  # importlib.metadata entry-point group loaded by model commands
@@ -154,22 +154,8 @@ def given(args: argparse.Namespace, cls: type, fields: list[str] | None = None,
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """``["dropout=0.1", "warmup_steps=50"]`` -> ``{"dropout": 0.1, "warmup_steps": 50}`` (JSON values)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE, e.g. --set dropout=0.1.")
-        out[key] = parse_value(value)
-    return out
-
-
-def parse_value(text: str) -> Any:
-    """JSON when it parses (numbers, true/false/null, lists), else the plain string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    pairs = (parse_assignment(item, "--set", "dropout=0.1") for item in items or [])
+    return {key: parse_value(value) for key, value in pairs}
 
 
 def add_set_arg(parser: argparse.ArgumentParser) -> None:

@@ -13,19 +13,16 @@ from pathlib import Path
 from ..errors import CheckpointError
 from .common import add_model_command
 
-CONFIG_NAME = "config.json"
-
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import read_json
+    from ..io import CONFIG_NAME, read_json
     from ..models.hf import save_hf
+    from ..models.pretrained import read_model_dir
     from .common import load_model_dir
 
     src, dst = Path(args.src), Path(args.dst)
-    if not src.is_dir():
-        raise CheckpointError(f"Model directory {src} does not exist; pass a directory written by save_pretrained.")
-    model = load_model_dir(src)  # raises CheckpointError for a bad SRC
-    src_format = "llmcore" if read_json(src / CONFIG_NAME, "model config", CheckpointError).get("format") == "llmcore" else "hf"
+    _, _, src_format = read_model_dir(src)  # CheckpointError for a bad SRC
+    model = load_model_dir(src)
     to = args.to or ("hf" if src_format == "llmcore" else "llmcore")
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"DST {dst} is SRC; write the converted model to another directory.")

@@ -11,9 +11,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import check_field, is_int
 from ..errors import DataError
 from ..generation.config import GenerationConfig
-from ..training.trainer import TrainConfig
+from ..training.config import TrainConfig
 from .common import add_dataclass_args, add_model_command, given, make_config
 
 
@@ -27,6 +28,9 @@ class EvalConfig:
     src_col: str = "en"  # translate: source column of --data
     tgt_col: str = "zh"  # translate: reference column of --data
     bleu_tokenize: str = "zh"  # translate: sacrebleu tokenizer
+
+    def __post_init__(self) -> None:  # the split is checked by the translation data loader, where it is known
+        check_field(self, "max_batches", lambda v: v is None or is_int(v, 1), "None or a positive integer")
 
 
 EVAL_HELP = {"max_batches": "stop after N batches (default: all)",

@@ -22,8 +22,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ..training.config import TrainConfig
 from ..training.run import RunConfig, split_overrides
-from ..training.trainer import TrainConfig
 from .common import (
     add_dataclass_args,
     add_model_command,
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from ..finetune.lora import save_adapter
     from ..finetune.pairs import PairDataset, read_pairs
     from ..finetune.strategies import layer_groups
+    from ..io import CONFIG_NAME, WEIGHTS_NAME
     from ..models.classifier import SequenceClassifier
     from ..modules import num_parameters
     from ..tokenizer import load_tokenizer
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     if args.strategy == "lora":
         # The checkpointer saved the LoRA-wrapped model whole; no command could load it as a base model, so
         # the run directory keeps the adapter (plus the checkpoints that --resume needs) instead.
-        for name in ("config.json", "model.safetensors"):
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
             (out / name).unlink(missing_ok=True)
         save_adapter(model, out, strategies[0], extra={"base_model": str(model_dir), "task": args.task})
     report = {"task": args.task, "strategy": args.strategy, "base_model": str(model_dir),

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import GenerationError
 from ..generation.config import GenerationConfig
-from ..training.trainer import TrainConfig
+from ..training.config import TrainConfig
 from .common import add_dataclass_args, add_model_command, field_default, given, make_config
 
 SAMPLING = ("temperature", "top_k", "top_p", "min_p")  # giving any of them means "sample"

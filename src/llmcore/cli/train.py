@@ -15,9 +15,9 @@ import argparse
 import logging
 from typing import Any
 
+from ..training.config import TrainConfig
 from ..training.run import RunConfig, split_overrides
-from ..training.trainer import TrainConfig
-from .common import add_dataclass_args, add_model_command, add_set_arg, given, parse_sets
+from .common import add_dataclass_args, add_model_command, add_set_arg, given, make_config, parse_sets
 
 RUN_FLAGS = ["data", "tokenizer", "vocab_size", "val_fraction", "preset", "arch"]  # RunConfig fields
 TRAIN_FLAGS = ["max_steps", "batch_size", "grad_accum", "lr", "eval_interval", "patience", "seed", "device",
@@ -45,7 +45,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     flat = overrides_from_args(args)
     run = {k: flat.pop(k) for k in RUN_FLAGS if k in flat}
     model, train = split_overrides(flat)
-    return RunConfig(**run, model=model, train=train, out_dir=args.out, resume=args.resume)
+    return make_config(RunConfig, {**run, "model": model, "train": train, "out_dir": args.out, "resume": args.resume})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..generation.config import GenerationConfig
-from ..training.trainer import TrainConfig
+from ..training.config import TrainConfig
 from .common import add_dataclass_args, add_model_command, given, make_config
 
 DECODING = ["num_beams", "no_repeat_ngram_size"]  # GenerationConfig fields the translator takes

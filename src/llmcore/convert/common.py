@@ -1,4 +1,5 @@
-"""Helpers shared by the per-family converters: a strict tensor reader and HF provenance in ``config.extra``.
+"""Helpers shared by the per-family converters: a strict tensor reader, HF provenance in ``config.extra`` and
+the check of which layout a config can be exported to.
 
 Nothing here knows a model family. :class:`StateReader` is the "check shapes before copying" rule of
 nanoGPT's ``from_pretrained``, extended to report every missing, misshapen and unexpected tensor at once.
@@ -14,6 +15,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..io import raise_mismatch
 
 # Special token ids kept in ModelConfig.extra so an exported config.json carries them back to HF.
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -60,15 +62,7 @@ class StateReader:
         """Raise CheckpointError if anything was missing, misshapen or left over; ``hint`` says what to do."""
         unexpected = sorted(k for k in self.state if k not in self.used
                             and not any(p.search(k) for p in self.ignore))
-        parts = []
-        if self.missing:
-            parts.append(f"{len(self.missing)} missing tensors (e.g. {self.missing[:3]})")
-        if self.wrong:
-            parts.append(f"{len(self.wrong)} shape mismatches (e.g. {self.wrong[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:3]})")
-        if parts:
-            raise CheckpointError(f"The {self.source} does not match its config: {'; '.join(parts)}. {hint}")
+        raise_mismatch(f"{self.source} does not match its config", self.missing, self.wrong, unexpected, hint)
 
 
 def zeros_like_rows(weight: torch.Tensor) -> torch.Tensor:
@@ -136,3 +130,16 @@ def llmcore_reader(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> St
     """A reader over an llmcore TransformerLM state dict (the tied head copy, if present, is skipped)."""
     ignore = [r"^lm_head\.weight$"] if config.tie_embeddings else []
     return StateReader(state, "llmcore state dict", ignore=ignore)
+
+
+def layout_problems(config: ModelConfig, family: str, needs: Mapping[str, Any]) -> list[str]:
+    """``"norm='layernorm' (Llama needs 'rmsnorm')"`` for every field of ``config`` that ``family``'s layout
+    cannot hold; ``needs`` maps a field to the value it must have, or to a list of the values allowed."""
+    problems = []
+    for name, want in needs.items():
+        value = getattr(config, name)
+        allowed = want if isinstance(want, (list, tuple)) else [want]
+        if value not in allowed:
+            shown = f"one of {list(want)}" if isinstance(want, (list, tuple)) else repr(want)
+            problems.append(f"{name}={value!r} ({family} needs {shown})")
+    return problems

@@ -22,6 +22,7 @@ from .common import (
     StateReader,
     export_common,
     export_dropout,
+    layout_problems,
     llmcore_reader,
     provenance,
     require,
@@ -97,13 +98,8 @@ def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]) -> tup
 
 def export_problems(config: ModelConfig) -> list[str]:
     """Why ``config`` cannot be written as GPT-2 (empty when it can)."""
-    problems = []
-    if config.pos_encoding != "learned":
-        problems.append(f"pos_encoding={config.pos_encoding!r} (GPT-2 needs 'learned')")
-    if config.norm != "layernorm":
-        problems.append(f"norm={config.norm!r} (GPT-2 needs 'layernorm')")
-    if config.activation not in ACT_TO_HF:
-        problems.append(f"activation={config.activation!r} (GPT-2 needs one of {sorted(ACT_TO_HF)})")
+    problems = layout_problems(config, "GPT-2", {"pos_encoding": "learned", "norm": "layernorm",
+                                                 "activation": sorted(ACT_TO_HF)})
     if config.n_kv_heads != config.n_heads:
         problems.append(f"n_kv_heads={config.n_kv_heads} != n_heads={config.n_heads} (GPT-2 has no GQA)")
     return problems

@@ -28,6 +28,7 @@ from .common import (
     export_common,
     export_dropout,
     is_zero,
+    layout_problems,
     llmcore_reader,
     provenance,
     require,
@@ -143,14 +144,7 @@ def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]) -> tup
 
 def export_problems(config: ModelConfig) -> list[str]:
     """Why ``config`` cannot be written in the Llama layout (empty when it can)."""
-    problems = []
-    if config.pos_encoding != "rope":
-        problems.append(f"pos_encoding={config.pos_encoding!r} (Llama needs 'rope')")
-    if config.norm != "rmsnorm":
-        problems.append(f"norm={config.norm!r} (Llama needs 'rmsnorm')")
-    if config.activation != "swiglu":
-        problems.append(f"activation={config.activation!r} (Llama needs 'swiglu')")
-    return problems
+    return layout_problems(config, "Llama", {"pos_encoding": "rope", "norm": "rmsnorm", "activation": "swiglu"})
 
 
 def _export_type(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> str:

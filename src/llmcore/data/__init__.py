@@ -3,12 +3,16 @@
 - :mod:`~llmcore.data.corpora` — UTF-8 / gzip files and directories as text; the bundled Shakespeare.
 - :mod:`~llmcore.data.shards` — :func:`prepare` (text -> ``train.bin``/``val.bin``/``meta.json``, in parallel,
   flat memory) and :func:`build_tokenizer` (``"char"``, ``"byte"``, ``"sp"`` or a directory).
-- :mod:`~llmcore.data.datasets` — :class:`TokenDataset` (random and sequential windows),
-  :class:`OnTheFlyTextDataset` (re-tokenized with subword sampling) and :func:`collate_pad`.
+- :mod:`~llmcore.data.datasets` — :class:`TokenDataset` (random and sequential windows) and
+  :class:`OnTheFlyTextDataset` (re-tokenized with subword sampling).
+- :mod:`~llmcore.data.examples` — :class:`ExampleDataset` (the base of pair / classification / seq2seq
+  datasets, with length bucketing) and :func:`collate_pad`.
 """
 
+from ..inputs import IGNORE_INDEX
 from .corpora import bundled_corpus_path, read_text, resolve_paths
-from .datasets import IGNORE_INDEX, ExampleDataset, OnTheFlyTextDataset, TokenDataset, collate_pad
+from .datasets import OnTheFlyTextDataset, TokenDataset
+from .examples import ExampleDataset, collate_pad
 from .shards import build_tokenizer, choose_dtype, load_meta, prepare
 
 __all__ = [

@@ -1,11 +1,10 @@
-"""Torch-facing datasets over prepared token files, plus a padding collate helper.
+"""Torch-facing datasets of token streams: windows of prepared token files, and of re-tokenized raw text.
 
 - :class:`TokenDataset` — nanoGPT's ``get_batch`` as an object: random ``block_size`` windows from a flat id
   file (``np.memmap``) for training, and sequential non-overlapping windows for evaluation.
 - :class:`OnTheFlyTextDataset` — the same ``sample_batch`` interface over raw text, re-tokenized at every draw
   with subword sampling (``tokenizer.encode(span, sample=True)``), so each epoch sees new segmentations
   (subword regularisation, Kudo 2018, arXiv:1804.10959; BPE-dropout, arXiv:1910.13267).
-- :func:`collate_pad` — lists of id lists -> padded ``input_ids``, ``attention_mask`` (and labels).
 
 Every dataset gives the Trainer dict batches (``{"input_ids": (B, T), "labels": (B, T)}`` here): ``labels`` is
 what the loss reads and every other entry is a keyword of the model call. ``sample_batch(n, generator,
@@ -13,7 +12,8 @@ rows=None)`` builds only the rows ``rows`` of the ``n``-row batch the generator 
 exactly as for the whole batch, so each data-parallel rank builds only its own rows. Token ids are checked
 once, where they enter (construction), against ``vocab_size``: models do not check them in ``forward``.
 
-Pairs for fine-tuning (source -> target with masked prompt labels) live with the fine-tuning code, not here.
+Datasets of separate, variable-length examples (padding, bucketing) are in :mod:`llmcore.data.examples`; the
+pairs for fine-tuning (source -> target with masked prompt labels) live with the fine-tuning code.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,13 +45,6 @@ def check_ids_in_vocab(max_id: int, min_id: int, vocab_size: int | None, what: s
         raise DataError(f"Token id {bad} in {what} is outside the vocabulary [0, {vocab_size}); the data was "
                         "tokenized with another tokenizer than the model's: re-tokenize it (`llmcore prepare`) "
                         "with the model's tokenizer, or pass the matching vocab_size.")
-
-
-def _id_rows(rows: Sequence[Sequence[int]], vocab_size: int | None, what: str) -> None:
-    """:func:`check_ids_in_vocab` over lists of ids."""
-    ids = [i for row in rows for i in row]
-    if ids:
-        check_ids_in_vocab(max(ids), min(ids), vocab_size, what)
 
 
 def _pick(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -199,7 +192,7 @@ class TokenDataset(torch.utils.data.Dataset):
         Window ``k`` covers tokens ``[k*T, (k+1)*T]``; this rank gets windows ``rank, rank + world_size, ...``
         in batches of ``batch_size`` (the last batch may be smaller, and ranks may get one batch fewer than
         others, so reduce loss sums and token counts once after the loop). The final ``< T`` targets are
-        dropped unless ``pad_last``, which adds them as one more window with ``y = -100`` (ignored by the loss)
+        dropped unless ``pad_last``, which adds them as one more window with labels ``IGNORE_INDEX`` (ignored by the loss)
         and ``x = 0`` beyond the data, so that every target token is scored exactly once. With
         ``max_batches`` smaller than the split, the windows are spread evenly over the whole split.
         """
@@ -237,68 +230,6 @@ class TokenDataset(torch.utils.data.Dataset):
         n = self.num_full_windows + int(pad_last and (self.num_tokens - 1) % self.block_size > 0)
         mine = len(range(self.rank, n, self.world_size))
         return math.ceil(mine / batch_size)
-
-
-class ExampleDataset:
-    """Batches over a list of examples for the Trainer: subclasses define ``__len__`` and
-    ``collate(indices, batch=None)``, which builds the dict batch of examples ``indices`` padded as the batch
-    of examples ``batch`` (default: ``indices`` themselves) would be, so a subset of rows equals those rows of
-    the whole batch.
-
-    ``sample_batch`` draws examples with replacement from ``generator`` (reproducible); ``iter_eval`` visits
-    every example once, in order. Pair, classification and seq2seq datasets share this.
-
-    Length bucketing (``bucket = k > 1``, for subclasses that define ``example_length(i)``, the tokens of
-    example ``i``): draw ``k·B`` examples, sort them by length, cut them into ``k`` slices of ``B`` and return
-    one slice, chosen with probability proportional to the tokens it holds. A batch then holds examples of similar length and pads
-    far less, and the expected gradient is still the per-token mean over the drawn examples, the quantity the
-    Trainer's per-token loss estimates with plain random batches. (Choosing the slice uniformly instead, as
-    a length-grouped sampler does, gives the few tokens of a short-sentence batch a whole optimizer step and
-    so over-weights short examples.) Batches are correlated by length, so keep ``k`` modest (4-16).
-    """
-
-    _bucket: int = 1
-
-    @property
-    def bucket(self) -> int:
-        """Length-bucketing factor ``k`` of :meth:`sample_batch` (1 = plain random batches)."""
-        return self._bucket
-
-    @bucket.setter
-    def bucket(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise DataError(f"bucket={k!r} must be an integer >= 1 (1 turns length bucketing off).")
-        if k > 1 and not callable(getattr(self, "example_length", None)):
-            raise DataError(f"{type(self).__name__} defines no example_length, so it cannot bucket by length; "
-                            "use bucket=1.")
-        self._bucket = k
-
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None,
-                     rows: torch.Tensor | None = None) -> Batch:
-        """A random batch (with replacement), drawn with ``generator`` for reproducibility.
-
-        ``rows`` (row indices into the ``batch_size`` drawn) builds only those rows, padded to the width of the
-        whole batch, so they equal the same rows of the full batch; the generator advances as for all rows.
-        """
-        k = self.bucket
-        indices = torch.randint(len(self), (batch_size * k,), generator=generator).tolist()
-        if k > 1:  # only then draw the slice, so bucket=1 consumes the generator exactly as before
-            indices.sort(key=self.example_length)
-            tokens = torch.tensor([self.example_length(i) for i in indices], dtype=torch.float64)
-            mass = tokens.view(k, batch_size).sum(1)  # (k,) tokens per slice
-            j = int(torch.multinomial(mass, 1, generator=generator))
-            indices = indices[j * batch_size:(j + 1) * batch_size]
-        if rows is None:
-            return self.collate(indices)
-        return self.collate([indices[r] for r in rows.tolist()], batch=indices)
-
-    def iter_eval(self, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
-        """Every example once, in order (the last batch may be smaller), up to ``max_batches`` batches."""
-        n = len(self)
-        for b, start in enumerate(range(0, n, batch_size)):
-            if max_batches is not None and b >= max_batches:
-                return
-            yield self.collate(range(start, min(start + batch_size, n)))
 
 
 class OnTheFlyTextDataset:
@@ -369,63 +300,4 @@ class OnTheFlyTextDataset:
         return {"input_ids": _to_device(x, device), "labels": _to_device(y, device)}
 
 
-def collate_pad(
-    sequences: Sequence[Sequence[int]],
-    pad_id: int | None,
-    padding_side: Literal["left", "right"] = "right",
-    label_pad: int = IGNORE_INDEX,
-    labels: bool | Sequence[Sequence[int]] = False,
-    width: int | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """Pad id lists to one (B, T) batch, T = the longest sequence (or ``width``, if that is larger).
-
-    Args:
-        sequences: B lists (or 1-D tensors) of ids.
-        pad_id: the id written into padding (may be None only if no padding is needed).
-        padding_side: ``"right"`` for training, ``"left"`` for batched generation.
-        label_pad: the label of padding positions (-100 is ignored by the loss).
-        labels: ``True`` returns labels = ``input_ids`` with padding set to ``label_pad``; a list of B label
-            lists (each as long as its sequence) returns those padded with ``label_pad``. Labels are aligned
-            with ``input_ids`` (not shifted); the loss does the shift.
-        width: pad to at least this many columns (rows of a larger batch padded as that batch is).
-
-    Returns:
-        ``(input_ids, attention_mask)`` or ``(input_ids, attention_mask, labels)``, all LongTensors (B, T);
-        the mask is 1 on real tokens and 0 on padding.
-    """
-    if padding_side not in ("left", "right"):
-        raise DataError(f"padding_side={padding_side!r} is not one of 'left', 'right'")
-    seqs = [s.tolist() if hasattr(s, "tolist") else list(s) for s in sequences]
-    if not seqs:
-        raise DataError("collate_pad() got no sequences; pass at least one list of ids")
-    lengths = [len(s) for s in seqs]
-    width = max(max(lengths), width or 0)
-    if pad_id is None and min(lengths) < width:
-        raise DataError("sequences of different lengths need a pad_id; use a tokenizer with a pad token "
-                        "or pass pad_id explicitly")
-    label_rows: list[list[int]] | None = None
-    if labels is True:
-        label_rows = seqs
-    elif labels is not False:
-        label_rows = [s.tolist() if hasattr(s, "tolist") else list(s) for s in labels]
-        bad = [i for i, (a, b) in enumerate(zip(seqs, label_rows)) if len(a) != len(b)]
-        if len(label_rows) != len(seqs) or bad:
-            raise DataError(f"labels must match the sequences one to one in length; mismatch at rows {bad[:5]} "
-                            f"({len(label_rows)} label rows for {len(seqs)} sequences)")
-
-    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
-        out = torch.full((len(rows), width), value, dtype=torch.long)  # (B, T)
-        for i, row in enumerate(rows):
-            if row:
-                sl = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
-                out[i, sl] = torch.tensor(row, dtype=torch.long)
-        return out
-
-    input_ids = pad(seqs, pad_id if pad_id is not None else 0)
-    mask = pad([[1] * n for n in lengths], 0)
-    if label_rows is None:
-        return input_ids, mask
-    return input_ids, mask, pad(label_rows, label_pad)
-
-
-__all__ = ["IGNORE_INDEX", "ExampleDataset", "OnTheFlyTextDataset", "TokenDataset", "check_ids_in_vocab", "collate_pad"]
+__all__ = ["OnTheFlyTextDataset", "TokenDataset", "check_ids_in_vocab"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.datasets import ExampleDataset, check_ids_in_vocab, collate_pad
+from ..data.examples import ExampleDataset, check_rows_in_vocab, collate_pad
 from ..errors import DataError
 from ..modules import eval_mode
 
@@ -62,9 +62,8 @@ class ClassificationDataset(ExampleDataset):
         empty = next((i for i, s in enumerate(self.ids) if not s), None)
         if empty is not None:
             raise DataError(f"Text {empty} encodes to no tokens; remove empty texts.")
-        flat = [i for row in self.ids for i in row] + [self.pad_id]
-        check_ids_in_vocab(max(flat), min(flat), vocab_size if vocab_size is not None else tokenizer.vocab_size,
-                           "the encoded texts")
+        check_rows_in_vocab([*self.ids, [self.pad_id]], vocab_size if vocab_size is not None else tokenizer.vocab_size,
+                            "the encoded texts")
 
     @property
     def num_tokens(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..data.datasets import ExampleDataset, check_ids_in_vocab, collate_pad
+from ..data.examples import ExampleDataset, check_rows_in_vocab, collate_pad
 from ..errors import ConfigError, DataError, TokenizerError
 from ..inputs import IGNORE_INDEX
 from ..tokenizer import language_tag_id
@@ -183,9 +183,8 @@ class PairDataset(ExampleDataset):
                           stacklevel=2)
         if not self.ids:
             raise DataError(f"No example fits max_len={max_len}; raise max_len.")
-        top = max(max(row) for row in self.ids)
-        check_ids_in_vocab(max(top, self.pad_id), min(min(row) for row in self.ids),
-                           vocab_size if vocab_size is not None else tokenizer.vocab_size, "the encoded pairs")
+        check_rows_in_vocab([*self.ids, [] if self.pad_id is None else [self.pad_id]],
+                            vocab_size if vocab_size is not None else tokenizer.vocab_size, "the encoded pairs")
         self.bucket = bucket
 
     def __len__(self) -> int:

@@ -34,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..modules import num_parameters
 
 Predicate = Callable[[str, nn.Parameter], bool]
 # A layer-group spec: {label: [name prefixes]} or [[name prefixes], ...], bottom -> top.
@@ -47,20 +48,16 @@ def set_trainable(model: nn.Module, predicate: Predicate) -> int:
     Frozen parameters also lose any stale ``.grad`` so optimizers skip them. Tied parameters appear once,
     under their first name (e.g. ``tok_embeddings.weight`` for a head tied to the embedding).
     """
-    n = 0
     for name, p in model.named_parameters():
         train = bool(predicate(name, p))
         p.requires_grad_(train)
-        if train:
-            n += p.numel()
-        else:
+        if not train:
             p.grad = None
-    return n
+    return num_parameters(model, trainable_only=True)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameter elements (tied weights count once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+# The name fine-tuning code has used for :func:`llmcore.modules.num_parameters`: the same function, one counter.
+count_parameters = num_parameters
 
 
 def name_matches(name: str, pattern: str) -> bool:

@@ -3,7 +3,8 @@
 The field names and meanings follow Hugging Face ``GenerationConfig`` so settings carry over, with two
 simplifications: ``temperature == 0`` means greedy decoding (whatever ``do_sample`` says), and options that
 only make sense with a tokenizer (``stop_strings``) are checked when :func:`generate` runs. Validation
-happens in ``__post_init__`` and raises :class:`ConfigError` naming the field, the value and what is allowed.
+happens in ``__post_init__`` and raises :class:`ConfigError` naming the field, the value and what is allowed
+(:func:`llmcore.config.check_field`, the style every llmcore config shares).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import check_field, check_keys, is_int, is_number
 from ..errors import ConfigError, GenerationError
 
 
@@ -74,38 +76,26 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "min_new_tokens", "no_repeat_ngram_size"):
-            _check_int(name, getattr(self, name), low=0)
+            check_field(self, name, lambda v: is_int(v, 0), "an integer >= 0")
         for name in ("num_beams", "num_return_sequences"):
-            _check_int(name, getattr(self, name), low=1)
-        if self.top_k is not None:
-            _check_int("top_k", self.top_k, low=0)
-        for name in ("pad_token_id", "bos_token_id", "seed"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), low=0)
-        _check_float("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 means greedy)")
-        _check_float("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1] (1.0 disables nucleus sampling)")
-        if self.min_p is not None:
-            _check_float("min_p", self.min_p, lambda v: 0 <= v <= 1, "in [0, 1] (None or 0 disables it)")
-        _check_float("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "> 0 (1.0 disables it)")
-        _check_float("length_penalty", self.length_penalty, lambda v: True, "a number")
-        if self.early_stopping not in (True, False, "never"):
-            raise ConfigError(f"GenerationConfig.early_stopping={self.early_stopping!r} is invalid; "
-                              "allowed: True, False or 'never'.")
+            check_field(self, name, lambda v: is_int(v, 1), "an integer >= 1")
+        for name in ("top_k", "pad_token_id", "bos_token_id", "seed"):
+            check_field(self, name, lambda v: v is None or is_int(v, 0), "None or an integer >= 0")
+        check_field(self, "temperature", lambda v: is_number(v) and v >= 0, ">= 0 (0 means greedy)")
+        check_field(self, "top_p", lambda v: is_number(v) and 0 < v <= 1, "in (0, 1] (1.0 disables nucleus sampling)")
+        check_field(self, "min_p", lambda v: v is None or (is_number(v) and 0 <= v <= 1),
+                    "None or in [0, 1] (None or 0 disables it)")
+        check_field(self, "repetition_penalty", lambda v: is_number(v) and v > 0, "> 0 (1.0 disables it)")
+        check_field(self, "length_penalty", is_number, "a number")
+        check_field(self, "early_stopping", lambda v: v in (True, False, "never"), "True, False or 'never'")
         for name in ("do_sample", "use_cache", "sliding_window"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"GenerationConfig.{name}={getattr(self, name)!r} must be True or False.")
-        if self.eos_token_id is not None:
-            ids = [self.eos_token_id] if isinstance(self.eos_token_id, int) else self.eos_token_id
-            if not isinstance(ids, (list, tuple)):
-                raise ConfigError(f"GenerationConfig.eos_token_id={self.eos_token_id!r} must be an int or a "
-                                  "list of ints ([] = no EOS, overriding the model's and tokenizer's).")
-            for i in ids:
-                _check_int("eos_token_id", i, low=0)
-        if self.stop_strings is not None:
-            stops = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings
-            if not isinstance(stops, (list, tuple)) or not stops or not all(isinstance(s, str) and s for s in stops):
-                raise ConfigError(f"GenerationConfig.stop_strings={self.stop_strings!r} must be a non-empty string "
-                                  "or a non-empty list of non-empty strings.")
+            check_field(self, name, lambda v: isinstance(v, bool), "True or False")
+        check_field(self, "eos_token_id", lambda v: v is None or is_int(v, 0) or (
+            isinstance(v, (list, tuple)) and all(is_int(i, 0) for i in v)),
+            "None, an int >= 0 or a list of them ([] = no EOS, overriding the model's and tokenizer's)")
+        check_field(self, "stop_strings", lambda v: v is None or (isinstance(v, str) and v) or (
+            isinstance(v, (list, tuple)) and v and all(isinstance(s, str) and s for s in v)),
+            "None, a non-empty string or a non-empty list of non-empty strings")
         if self.num_beams > 1 and self.do_sample and self.temperature > 0:
             raise GenerationError(
                 f"Beam sampling is not supported: num_beams={self.num_beams} with do_sample=True. "
@@ -146,27 +136,11 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
         """Build from a dict; unknown keys raise :class:`ConfigError` listing the valid ones."""
-        _reject_unknown(d)
+        check_keys(cls, d, "options")
         return cls(**d)
 
     def replace(self, **changes: Any) -> GenerationConfig:
         """A re-validated copy with some fields changed; unknown names raise :class:`ConfigError`."""
-        _reject_unknown(changes)
+        check_keys(type(self), changes, "options")
         return dataclasses.replace(self, **changes)
 
-
-def _reject_unknown(d: dict[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(GenerationConfig)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"Unknown generation options {unknown}; valid options are: {', '.join(sorted(known))}.")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"GenerationConfig.{name}={value!r} is invalid: it must be an integer >= {low}.")
-
-
-def _check_float(name: str, value: Any, ok: Any, allowed: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not ok(value):
-        raise ConfigError(f"GenerationConfig.{name}={value!r} is invalid: it must be {allowed}.")

@@ -23,15 +23,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_field, is_int, is_number
 from ..errors import ConfigError
-from ..io import read_json
-from .pretrained import CONFIG_NAME, PreTrainedMixin, load_state_dict_checked, read_state_dict
+from .pretrained import PreTrainedMixin
 from .transformer import TransformerLM
 
 POOLINGS = ("last", "mean")
@@ -47,13 +46,9 @@ class ClassifierConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ConfigError(f"SequenceClassifier(num_classes={self.num_classes!r}) must be an integer >= 2.")
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"SequenceClassifier(pooling={self.pooling!r}) is unknown; allowed: "
-                              f"{', '.join(POOLINGS)}.")
-        if not 0.0 <= self.classifier_dropout < 1.0:
-            raise ConfigError(f"classifier_dropout={self.classifier_dropout} must be in [0, 1).")
+        check_field(self, "num_classes", lambda v: is_int(v, 2), "an integer >= 2")
+        check_field(self, "pooling", lambda v: v in POOLINGS, f"one of {', '.join(POOLINGS)}")
+        check_field(self, "classifier_dropout", lambda v: is_number(v) and 0.0 <= v < 1.0, "in [0, 1)")
 
     def body_config(self) -> ModelConfig:
         """The plain :class:`ModelConfig` of the body (without the head's fields)."""
@@ -126,22 +121,15 @@ class SequenceClassifier(PreTrainedMixin, nn.Module):
         return self.head(self.dropout(pooled))  # (B, num_classes)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> SequenceClassifier:
-        """:meth:`PreTrainedMixin.from_pretrained`; also reads directories saved before :class:`ClassifierConfig`
-        (body config plus a ``"classifier"`` section in ``config.json``)."""
-        d = Path(directory)
-        meta = read_json(d / CONFIG_NAME, "model config") if (d / CONFIG_NAME).is_file() else {}
-        legacy = meta.get("classifier") if meta.get("architecture") == cls.__name__ else None
+    def config_from_meta(cls, meta: dict[str, Any]) -> ClassifierConfig:
+        """Also reads directories saved before :class:`ClassifierConfig`: the body config plus a
+        ``"classifier"`` section (``num_classes``, ``pooling``, ``dropout``) beside it in ``config.json``."""
+        legacy = meta.get("classifier")
         if legacy is None:
-            return super().from_pretrained(d, device=device, dtype=dtype)
-        config = ClassifierConfig.from_dict({**meta["config"], "num_classes": legacy["num_classes"],
-                                             "pooling": legacy.get("pooling", "last"),
-                                             "classifier_dropout": legacy.get("dropout", 0.0)})
-        model = cls(config)
-        load_state_dict_checked(model, read_state_dict(d), source=str(d))
-        model.eval()
-        return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+            return super().config_from_meta(meta)
+        return ClassifierConfig.from_dict({**meta["config"], "num_classes": legacy["num_classes"],
+                                           "pooling": legacy.get("pooling", "last"),
+                                           "classifier_dropout": legacy.get("dropout", 0.0)})
 
 
 __all__ = ["ClassifierConfig", "SequenceClassifier", "POOLINGS"]

@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import DataError
 from ..inputs import check_token_ids
-from ..modules import num_parameters
+from ..modules import check_mask_length, num_parameters
 from ..registry import ARCHITECTURES
 from .pretrained import PreTrainedMixin
 
@@ -110,9 +109,7 @@ class LSTMLM(PreTrainedMixin, nn.Module):
         check_token_ids(input_ids, self.config, check_length=False, check_vocab=False)
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if attention_mask is not None and attention_mask.shape[-1] != past + T:
-            raise DataError(f"attention_mask covers {attention_mask.shape[-1]} positions but the state has consumed "
-                            f"{past} and the input adds {T}; pass the mask of all {past + T} positions.")
+        check_mask_length(attention_mask, past, T)
         state = (kv_cache.h, kv_cache.c) if kv_cache is not None else None
         x = self.drop(self.tok_embeddings(input_ids))  # (B, T, D)
         new = attention_mask[:, past:] if attention_mask is not None else None

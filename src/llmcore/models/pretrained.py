@@ -39,6 +39,22 @@ def read_json(path: Path) -> dict[str, Any]:
                         CheckpointError)
 
 
+def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any], str]:
+    """``(path, parsed config.json, kind)`` of a model directory; kind is ``"llmcore"`` or ``"hf"``.
+
+    Raises CheckpointError for a missing directory, a missing or corrupt config.json, or one of neither kind.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
+    meta = read_json(d / CONFIG_NAME)
+    if meta.get("format") == "llmcore":
+        return d, meta, "llmcore"
+    if "model_type" in meta:
+        return d, meta, "hf"
+    raise CheckpointError(f"{d / CONFIG_NAME} is neither an llmcore config nor a Hugging Face config.")
+
+
 def register_architecture(name: str | type | None = None) -> Any:
     """Register a model class in ``llmcore.registry.ARCHITECTURES``, so every loader can rebuild it.
 
@@ -80,7 +96,8 @@ class PreTrainedMixin:
 
             save_hf(self, d)
         elif format == "llmcore":
-            assert isinstance(self, nn.Module)
+            if not isinstance(self, nn.Module):
+                raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")
             dups = tied_duplicates(self)
             state = {k: v for k, v in self.state_dict().items() if k not in dups}
             save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -93,6 +110,14 @@ class PreTrainedMixin:
         return d
 
     @classmethod
+    def config_from_meta(cls, meta: dict[str, Any]) -> Any:
+        """The config of a saved llmcore ``config.json`` (parsed: ``{"format", "architecture", "config"}``).
+
+        Override to read a layout an earlier version of the class wrote (see ``SequenceClassifier``).
+        """
+        return cls.config_cls.from_dict(meta["config"])
+
+    @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> Any:
         """Load an llmcore directory, or a Hugging Face GPT-2 / Llama directory (converted on the fly).
@@ -103,21 +128,15 @@ class PreTrainedMixin:
         :class:`CheckpointError`. The model is returned in eval mode (dropout off), as Hugging Face does;
         the Trainer switches it to train mode.
         """
-        d = Path(directory)
-        if not d.is_dir():
-            raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
-        meta = read_json(d / CONFIG_NAME)
-        if meta.get("format") == "llmcore":
+        d, meta, kind = read_model_dir(directory)
+        if kind == "llmcore":
             target = _resolve_architecture(cls, meta.get("architecture"), d)
-            config = target.config_cls.from_dict(meta["config"])
-            model = target(config)
+            model = target(target.config_from_meta(meta))
             load_state_dict_checked(model, read_state_dict(d), source=str(d / WEIGHTS_NAME))
-        elif "model_type" in meta:
+        else:
             from .hf import load_hf
 
             model = load_hf(d, cls)
-        else:
-            raise CheckpointError(f"{d / CONFIG_NAME} is neither an llmcore config nor a Hugging Face config.")
         model.eval()  # like Hugging Face: a loaded model is for inference until a trainer calls .train()
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
@@ -153,17 +172,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     its ``from_pretrained``. A Hugging Face GPT-2 / Llama directory loads as a TransformerLM. An unregistered
     name raises :class:`CheckpointError` saying how to make it known (import the file that registers it).
     """
-    d = Path(directory)
-    if not d.is_dir():
-        raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
-    meta = read_json(d / CONFIG_NAME)
-    if meta.get("format") == "llmcore":
-        arch = meta.get("architecture")
-        if arch not in ARCHITECTURES:
-            raise _unregistered(arch, d)
-        cls = ARCHITECTURES.get(arch)
-    elif "model_type" in meta:
-        cls = ARCHITECTURES.get("TransformerLM")
-    else:
-        raise CheckpointError(f"{d / CONFIG_NAME} is neither an llmcore config nor a Hugging Face config.")
-    return cls.from_pretrained(d, device=device, dtype=dtype)
+    d, meta, kind = read_model_dir(directory)
+    arch = meta.get("architecture") if kind == "llmcore" else "TransformerLM"
+    if arch not in ARCHITECTURES:
+        raise _unregistered(arch, d)
+    return ARCHITECTURES.get(arch).from_pretrained(d, device=device, dtype=dtype)

@@ -25,14 +25,14 @@ and 21% with sinusoidal ones, whose unit-scale values drown the N(0, 0.02) token
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ConfigError, DataError
-from ..inputs import check_token_ids
+from ..config import ModelConfig, check_field, is_int
+from ..errors import DataError
+from ..inputs import IGNORE_INDEX, check_token_ids
 from ..modules import (
     CrossDecoderBlock,
     EncoderBlock,
@@ -58,23 +58,25 @@ class Seq2SeqConfig(ModelConfig):
     """
 
     share_embeddings: bool = True  # one embedding matrix for source and target tokens (joint vocabulary)
+    decoder_start_token_id: int | None = None  # what generate() starts decoding from when not told (a tag id)
+
+    # Both were ``extra`` keys before they were fields; a config.json of that time still loads the same.
+    legacy_extra: ClassVar[tuple[str, ...]] = ("share_embeddings", "decoder_start_token_id")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_encoder_layers == 0:
             self.n_encoder_layers = self.n_layers
-        if not isinstance(self.share_embeddings, bool):
-            raise ConfigError(f"Seq2SeqConfig.share_embeddings={self.share_embeddings!r} must be True or False.")
+        check_field(self, "share_embeddings", lambda v: isinstance(v, bool), "True or False")
+        check_field(self, "decoder_start_token_id", lambda v: v is None or (is_int(v, 0) and v < self.vocab_size),
+                    f"None or a token id in [0, vocab_size={self.vocab_size})")
 
     @classmethod
     def from_model_config(cls, config: ModelConfig) -> Seq2SeqConfig:
-        """Upgrade a plain ModelConfig (e.g. a preset); ``extra["share_embeddings"]`` is honoured if set."""
+        """Upgrade a plain ModelConfig (e.g. a preset); its ``extra`` keys of :attr:`legacy_extra` become fields."""
         if isinstance(config, cls):
             return config
-        d = config.to_dict()
-        if "share_embeddings" in d.get("extra", {}):
-            d["share_embeddings"] = bool(d["extra"]["share_embeddings"])
-        return cls.from_dict(d)
+        return cls.from_dict(config.to_dict())
 
 
 class Seq2SeqCache(KVCache):
@@ -84,8 +86,9 @@ class Seq2SeqCache(KVCache):
     :meth:`reorder` (beam search) selects their rows together with the key/value buffers.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__(n_layers, batch_size, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.memory: torch.Tensor | None = None
         self.memory_mask: torch.Tensor | None = None
 
@@ -98,7 +101,7 @@ class Seq2SeqCache(KVCache):
 
 
 def shift_targets(tgt_ids: torch.Tensor, pad_id: int | None = None,
-                  tgt_mask: torch.Tensor | None = None, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+                  tgt_mask: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher forcing: ``[bos, y1, …, yn, eos]`` → decoder input ``[bos, y1, …, yn]`` and labels ``[y1, …, eos]``.
 
     Labels at padding positions (``tgt_ids == pad_id`` or ``tgt_mask == 0``, right padding) become
@@ -268,7 +271,7 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         Args:
             src_ids, src_mask: (B, S) source ids and padding mask (1 = real; either padding side).
             decoder_start_ids: the first target token(s): an int (e.g. the target-language tag) or (B, T)
-                ids to force a prefix. Default: ``config.extra["decoder_start_token_id"]``.
+                ids to force a prefix. Default: ``config.decoder_start_token_id``.
             kwargs: options of :func:`llmcore.generation.generate` (``max_new_tokens``, ``num_beams``,
                 ``eos_token_id``, ``tokenizer``, ...).
 
@@ -279,10 +282,10 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
 
         check_token_ids(src_ids, self.config, what="src_ids")  # ids enter here; forward checks shapes only
         if decoder_start_ids is None:
-            decoder_start_ids = self.config.extra.get("decoder_start_token_id")
+            decoder_start_ids = self.config.decoder_start_token_id
         if decoder_start_ids is None:
             raise DataError("generate() needs decoder_start_ids (e.g. the target-language tag id), or set "
-                            "config.extra['decoder_start_token_id'].")
+                            "Seq2SeqConfig.decoder_start_token_id.")
         if isinstance(decoder_start_ids, int):
             decoder_start_ids = torch.full((src_ids.shape[0], 1), decoder_start_ids, dtype=torch.long,
                                            device=src_ids.device)

@@ -11,7 +11,14 @@ from .blocks import CrossDecoderBlock, DecoderBlock, EncoderBlock
 from .cache import KVCache
 from .init import init_weights, mark_residual
 from .layers import MLP, LayerNorm, RMSNorm, SwiGLU, build_mlp, build_norm, dropout
-from .masks import attention_inputs, causal_mask, combine_masks, make_attention_mask, resolve_causal
+from .masks import (
+    attention_inputs,
+    causal_mask,
+    check_mask_length,
+    combine_masks,
+    make_attention_mask,
+    resolve_causal,
+)
 from .positional import (
     AbsolutePositions,
     LearnedPositionalEmbedding,
@@ -25,7 +32,7 @@ from .utils import eval_mode, num_parameters
 
 __all__ = [
     "Attention", "reference_attention", "sdpa_attention",
-    "make_attention_mask", "causal_mask", "combine_masks", "resolve_causal", "attention_inputs",
+    "make_attention_mask", "causal_mask", "combine_masks", "resolve_causal", "check_mask_length", "attention_inputs",
     "DecoderBlock", "EncoderBlock", "CrossDecoderBlock", "KVCache",
     "LayerNorm", "RMSNorm", "MLP", "SwiGLU", "NORMS", "MLPS", "build_norm", "build_mlp", "dropout",
     "AbsolutePositions", "RotaryPositions", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",

@@ -86,6 +86,16 @@ def make_attention_mask(key_padding_mask: torch.Tensor | None, q_len: int, past_
     return mask
 
 
+def check_mask_length(attention_mask: torch.Tensor | None, past: int, q_len: int) -> None:
+    """DataError unless ``attention_mask`` (if any) covers the ``past`` cached positions and the ``q_len`` new ones.
+
+    A shape check only (no values read), for every model that takes a padding mask with a cache or state.
+    """
+    if attention_mask is not None and attention_mask.shape[-1] != past + q_len:
+        raise DataError(f"attention_mask covers {attention_mask.shape[-1]} positions but the cache holds {past} "
+                        f"and the input adds {q_len}; pass the mask of all {past + q_len} positions.")
+
+
 def attention_inputs(attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int,
                      device: torch.device, position_ids: torch.Tensor | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -96,9 +106,7 @@ def attention_inputs(attention_mask: torch.Tensor | None, batch: int, q_len: int
     from the cache length. Causality is not in the returned mask: pass ``is_causal`` to the attention, whose
     :func:`resolve_causal` aligns it for cached steps.
     """
-    if attention_mask is not None and attention_mask.shape[-1] != past + q_len:
-        raise DataError(f"attention_mask covers {attention_mask.shape[-1]} positions but the cache holds {past} "
-                        f"and the input adds {q_len}; pass the mask of all {past + q_len} positions.")
+    check_mask_length(attention_mask, past, q_len)
     if position_ids is None:
         if attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
@@ -108,4 +116,5 @@ def attention_inputs(attention_mask: torch.Tensor | None, batch: int, q_len: int
     return position_ids, mask
 
 
-__all__ = ["causal_mask", "combine_masks", "resolve_causal", "make_attention_mask", "attention_inputs"]
+__all__ = ["causal_mask", "combine_masks", "resolve_causal", "make_attention_mask", "check_mask_length",
+           "attention_inputs"]

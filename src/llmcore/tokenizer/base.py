@@ -44,8 +44,9 @@ Padding = Literal["longest", "max_length", False]
 class Tokenizer(abc.ABC):
     """Base class of all tokenizers: text <-> ids, batching, save/load.
 
-    Subclasses implement :meth:`encode`, :meth:`_decode`, the id properties, :meth:`token_to_id`,
-    :meth:`id_to_token`, :meth:`_save_files` / :meth:`_settings` and the :meth:`_from_dir` class method.
+    Subclasses implement :meth:`encode`, :meth:`_decode`, ``vocab_size``, ``special_tokens``,
+    :meth:`token_to_id`, :meth:`id_to_token`, :meth:`_save_files` / :meth:`_settings` and the :meth:`_from_dir`
+    class method, and fill ``_role_ids`` (which the bos/eos/pad/unk id properties read).
     """
 
     kind: ClassVar[str] = ""  # the name written to llmcore_tokenizer.json; empty for abstract classes
@@ -97,17 +98,20 @@ class Tokenizer(abc.ABC):
         """Rebuild a tokenizer from its directory and the parsed llmcore_tokenizer.json."""
 
     # ---------------------------------------------------------------- special ids (None when absent)
+    # role ("bos", "eos", "pad", "unk") -> id; a subclass fills it in ``__init__``, a missing role is None.
+    _role_ids: dict[str, int | None] = {}
+
     @property
     def bos_id(self) -> int | None:
-        return None
+        return self._role_ids.get("bos")
 
     @property
     def eos_id(self) -> int | None:
-        return None
+        return self._role_ids.get("eos")
 
     @property
     def pad_id(self) -> int | None:
-        return None
+        return self._role_ids.get("pad")
 
     @property
     def fill_id(self) -> int | None:
@@ -120,7 +124,7 @@ class Tokenizer(abc.ABC):
 
     @property
     def unk_id(self) -> int | None:
-        return None
+        return self._role_ids.get("unk")
 
     def _special_ids(self, add_bos: bool, add_eos: bool) -> tuple[list[int], list[int]]:
         """Prefix/suffix lists for add_bos/add_eos, with a clear error when the token does not exist."""

@@ -29,27 +29,11 @@ class _TableTokenizer(Tokenizer):
             raise TokenizerError(f"specials must be distinct non-empty strings, got {list(specials)}")
         self.specials = specials
         self._special_map = {s: self.n_base + i for i, s in enumerate(specials)}
-        self._role = {role: self._special_map.get(tok) for role, tok in _ROLES.items()}
+        self._role_ids = {role: self._special_map.get(tok) for role, tok in _ROLES.items()}
 
     @property
     def vocab_size(self) -> int:
         return self.n_base + len(self.specials)
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._role["bos"]
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._role["eos"]
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._role["pad"]
-
-    @property
-    def unk_id(self) -> int | None:
-        return self._role["unk"]
 
     @property
     def special_tokens(self) -> dict[str, int]:

@@ -80,18 +80,18 @@ class SentencePieceTokenizer(Tokenizer):
         sp = self.sp
         n = sp.get_piece_size()
         # sentencepiece reports a disabled special as -1; we use None
-        self._ids = {
+        self._role_ids = {
             role: i if 0 <= i < n else None
             for role, i in zip(
                 ("unk", "bos", "eos", "pad"), (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id())
             )
         }
-        self.pad_token = pad_token if self._ids["pad"] is None else None
+        self.pad_token = pad_token if self._role_ids["pad"] is None else None
         if self.pad_token is not None:
-            self._ids["pad"] = self._piece_id(pad_token)
+            self._role_ids["pad"] = self._piece_id(pad_token)
         self._specials = {sp.id_to_piece(i): i for i in range(n) if sp.is_control(i) or sp.is_unknown(i)}
         if self.pad_token is not None:
-            self._specials[self.pad_token] = self._ids["pad"]
+            self._specials[self.pad_token] = self._role_ids["pad"]
         self._special_set = frozenset(self._specials.values())
         # A literal "▁" is encoded as its three UTF-8 byte pieces so it survives decoding (needs byte fallback).
         byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE.encode()]
@@ -110,22 +110,6 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._ids["bos"]
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._ids["eos"]
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._ids["pad"]
-
-    @property
-    def unk_id(self) -> int | None:
-        return self._ids["unk"]
 
     @property
     def special_tokens(self) -> dict[str, int]:

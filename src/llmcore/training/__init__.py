@@ -7,6 +7,7 @@ checkpoints. See ``trainer.py`` for the exact step and the fine-tuning strategy 
 
 from .callbacks import Checkpointer, EarlyStopping, MetricsLogger, ProgressBar, SampleGenerator
 from .checkpoint import latest_checkpoint, list_checkpoints
+from .config import TrainConfig
 from .loss import count_targets, lm_loss, token_accuracy
 from .optim import (
     SCHEDULES,
@@ -18,7 +19,7 @@ from .optim import (
     warmup_linear,
     warmup_stable_decay,
 )
-from .trainer import TrainConfig, Trainer
+from .trainer import Trainer
 
 __all__ = [
     "lm_loss",

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..io import read_jsonl
 from ..modules import eval_mode
 from .checkpoint import list_checkpoints, prune_checkpoints, save_checkpoint, trainer_snapshot
 from .distributed import unwrap
@@ -102,14 +103,8 @@ class MetricsLogger:
 
     def on_train_start(self, trainer: Any, info: dict[str, Any]) -> None:
         if trainer.env.is_main and self.path.exists():  # resuming: drop what the killed run logged past the checkpoint
-            keep = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= trainer.state["step"]:
-                        keep.append(line)
-                except json.JSONDecodeError:  # a line cut short when the run was killed
-                    continue
-            self.path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= trainer.state["step"]]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
 
     def on_step_end(self, trainer: Any, info: dict[str, Any]) -> None:
         if info["step"] % self.log_interval == 0 or info["step"] == trainer.config.max_steps:

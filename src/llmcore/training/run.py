@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_field, is_int, is_number
 from ..errors import CheckpointError, ConfigError
+from ..io import read_json
 from . import distributed as dist
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 logger = logging.getLogger("llmcore.training")
 
@@ -48,9 +49,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.data is not None:
             self.data = [str(p) for p in ([self.data] if isinstance(self.data, (str, Path)) else self.data)]
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction {self.val_fraction} must be in [0, 1); e.g. 0.1 holds out the last "
-                              "10% for validation (0: no validation).")
+        check_field(self, "val_fraction", lambda v: is_number(v) and 0.0 <= v < 1.0,
+                    "in [0, 1); e.g. 0.1 holds out the last 10% for validation (0: no validation)")
+        check_field(self, "vocab_size", lambda v: v is None or is_int(v, 1), "None or a positive integer")
+        check_field(self, "resume", lambda v: isinstance(v, bool), "True or False")
         split_overrides({**self.model, **self.train})  # unknown keys fail now, not after data preparation
 
     @property
@@ -116,7 +118,7 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> An
     stamp = data_dir / "source.json"
     if env.is_main:
         wanted = _fingerprint(config)
-        fresh = not (stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == wanted
+        fresh = not (stamp.is_file() and read_json(stamp, "data fingerprint (delete it to re-prepare)") == wanted
                      and (data_dir / "tokenizer").is_dir() and (data_dir / "meta.json").is_file())
         if fresh:
             paths = [Path(p) for p in config.data] if config.data else None

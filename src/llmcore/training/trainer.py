@@ -7,8 +7,9 @@ encoder-decoder (``tgt_ids``, ``src_ids``, ``src_mask``) and a classifier (``inp
 all train unchanged, with no adapter. ``train_data`` needs ``sample_batch(batch_size, generator, rows=None)``
 and ``val_data`` needs ``iter_eval(batch_size, max_batches)``, both giving such dicts; every llmcore dataset
 (:class:`llmcore.data.TokenDataset`, ``PairDataset``, ``Seq2SeqPairs``, ``ClassificationDataset``) has both.
-Everything else lives elsewhere: the loss in ``loss.py``, groups and schedules in ``optim.py``, saving
-in ``checkpoint.py``, logging / early stopping / checkpointing / samples in ``callbacks.py``.
+Everything else lives elsewhere: :class:`TrainConfig` in ``config.py``, the per-rank batch in ``batches.py``,
+the loss in ``loss.py``, groups and schedules in ``optim.py``, saving in ``checkpoint.py``, logging / early
+stopping / checkpointing / samples in ``callbacks.py``.
 
 One optimizer step, exactly:
 
@@ -16,10 +17,9 @@ One optimizer step, exactly:
    ``initial_lr · schedule(step)`` (``step`` = 0-based index of the step being taken);
 2. the *global* batch of ``batch_size · grad_accum · world_size`` rows is drawn with one generator seeded
    from ``config.seed`` and identical on every rank; micro-batch i of rank r is the slice
-   ``[(i·world + r)·batch_size, ... + batch_size)``. Each rank builds only its own rows
-   (``sample_batch(..., rows=...)``), while the generator is consumed as for the whole batch. The data stream
-   is thus independent of how the batch is split, so k accumulated micro-batches equal one k-times larger
-   batch, and N ranks equal one process;
+   ``[(i·world + r)·batch_size, ... + batch_size)``, and each rank builds only its own rows (``batches.py``).
+   The data stream is thus independent of how the batch is split, so k accumulated micro-batches equal one
+   k-times larger batch, and N ranks equal one process;
 3. each micro-batch's summed loss is divided by the number of targets (``labels != IGNORE_INDEX``) in the
    global batch (each rank counts its rows; one all-reduce per step) and back-propagated (``no_sync`` until the
    last one under DDP);
@@ -40,7 +40,6 @@ eval mode, and fine-tuning it must not run with dropout off. ``evaluate`` restor
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -48,104 +47,19 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
-from ..inputs import IGNORE_INDEX
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .batches import draw_batch, global_targets, micro_batches, rank_share, row_tokens
 from .callbacks import EVENTS, default_callbacks, peak_flops
+from .config import TrainConfig
 from .loss import LossFn, default_loss, eval_metrics, eval_sums, model_inputs
-from .optim import SCHEDULES, build_optimizer, build_schedule, check_groups, param_groups, set_lr
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters. Defaults are nanoGPT's shakespeare-char settings scaled for a CPU."""
-
-    max_steps: int = 2000
-    batch_size: int = 12  # sequences per micro-batch per rank
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # the schedule ends at min_lr / lr
-    warmup_steps: int = 100
-    schedule: Any = "cosine"  # a name in optim.SCHEDULES or a callable step -> multiplier
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.99)  # β2 = 0.99 because small batches make for noisy gradients
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0  # max global gradient norm; None or 0 = off
-    eval_interval: int = 250  # evaluate (and checkpoint) every N steps and at the end
-    eval_batches: int = 20
-    log_interval: int = 10
-    patience: int | None = None  # early stopping after N evaluations without improvement; None = off
-    keep_last: int = 1  # newest checkpoints kept (the best one is kept besides, if keep_best)
-    keep_best: bool = True
-    seed: int = 1337  # data order (same on every rank) and, as seed + rank, torch's global RNG (dropout)
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16 (autocast; weights and optimizer stay float32)
-    compile: bool = False  # torch.compile the model; falls back to eager with a warning if it fails
-    out_dir: str | None = None  # run directory; None = write nothing
-    label_smoothing: float = 0.0
-    z_loss: float = 0.0
-    num_samples: int = 2  # text samples at the end (needs a tokenizer)
-    sample_tokens: int = 200
-    sample_prompt: str = "\n"
-    sample_interval: int | None = None
-    sample_temperature: float = 0.8
-    sample_top_k: int | None = 200
-    max_epochs: float | None = None  # stop after this many passes over the training tokens
-    peak_flops: float | None = None  # one device's peak FLOP/s, for MFU; known GPUs are looked up
-    progress: bool = True  # show a tqdm bar
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
-            _check(self, name, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
-        _check(self, "warmup_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-        _check(self, "keep_last", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-        _check(self, "lr", lambda v: v > 0, "> 0")
-        _check(self, "min_lr", lambda v: 0 <= v <= self.lr, f"in [0, lr={self.lr}]")
-        _check(self, "weight_decay", lambda v: v >= 0, ">= 0")
-        _check(self, "betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
-        _check(self, "grad_clip", lambda v: v is None or v >= 0, "None or >= 0")
-        _check(self, "patience", lambda v: v is None or (isinstance(v, int) and v >= 1), "None or an integer >= 1")
-        _check(self, "device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
-        _check(self, "dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16")
-        _check(self, "schedule", lambda v: callable(v) or v in SCHEDULES, f"callable or one of {list(SCHEDULES)}")
-        _check(self, "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
-        _check(self, "z_loss", lambda v: v >= 0, ">= 0")
-        _check(self, "num_samples", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-        _check(self, "max_epochs", lambda v: v is None or v > 0, "None or > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if callable(self.schedule):
-            d["schedule"] = getattr(self.schedule, "__name__", "custom")
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; unknown keys raise :class:`ConfigError` listing the valid ones."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"Unknown TrainConfig keys {unknown}; valid keys are: {', '.join(known)}.")
-        return cls(**d)
-
-
-def _check(cfg: TrainConfig, name: str, ok: Callable[[Any], bool], what: str) -> None:
-    value = getattr(cfg, name)
-    try:
-        good = ok(value)
-    except TypeError:
-        good = False
-    if not good:
-        raise ConfigError(f"TrainConfig.{name}={value!r} is invalid: it must be {what}.")
+from .optim import build_optimizer, build_schedule, check_groups, param_groups, set_lr
 
 
 class Trainer:
@@ -204,24 +118,27 @@ class Trainer:
         for fn in self._callbacks[event]:
             fn(self, info)
 
+    def _hooks(self, name: str) -> list[Callable[..., Any]]:
+        """The strategies' methods called ``name``, in strategy order (a strategy may define any of them)."""
+        return [getattr(s, name) for s in self.strategies if callable(getattr(s, name, None))]
+
     def param_names(self) -> dict[int, str]:
         """{id(parameter): name} for the plain model (tied parameters under their first name)."""
         return {id(p): n for n, p in dist.unwrap(self.model).named_parameters()}
 
     def _groups(self) -> list[dict[str, Any]]:
         cfg, model = self.config, dist.unwrap(self.model)
-        for s in self.strategies:
-            if callable(getattr(s, "param_groups", None)):
-                groups = s.param_groups(model, cfg.lr, cfg.weight_decay)
-                if groups is not None:
-                    return check_groups(model, groups, cfg.lr)
+        for hook in self._hooks("param_groups"):
+            groups = hook(model, cfg.lr, cfg.weight_decay)
+            if groups is not None:
+                return check_groups(model, groups, cfg.lr)
         return param_groups(model, cfg.weight_decay, cfg.lr)
 
     def _schedule(self) -> Callable[[int], float]:
         cfg = self.config
-        for s in self.strategies:
-            if callable(getattr(s, "schedule", None)):
-                return lambda step, s=s: s.schedule(step, cfg.max_steps)
+        hooks = self._hooks("schedule")  # the first strategy with a schedule replaces the config's
+        if hooks:
+            return lambda step: hooks[0](step, cfg.max_steps)
         return build_schedule(cfg.schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr / cfg.lr)
 
     def _wrap(self) -> None:
@@ -286,9 +203,8 @@ class Trainer:
         last, train_time, tokens_done, fpt = None, 0.0, 0, None
         while state["step"] < cfg.max_steps and not self.should_stop:
             step = state["step"]
-            for s in self.strategies:
-                if callable(getattr(s, "on_step", None)):
-                    s.on_step(step)
+            for hook in self._hooks("on_step"):
+                hook(step)
             lr_mult = schedule(step)
             set_lr(self.optimizer, lr_mult)
             t0 = time.perf_counter()
@@ -299,9 +215,8 @@ class Trainer:
             if n_tokens:
                 epoch = state["tokens_seen"] // n_tokens
                 for e in range(state["epoch"] + 1, epoch + 1):
-                    for s in self.strategies:
-                        if callable(getattr(s, "on_epoch", None)):
-                            s.on_epoch(e)
+                    for hook in self._hooks("on_epoch"):
+                        hook(e)
                 state["epoch"] = epoch
                 if cfg.max_epochs is not None and state["tokens_seen"] >= cfg.max_epochs * n_tokens:
                     self.should_stop = True
@@ -338,32 +253,15 @@ class Trainer:
             with self._autocast():
                 return self.wrapped(**inputs)
 
-    def _my_rows(self) -> torch.Tensor | None:
-        """Rows of the global batch this rank trains on, micro-batch by micro-batch; None = all (one process)."""
-        cfg, env = self.config, self.env
-        if not env.enabled:
-            return None
-        B, W = cfg.batch_size, env.world_size
-        starts = (torch.arange(cfg.grad_accum) * W + env.rank) * B  # (k,) first row of each micro-batch
-        return (starts[:, None] + torch.arange(B)).reshape(-1)  # (k·B,)
-
     def _train_step(self, step: int) -> tuple[float, float | None, int]:
         """One optimizer step over the global batch; returns (mean loss, grad norm, tokens)."""
         cfg, env = self.config, self.env
         B, k, W = cfg.batch_size, cfg.grad_accum, env.world_size
-        rows = self._my_rows()  # a dataset used by one process only needs no rows= argument
-        batch = (self.train_data.sample_batch(B * k * W, self.generator) if rows is None else
-                 self.train_data.sample_batch(B * k * W, self.generator, rows=rows))  # this rank's k·B rows
-        _check_batch(batch, B * k, "sample_batch")
-        tokens_per_row = _row_tokens(batch)
-        self._seq_len = tokens_per_row
-        # One all-reduce per step; the int() is the one host sync the step already had.
-        count = int(dist.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum().to(self.device), env))
-        if count == 0:
-            raise DataError(f"The batch of step {step + 1} has no target tokens (every label is {IGNORE_INDEX}).")
+        batch = draw_batch(self.train_data, self.generator, B, k, env)  # this rank's k·B rows
+        tokens_per_row = self._seq_len = row_tokens(batch)
+        count = global_targets(batch, self.device, env, step)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i in range(k):
-            mb = {key: v[i * B:(i + 1) * B].to(self.device) for key, v in batch.items()}
+        for i, mb in enumerate(micro_batches(batch, B, self.device)):
             sync = not env.enabled or i == k - 1
             with nullcontext() if sync else self.wrapped.no_sync():
                 loss = self.loss_fn(self._forward(model_inputs(mb)), mb)
@@ -416,32 +314,9 @@ class Trainer:
         if data is None:
             raise DataError("evaluate() needs data: pass val_data to the Trainer or data= here.")
         n = (max_batches or self.config.eval_batches) * self.env.world_size  # per-rank batches, shared out
-        mine = (b for i, b in enumerate(data.iter_eval(self.config.batch_size, n))
-                if i % self.env.world_size == self.env.rank)
+        mine = rank_share(data.iter_eval(self.config.batch_size, n), self.env)
         sums = eval_sums(self._eval_model, mine, self.device, self._autocast, self.eval_loss_fn)
         return eval_metrics(dist.all_reduce_sum(sums, self.env))
-
-
-# Model inputs whose width is the sequence length (tokens per row, for throughput, MFU and epochs).
-_TOKEN_KEYS = ("input_ids", "tgt_ids")
-
-
-def _check_batch(batch: Any, rows: int, where: str) -> None:
-    if not isinstance(batch, dict) or "labels" not in batch:
-        raise DataError(f"{where} returned a {type(batch).__name__}; the Trainer needs a dict of tensors with a "
-                        "'labels' entry, e.g. {'input_ids': x, 'labels': y} (other keys go to the model).")
-    bad = {key: tuple(v.shape) for key, v in batch.items() if not isinstance(v, torch.Tensor) or v.shape[0] != rows}
-    if bad:
-        raise DataError(f"{where} must give {rows} rows in every entry; got shapes {bad}.")
-
-
-def _row_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens per row: the width of ``input_ids`` (or ``tgt_ids``), else of the labels (1 for class labels)."""
-    for key in _TOKEN_KEYS:
-        if key in batch and batch[key].dim() >= 2:
-            return batch[key].shape[1]
-    labels = batch["labels"]
-    return labels.shape[1] if labels.dim() >= 2 else 1
 
 
 __all__ = ["Trainer", "TrainConfig"]

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..data.datasets import ExampleDataset, check_ids_in_vocab
+from ..data.examples import ExampleDataset, check_rows_in_vocab
 from ..errors import DataError, TokenizerError
 from ..inputs import IGNORE_INDEX
 from ..tokenizer import language_tag_id
@@ -151,9 +151,8 @@ class Seq2SeqPairs(ExampleDataset):
         self.truncated = sum(len(s) + 1 > src_len or len(t) + 1 > tgt_len for s, t in zip(srcs, tgts))
         self.src = [(s + [eos])[:src_len] for s in srcs]
         self.tgt = [([self.start_id] + t + [eos])[:tgt_len + 1] for t in tgts]
-        ids = [i for rows in (self.src, self.tgt) for row in rows for i in row] + [self.pad_id]
-        check_ids_in_vocab(max(ids), min(ids), vocab_size if vocab_size is not None else tokenizer.vocab_size,
-                           "the encoded pairs")
+        check_rows_in_vocab([*self.src, *self.tgt, [self.pad_id]],
+                            vocab_size if vocab_size is not None else tokenizer.vocab_size, "the encoded pairs")
         self.bucket = bucket
 
     def example_length(self, i: int) -> int:

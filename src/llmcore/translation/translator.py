@@ -8,9 +8,10 @@ Two kinds of model translate here, told apart by the ``architecture`` in ``confi
   prompt is ``[<bos>] [src tag] template(src) [tgt tag]`` exactly as PairDataset builds it, and the model
   continues it up to ``<eos>``.
 
-The tags and template come from ``model.config.extra["translation"]`` (written by the training scripts)
-with defaults ``<2en>`` / ``<2zh>`` / ``"{src}"``. The target tag must be a single token of the tokenizer,
-otherwise :class:`~llmcore.errors.TokenizerError`: such a model was not trained to translate.
+The tags and template come from ``model.config.extra["translation"]`` (written by the training scripts,
+checked by :func:`saved_settings`) with defaults ``<2en>`` / ``<2zh>`` / ``"{src}"``. The target tag must be
+a single token of the tokenizer, otherwise :class:`~llmcore.errors.TokenizerError`: such a model was not
+trained to translate.
 
 Sources longer than the model's context are cut at the end with a warning (``too_long="truncate"``, the
 default) or refused with :class:`~llmcore.errors.DataError` (``too_long="error"``); empty sources are refused.
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..generation import generate
 from ..io import CONFIG_NAME
 from ..modules import eval_mode
@@ -50,6 +51,20 @@ def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.
     return model
 
 
+def saved_settings(config: Any) -> dict[str, str | None]:
+    """``config.extra["translation"]``, checked: only the keys of :data:`DEFAULTS`, each a string or None."""
+    saved = getattr(config, "extra", {}).get("translation", {})
+    if not isinstance(saved, dict):
+        raise ConfigError(f"config.extra['translation'] is {saved!r}, not a dict.")
+    problems = [f"unknown key {k!r}" for k in sorted(set(saved) - set(DEFAULTS))]
+    problems += [f"{k}={v!r} is not a string" for k, v in saved.items()
+                 if k in DEFAULTS and v is not None and not isinstance(v, str)]
+    if problems:
+        raise ConfigError(f"config.extra['translation']: {'; '.join(problems)}. It holds string values for "
+                          f"{', '.join(DEFAULTS)}.")
+    return saved
+
+
 class Translator:
     """Translate lists of sentences with ``model`` and ``tokenizer``; see the module docstring."""
 
@@ -57,8 +72,7 @@ class Translator:
                  tgt_lang_tag: str | None = None, template: str | None = None) -> None:
         from ..models.seq2seq import Seq2SeqTransformer
 
-        settings = dict(DEFAULTS)
-        settings.update(getattr(model.config, "extra", {}).get("translation", {}))
+        settings = {**DEFAULTS, **saved_settings(model.config)}
         for key, value in (("src_lang_tag", src_lang_tag), ("tgt_lang_tag", tgt_lang_tag), ("template", template)):
             if value is not None:
                 settings[key] = value
