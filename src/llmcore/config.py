@@ -2,7 +2,7 @@
 
 Names, not classes, are stored (``norm="rmsnorm"``, ``activation="swiglu"``) so a config round-trips through
 JSON and can be diffed. The names are looked up in the open registries of :mod:`llmcore.registry` (``NORMS``,
-``MLPS``, ``POS_ENCODINGS``), which the built-ins in :mod:`llmcore.modules` fill when ``llmcore`` is imported
+``MLPS``, ``POS_ENCODINGS``, ``ATTENTIONS``), which the built-ins in :mod:`llmcore.modules` fill when ``llmcore`` is imported
 and a user extends from their own file. Validation happens in ``__post_init__`` and raises :class:`ConfigError` naming the
 field, the value and what is allowed. Named presets cover the shapes tests, examples and conversions need;
 ``from_preset(name, **overrides)`` is the way to get one.
@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .io import read_json
-from .registry import MLPS, NORMS, POS_ENCODINGS
+from .registry import ATTENTIONS, MLPS, NORMS, POS_ENCODINGS
 
 
 @dataclass
@@ -62,6 +62,7 @@ class ModelConfig:
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     activation: str = "gelu"
+    attention: str = "default"  # the attention class of every block (llmcore.registry.ATTENTIONS)
     bias: bool = True
     dropout: float = 0.0
     tie_embeddings: bool = True
@@ -91,7 +92,8 @@ class ModelConfig:
                 f"ModelConfig.n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
                 "grouped-query attention shares each key/value head between n_heads/n_kv_heads query heads."
             )
-        for name, table in (("pos_encoding", POS_ENCODINGS), ("norm", NORMS), ("activation", MLPS)):
+        for name, table in (("pos_encoding", POS_ENCODINGS), ("norm", NORMS), ("activation", MLPS),
+                            ("attention", ATTENTIONS)):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in table:
                 raise ConfigError(f"ModelConfig.{name}={value!r} is unknown; registered: {', '.join(table.names())}. "

@@ -91,5 +91,6 @@ ARCHITECTURES = Registry("architecture", "ARCHITECTURES")  # config.json "archit
 NORMS = Registry("norm", "NORMS")  # ModelConfig.norm -> factory(config) -> nn.Module
 MLPS = Registry("activation", "MLPS")  # ModelConfig.activation -> factory(config, layer_idx) -> nn.Module
 POS_ENCODINGS = Registry("pos_encoding", "POS_ENCODINGS")  # ModelConfig.pos_encoding -> factory(config) -> nn.Module | None
+ATTENTIONS = Registry("attention", "ATTENTIONS")  # ModelConfig.attention -> class(config, layer_idx, cross=False)
 
-__all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS"]
+__all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS", "ATTENTIONS"]

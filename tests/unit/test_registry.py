@@ -6,8 +6,8 @@ from torch import nn
 
 from llmcore import CheckpointError, ConfigError, ModelConfig, TransformerLM
 from llmcore.models import LSTMLM, Seq2SeqTransformer, SequenceClassifier, load_model, register_architecture
-from llmcore.modules import LayerNorm
-from llmcore.registry import ARCHITECTURES, NORMS, POS_ENCODINGS
+from llmcore.modules import Attention, CrossDecoderBlock, LayerNorm
+from llmcore.registry import ARCHITECTURES, ATTENTIONS, NORMS, POS_ENCODINGS
 
 TINY = dict(vocab_size=32, max_seq_len=16, d_model=16, n_layers=2, n_heads=2)
 
@@ -25,6 +25,14 @@ class ScaleNorm(nn.Module):
 
 NORMS.register("test_scalenorm", ScaleNorm)
 POS_ENCODINGS.register("test_nopos", lambda config: None)  # e.g. ALiBi: positions live in attention
+
+
+@ATTENTIONS.register("test_cold")
+class ColdAttention(Attention):
+    """Attention at temperature 2: scores halved (a registered variant chosen by config.attention)."""
+
+    def attend(self, q, k, v, mask, is_causal, attn_weights=None):
+        return super().attend(q / 2, k, v, mask, is_causal, attn_weights)
 
 
 @register_architecture
@@ -95,3 +103,28 @@ def test_unregistered_or_unrelated_architectures_are_checkpoint_errors(tmp_path)
         load_model(tmp_path / "mine")
     with pytest.raises(CheckpointError, match="not registered"):
         TransformerLM.from_pretrained(tmp_path / "mine")
+
+
+def test_config_attention_picks_a_registered_variant():
+    with pytest.raises(ConfigError, match=r"attention='nope' is unknown; registered: .*default.*ATTENTIONS"):
+        ModelConfig(**TINY, attention="nope")
+    torch.manual_seed(0)
+    plain = TransformerLM(ModelConfig(**TINY))
+    cold = TransformerLM(ModelConfig(**TINY, attention="test_cold"))
+    cold.load_state_dict(plain.state_dict())  # same weights: only the attention arithmetic differs
+    assert all(type(b.attn) is ColdAttention for b in cold.blocks)
+    assert all(type(b.attn) is Attention for b in plain.blocks)
+    ids = torch.randint(0, 32, (2, 6))
+    assert not torch.allclose(cold(ids), plain(ids))
+    # the choice is part of the config: it survives save / load
+    assert ModelConfig.from_dict(cold.config.to_dict()).attention == "test_cold"
+    # cross-attention is built from the same name
+    block = CrossDecoderBlock(ModelConfig(**TINY, attention="test_cold"))
+    assert type(block.cross_attn) is ColdAttention and block.cross_attn.cross
+
+
+def test_only_a_plain_transformer_exports_to_hugging_face(tmp_path):
+    with pytest.raises(CheckpointError, match="Only a TransformerLM exports .* RegisteredLM"):
+        RegisteredLM(ModelConfig(**TINY)).save_pretrained(tmp_path / "a", format="hf")
+    with pytest.raises(CheckpointError, match="attention='test_cold'"):
+        TransformerLM(ModelConfig(**TINY, attention="test_cold")).save_pretrained(tmp_path / "b", format="hf")

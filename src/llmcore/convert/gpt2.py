@@ -99,7 +99,7 @@ def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]) -> tup
 def export_problems(config: ModelConfig) -> list[str]:
     """Why ``config`` cannot be written as GPT-2 (empty when it can)."""
     problems = layout_problems(config, "GPT-2", {"pos_encoding": "learned", "norm": "layernorm",
-                                                 "activation": sorted(ACT_TO_HF)})
+                                                 "activation": sorted(ACT_TO_HF), "attention": "default"})
     if config.n_kv_heads != config.n_heads:
         problems.append(f"n_kv_heads={config.n_kv_heads} != n_heads={config.n_heads} (GPT-2 has no GQA)")
     return problems

@@ -144,7 +144,8 @@ def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]) -> tup
 
 def export_problems(config: ModelConfig) -> list[str]:
     """Why ``config`` cannot be written in the Llama layout (empty when it can)."""
-    return layout_problems(config, "Llama", {"pos_encoding": "rope", "norm": "rmsnorm", "activation": "swiglu"})
+    return layout_problems(config, "Llama", {"pos_encoding": "rope", "norm": "rmsnorm", "activation": "swiglu",
+                                             "attention": "default"})
 
 
 def _export_type(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> str:

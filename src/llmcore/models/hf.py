@@ -94,6 +94,11 @@ def save_hf(model: nn.Module, directory: str | Path, max_shard_size: int | str |
         max_shard_size: bytes or "2GB"-style; when the weights exceed it they are split into
             ``model-0000i-of-0000n.safetensors`` files plus ``model.safetensors.index.json``.
     """
+    if type(model) is not ARCHITECTURES.get("TransformerLM"):  # a subclass may compute something else
+        raise CheckpointError(f"Only a TransformerLM exports to the Hugging Face GPT-2 / Llama layouts; this "
+                              f"model is a {type(model).__name__}, whose modules transformers would not reproduce "
+                              "from the same tensor names. Save it with "
+                              "save_pretrained(dir) (llmcore format) instead.")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     hf_config, state = llmcore_to_hf(model.config, model.state_dict())

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..registry import ATTENTIONS
 from .cache import KVCache
 from .init import mark_residual
 from .layers import dropout
@@ -41,6 +42,7 @@ from .positional import apply_rotary
 SDPA_HAS_GQA = torch.__version__ >= "2.5"
 
 
+@ATTENTIONS.register("default")
 class Attention(nn.Module):
     """Multi-head attention built from ``(config, layer_idx)``.
 

@@ -2,7 +2,8 @@
 
 Pre-norm (x + f(norm(x))) as in GPT-2 and Llama: the residual stream is never normalised, which keeps
 gradients well-behaved in deep stacks without warm-up tricks. Children are built through class attributes
-(``attention_cls``, ``mlp_cls``, ``norm_fn``) so a new architecture swaps one part by subclassing:
+(``attention_cls``, ``mlp_cls``, ``norm_fn``) so a new architecture swaps one part by subclassing (or, for
+attention, by registering a class in ``llmcore.registry.ATTENTIONS`` and naming it in ``config.attention``):
 
     class MyBlock(DecoderBlock):
         attention_cls = MyAttention
@@ -31,7 +32,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import Attention
+from ..registry import ATTENTIONS
+from .attention import Attention  # noqa: F401 - registers "default" before any block is built
 from .cache import KVCache
 from .layers import build_mlp, build_norm
 
@@ -41,7 +43,7 @@ Rope = tuple[torch.Tensor, torch.Tensor]
 class DecoderBlock(nn.Module):
     """x → x + attn(norm(x)) → x + mlp(norm(x)); causal self-attention."""
 
-    attention_cls: type[nn.Module] = Attention
+    attention_cls: type[nn.Module] | None = None  # None: the class registered as config.attention
     mlp_cls: Callable[[ModelConfig, int], nn.Module] = staticmethod(build_mlp)
     norm_fn: Callable[[ModelConfig], nn.Module] = staticmethod(build_norm)
     norm_slots: tuple[str, ...] = ("attn_norm", "mlp_norm")  # the norms this block creates (others are None)
@@ -50,9 +52,18 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.attn_norm = self.make_norm("attn_norm", config)
-        self.attn = self.attention_cls(config, layer_idx)
+        self.attn = self.make_attention(config, layer_idx)
         self.mlp_norm = self.make_norm("mlp_norm", config)
         self.mlp = self.mlp_cls(config, layer_idx)
+
+    def make_attention(self, config: ModelConfig, layer_idx: int, cross: bool = False) -> nn.Module:
+        """``attention_cls`` if a subclass set one, else ``ATTENTIONS[config.attention]`` (default :class:`Attention`).
+
+        The class attribute wins so an architecture that needs its own attention (ALiBi) is one subclass;
+        the config name lets a registered variant be chosen per run (``--set attention=NAME``).
+        """
+        cls = self.attention_cls or ATTENTIONS.get(config.attention)
+        return cls(config, layer_idx, cross=True) if cross else cls(config, layer_idx)
 
     def make_norm(self, slot: str, config: ModelConfig) -> nn.Module | None:
         """``norm_fn(config)`` if ``slot`` is in ``norm_slots``, else None (no unused parameters)."""
@@ -84,7 +95,7 @@ class CrossDecoderBlock(DecoderBlock):
     def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__(config, layer_idx)
         self.cross_norm = self.make_norm("cross_norm", config)
-        self.cross_attn = self.attention_cls(config, layer_idx, cross=True)
+        self.cross_attn = self.make_attention(config, layer_idx, cross=True)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None,
                 is_causal: bool = True, rope: Rope | None = None, kv_cache: KVCache | None = None,
