@@ -44,7 +44,7 @@ class Registry:
 
         def add(o: T) -> T:
             old = self._table.get(name, _MISSING)
-            if old is not _MISSING and old is not o and not _same_definition(old, o):
+            if old is not _MISSING and old is not o and not same_definition(old, o):
                 raise ConfigError(f"{self.kind} {name!r} is already registered to {_qualname(old)}; "
                                   f"pick another name for {_qualname(o)}.")
             self._table[name] = o  # the same definition again (a re-imported module) is fine; newest wins
@@ -88,7 +88,7 @@ def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
-def _same_definition(a: Any, b: Any) -> bool:
+def same_definition(a: Any, b: Any) -> bool:
     """One definition seen twice: same module and name (a re-executed module), or same name in the same
     source file (one file imported under two module names, e.g. ``--import path.py`` and ``import name``)."""
     if _qualname(a) == _qualname(b):
@@ -114,4 +114,4 @@ NORMS = Registry("norm", "NORMS")  # ModelConfig.norm -> factory(config) -> nn.M
 MLPS = Registry("activation", "MLPS")  # ModelConfig.activation -> factory(config, layer_idx) -> nn.Module
 POS_ENCODINGS = Registry("pos_encoding", "POS_ENCODINGS")  # ModelConfig.pos_encoding -> factory(config) -> nn.Module | None
 
-__all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS"]
+__all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS", "same_definition"]
