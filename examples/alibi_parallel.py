@@ -25,8 +25,9 @@ so the commands build it and load its run directory (``--import`` on every comma
         --arch ALiBiParallelLM --preset debug --set pos_encoding=alibi --device cpu --max-steps 400 \\
         --out runs/alibi-ddp
 
-(``--resume`` continues the newest checkpoint of the same run, e.g. after an interruption; the learning-rate
-schedule is a function of ``--max-steps``, so keep it unchanged to get the uninterrupted run exactly.)
+(``--resume`` continues the newest checkpoint of the run exactly, e.g. after an interruption. With a larger
+``--max-steps`` it extends a finished run; that equals one longer run when the schedule does not depend on
+``--max-steps``, e.g. ``--set schedule=constant``: the default cosine stretches to the new length.)
 
     python examples/alibi_parallel.py     # a demo of a few seconds: build, forward, cached = uncached decoding
 

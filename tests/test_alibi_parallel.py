@@ -12,6 +12,7 @@ with twice the batch.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -61,6 +62,26 @@ def tiny(ex, **overrides) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------- unit
+def definitions() -> list[str]:
+    """The example's code lines between its module docstring and the ``__main__`` demo."""
+    tree = ast.parse(EXAMPLE.read_text(encoding="utf-8"))
+    demo = next(node for node in tree.body if isinstance(node, ast.If))
+    return EXAMPLE.read_text(encoding="utf-8").splitlines()[tree.body[0].end_lineno:demo.lineno - 1]
+
+
+def test_the_example_is_short_and_the_guide_shows_it_verbatim():
+    docstrings = {line for node in ast.walk(ast.parse("\n".join(definitions())))
+                  if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(node)
+                  for line in range(node.body[0].lineno, node.body[0].end_lineno + 1)}
+    code = [line for i, line in enumerate(definitions(), 1)
+            if i not in docstrings and line.strip() and not line.strip().startswith("#")]
+    assert len(code) <= 45, f"{len(code)} lines of definitions; the example promises about 40"
+    guide = (ROOT / "docs" / "guides" / "new-architecture.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", guide, re.S | re.M)  # the blocks tests/test_docs.py runs
+    assert blocks and blocks[0].startswith("\n".join(definitions()).strip() + "\n")
+
+
+
 def test_slopes_follow_the_paper(ex):
     assert ex.alibi_slopes(4).tolist() == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]
     assert ex.alibi_slopes(8).tolist() == [2.0 ** -h for h in range(1, 9)]
@@ -163,6 +184,26 @@ def by_module_name(monkeypatch):
     sys.modules.pop("alibi_parallel", None)
     yield
     sys.modules.pop("alibi_parallel", None)
+
+
+def test_compiles_with_no_graph_break(ex):
+    """The bias is built from shapes only (no host sync), so dynamo traces training and a cached step whole."""
+    torch._dynamo.reset()
+    model = tiny(ex, n_layers=1, max_seq_len=16).train()
+    try:
+        explained = torch._dynamo.explain(model)(torch.randint(0, 256, (2, 8)))
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        model.eval()
+        x, mask = torch.randint(0, 256, (2, 8)), torch.ones(2, 9, dtype=torch.long)
+        mask[1, :3] = 0  # left padding: the float bias is combined with the boolean padding mask
+        cache = model.make_cache(2, 16)
+        with torch.no_grad():
+            model(x, attention_mask=mask[:, :8], kv_cache=cache)  # prefill, eager
+            explained = torch._dynamo.explain(model)(x[:, -1:], attention_mask=mask, kv_cache=cache, logits_to_keep=1)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        assert cache.length == 9  # the traced step really ran
+    finally:
+        torch._dynamo.reset()
 
 
 def test_importing_the_file_twice_under_two_names(ex, by_module_name, tmp_path):
