@@ -328,6 +328,13 @@ def test_generate_equals_load_model_generate(ex, straight, capsys):
     assert printed == "ROMEO:" + tokenizer.decode(out[0, ids.shape[1]:].tolist()) + "\n"
 
 
+def test_plot_draws_the_attention_maps(ex, straight, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "attention.png"
+    assert main(["plot", "--import", str(EXAMPLE), str(straight), "--attention", "ROMEO:", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("command", ["generate", "eval"])
 def test_loading_without_import_names_the_architecture_and_the_flag(ex, straight, capsys, monkeypatch, command):
     monkeypatch.delitem(ARCHITECTURES._table, ARCH)  # as in a fresh process that never imported the example
