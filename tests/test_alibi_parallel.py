@@ -1,13 +1,15 @@
 """examples/alibi_parallel.py: a user architecture (ALiBi + parallel residual) through every command.
 
-Unit tests prove the arithmetic (the bias against a hand-written tensor, the bias reaching the attention
-weights, one norm per block, a gradient for every parameter) and the decoding equivalences (cached =
-uncached, batched left-padded = one prompt at a time, SDPA = reference path). The command-line tests train
-the example with ``llmcore train --import examples/alibi_parallel.py`` and check that the run directory
-names the architecture, that ``--resume`` equals an uninterrupted run, that ``eval`` equals
-``Trainer.evaluate``, that ``generate`` equals ``load_model(DIR).generate``, that loading without
-``--import`` fails with a one-line error naming the fix, and that 2-process gloo DDP equals one process
-with twice the batch.
+Unit tests prove the arithmetic (slopes and bias against hand-written values, the bias reaching the attention
+weights, one norm per block, a gradient for every parameter), the decoding equivalences (cached = uncached,
+batched left-padded = one prompt at a time, SDPA = reference path), zero graph breaks under torch.compile,
+and that the file registers cleanly when imported under two module names while another class under its name
+is refused. The command-line tests train the example with ``llmcore train --import examples/alibi_parallel.py``
+and check that the run directory names the architecture, that ``--resume`` equals an uninterrupted run, that
+``eval`` equals ``Trainer.evaluate``, that ``generate`` equals ``load_model(DIR).generate``, that ``plot``
+draws its attention maps, that loading without ``--import`` fails with a one-line error naming the fix, and
+that 2-process gloo DDP (``torch.distributed.run``) equals one process with twice the batch. The guide
+(docs/guides/new-architecture.md) must show the example's definitions verbatim.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def ex():
     """The example imported by path (as ``--import`` does); the registries are restored afterwards.
 
     Registration is global, so later tests must not see ``alibi`` (tests/unit/test_registry.py checks that
-    llmcore itself does not know it). A stale entry under the same name (another copy of the definitions, e.g.
-    the guide's snippet run earlier in this process) is dropped first, as in a fresh process.
+    llmcore itself does not know it). A stale entry under the same name (another copy of the definitions made
+    earlier in this process) is dropped first, as in a fresh process.
     """
     saved = {registry: dict(registry._table) for registry in (ARCHITECTURES, POS_ENCODINGS)}
     ARCHITECTURES._table.pop(ARCH, None)
@@ -80,7 +82,6 @@ def test_the_example_is_short_and_the_guide_shows_it_verbatim():
     guide = (ROOT / "docs" / "guides" / "new-architecture.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n(.*?)^```", guide, re.S | re.M)  # the blocks tests/test_docs.py runs
     assert blocks and blocks[0].startswith("\n".join(definitions()).strip() + "\n")
-
 
 
 def test_slopes_follow_the_paper(ex):
@@ -154,11 +155,11 @@ def test_cached_greedy_equals_uncached_and_batched_equals_single(ex):
         alone = model.generate(p[None], max_new_tokens=12)
         assert torch.equal(cached[r, width:], alone[0, len(p):])
     # the logits behind it: a cached step sees what the full forward sees at that position
-    full = model(cached[:, :width + 1], attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1))
+    longer = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)  # (B, width + 1)
+    full = model(cached[:, :width + 1], attention_mask=longer)
     cache = model.make_cache(3)
     model(ids, attention_mask=mask, kv_cache=cache)
-    step = model(cached[:, width:width + 1], attention_mask=torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1),
-                 kv_cache=cache)
+    step = model(cached[:, width:width + 1], attention_mask=longer, kv_cache=cache)
     torch.testing.assert_close(step[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
@@ -176,15 +177,6 @@ def test_sdpa_path_equals_reference_path(ex):
     model.forward_hidden(ids, attention_mask=mask, attn_weights=weights)  # the attention-map path
     assert [tuple(w.shape) for w in weights] == [(2, 4, 9, 9)] * 2
     assert weights[0][1, :, 4:, :4].abs().max() == 0  # padding keys get no weight from real queries
-
-
-@pytest.fixture
-def by_module_name(monkeypatch):
-    """``import alibi_parallel`` works (examples/ on sys.path); the module is forgotten afterwards."""
-    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
-    sys.modules.pop("alibi_parallel", None)
-    yield
-    sys.modules.pop("alibi_parallel", None)
 
 
 def test_compiles_with_no_graph_break(ex):
@@ -205,6 +197,15 @@ def test_compiles_with_no_graph_break(ex):
         assert cache.length == 9  # the traced step really ran
     finally:
         torch._dynamo.reset()
+
+
+@pytest.fixture
+def by_module_name(monkeypatch):
+    """``import alibi_parallel`` works (examples/ on sys.path); the module is forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    sys.modules.pop("alibi_parallel", None)
+    yield
+    sys.modules.pop("alibi_parallel", None)
 
 
 def test_importing_the_file_twice_under_two_names(ex, by_module_name, tmp_path):
