@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from llmcore.registry import ARCHITECTURES, ATTENTIONS, MLPS, NORMS, POS_ENCODINGS
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -30,6 +32,9 @@ def test_there_are_snippets():
 @pytest.mark.parametrize("code", list(_snippets()))
 def test_snippet_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # snippets that write files write them here
+    # Snippets register architectures and names ("alibi") as a user would; later tests must not see them.
+    for registry in (ARCHITECTURES, NORMS, MLPS, POS_ENCODINGS, ATTENTIONS):
+        monkeypatch.setattr(registry, "_table", dict(registry._table))
     exec(compile(code, "<doc snippet>", "exec"), {"__name__": "__doc_snippet__"})
 
 

@@ -19,6 +19,8 @@ This module sits at the bottom of the package: it imports nothing but the errors
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -42,10 +44,10 @@ class Registry:
 
         def add(o: T) -> T:
             old = self._table.get(name, _MISSING)
-            if old is not _MISSING and old is not o and _qualname(old) != _qualname(o):
+            if old is not _MISSING and old is not o and not same_definition(old, o):
                 raise ConfigError(f"{self.kind} {name!r} is already registered to {_qualname(old)}; "
                                   f"pick another name for {_qualname(o)}.")
-            self._table[name] = o  # re-registering the same definition (a re-imported module) is fine
+            self._table[name] = o  # the same definition again (a re-imported module) is fine; newest wins
             return o
 
         return add if obj is None else add(obj)
@@ -86,6 +88,26 @@ def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
+def same_definition(a: Any, b: Any) -> bool:
+    """One definition seen twice: same module and name (a re-executed module), or same name in the same
+    source file (one file imported under two module names, e.g. ``--import path.py`` and ``import name``)."""
+    if _qualname(a) == _qualname(b):
+        return True
+    if getattr(a, "__qualname__", None) != getattr(b, "__qualname__", None):
+        return False
+    fa, fb = _source_file(a), _source_file(b)
+    return fa is not None and fa == fb
+
+
+def _source_file(obj: Any) -> str | None:
+    """The resolved path of the file defining ``obj``; None when it has none (built-ins, exec'd code)."""
+    try:
+        path = inspect.getfile(obj)
+    except (TypeError, OSError):
+        return None
+    return None if path.startswith("<") else os.path.realpath(path)  # "<stdin>", "<string>": no file
+
+
 # The tables. Each is filled by the module that defines the built-ins (importing llmcore fills them all).
 ARCHITECTURES = Registry("architecture", "ARCHITECTURES")  # config.json "architecture" -> model class (nn.Module with config_cls)
 NORMS = Registry("norm", "NORMS")  # ModelConfig.norm -> factory(config) -> nn.Module
@@ -93,4 +115,4 @@ MLPS = Registry("activation", "MLPS")  # ModelConfig.activation -> factory(confi
 POS_ENCODINGS = Registry("pos_encoding", "POS_ENCODINGS")  # ModelConfig.pos_encoding -> factory(config) -> nn.Module | None
 ATTENTIONS = Registry("attention", "ATTENTIONS")  # ModelConfig.attention -> class(config, layer_idx, cross=False)
 
-__all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS", "ATTENTIONS"]
+__all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS", "ATTENTIONS", "same_definition"]

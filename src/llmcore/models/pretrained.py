@@ -30,7 +30,7 @@ from ..io import (  # noqa: F401
     save_safetensors,
     tied_duplicates,
 )
-from ..registry import ARCHITECTURES
+from ..registry import ARCHITECTURES, same_definition
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -148,6 +148,8 @@ def _resolve_architecture(cls: type, arch: Any, directory: Path) -> type:
         raise CheckpointError(f"ARCHITECTURES[{arch!r}] is {registered!r}, not a model class; register the class.")
     if registered is not None and issubclass(registered, cls):
         return registered  # cls itself, or a registered subclass of it
+    if registered is not None and same_definition(registered, cls):
+        return cls  # the same class from the same file imported under another module name
     if registered is not None and issubclass(cls, registered):
         return cls  # a subclass asked for explicitly loads its parent's weights (they must match)
     if registered is None and arch == cls.__name__:
