@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     p.add_argument("--sample", "--do-sample", dest="sample", action="store_true",
                    help="sample (temperature 1) instead of greedy decoding")
-    add_dataclass_args(p, GenerationConfig, DECODING)
+    add_dataclass_args(p, GenerationConfig, DECODING,
+                       help={"seed": "seed of the sampling (default: a fresh random one)"})
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to the prompt")
     p.add_argument("--stream", action="store_true", help="print text as it is produced")
