@@ -3,8 +3,9 @@
 DIR is a model directory (llmcore or Hugging Face format, any registered architecture) with its tokenizer in
 ``DIR/tokenizer`` (or DIR itself). Decoding is greedy unless a sampling option (``--temperature``,
 ``--top-k``, ``--top-p``, ``--min-p``) or ``--sample`` is given; ``--num-beams N`` runs beam search.
-``--stream`` prints text as it is produced. Every decoding flag is a GenerationConfig field with its default;
-``--max-new-tokens`` is capped to the room left in the model's context unless ``--sliding-window``.
+``--stream`` prints text as it is produced. Every decoding flag is a GenerationConfig field with its default.
+The default ``--max-new-tokens`` is capped to the room left in the model's context (unless
+``--sliding-window``); a larger explicit value is an error that says how many tokens fit.
 """
 
 from __future__ import annotations
