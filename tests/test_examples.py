@@ -4,7 +4,7 @@ Each script runs in a subprocess, from a temporary directory, with this checkout
 import path and every output directory pointed into the temporary directory, so nothing is written to the
 repository. A test checks the exit status, a line the script prints when it finished, and the files it is
 meant to write. ``examples/alibi_parallel.py`` has its own test (the command-line round trip it teaches).
-About 3 minutes on 2 CPU cores in all.
+About 4 minutes on 2 CPU cores in all.
 """
 
 from __future__ import annotations
