@@ -10,7 +10,7 @@
    both sides of the training pairs (ULMFiT's order: general LM, then the task). ``--decoder lstm`` trains
    the :class:`LSTMLM` baseline with the same recipe and budget instead.
 4. Each translates the test split (Bible chapters never seen in training + HSK everyday sentences) with beam
-   search (``--num-beams``, 4 by default; no repeated token trigram, ``--no-repeat-ngram``);
+   search (``--num-beams``, 4 by default; no repeated token trigram, ``--no-repeat-ngram-size``);
    corpus BLEU (character-tokenized) and chrF are reported next to a word-by-word CC-CEDICT dictionary
    baseline and the copy-the-source baseline, plus sample translations including "Hello, how are you?".
 
@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--dict-repeat", type=int, default=0,
                     help="add the dictionary's word pairs (the baseline's own lexicon) this many times to the pairs")
     ap.add_argument("--num-beams", type=int, default=4, help="beam width for the test translations (1 = greedy)")
-    ap.add_argument("--no-repeat-ngram", type=int, default=3,
+    ap.add_argument("--no-repeat-ngram-size", "--no-repeat-ngram", type=int, default=3,
                     help="forbid repeating any n-gram of this many tokens in a translation (0 = off; 3 chosen on the validation split)")
     ap.add_argument("--bucket", type=int, default=8,
                     help="length bucketing of training batches (1 = off; see ExampleDataset)")
@@ -222,7 +222,7 @@ def main() -> None:
 
     # ---- evaluation
     sources = [p.en for p in test]
-    decode = dict(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram)
+    decode = dict(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size)
     print(f"\ntranslating {len(test)} test sentences ...")
     hypotheses = {}
     for name, (translator, summary) in systems.items():

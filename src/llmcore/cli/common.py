@@ -55,7 +55,8 @@ HELP = {
     "preset": "ModelConfig preset",
     "arch": "registered architecture to build (llmcore.registry.ARCHITECTURES; see --import)",
     # GenerationConfig
-    "max_new_tokens": "tokens to generate (capped to the room left in the model's context)",
+    "max_new_tokens": "tokens to generate (the default is capped to the room the prompt leaves in the model's "
+                      "context)",
     "do_sample": "sample instead of greedy decoding (implied by any sampling option)",
     "temperature": "sampling temperature (0 = greedy)",
     "top_k": "sample from the k most likely tokens (default: off)",

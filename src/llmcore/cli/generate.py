@@ -3,8 +3,9 @@
 DIR is a model directory (llmcore or Hugging Face format, any registered architecture) with its tokenizer in
 ``DIR/tokenizer`` (or DIR itself). Decoding is greedy unless a sampling option (``--temperature``,
 ``--top-k``, ``--top-p``, ``--min-p``) or ``--sample`` is given; ``--num-beams N`` runs beam search.
-``--stream`` prints text as it is produced. Every decoding flag is a GenerationConfig field with its default;
-``--max-new-tokens`` is capped to the room left in the model's context unless ``--sliding-window``.
+``--stream`` prints text as it is produced. Every decoding flag is a GenerationConfig field with its default.
+The default ``--max-new-tokens`` is capped to the room left in the model's context (unless
+``--sliding-window``); a larger explicit value is an error that says how many tokens fit.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     p.add_argument("--sample", "--do-sample", dest="sample", action="store_true",
                    help="sample (temperature 1) instead of greedy decoding")
-    add_dataclass_args(p, GenerationConfig, DECODING)
+    add_dataclass_args(p, GenerationConfig, DECODING,
+                       help={"seed": "seed of the sampling (default: a fresh random one)"})
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to the prompt")
     p.add_argument("--stream", action="store_true", help="print text as it is produced")

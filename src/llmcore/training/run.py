@@ -110,6 +110,27 @@ def _fingerprint(config: RunConfig) -> dict[str, Any]:
             "val_fraction": config.val_fraction}
 
 
+def check_resume_data(config: RunConfig, data_dir: Path) -> None:
+    """CheckpointError when a resumed run names other data than it was prepared from (before anything changes).
+
+    Without this, ``--resume`` with the data flags left out re-prepared ``OUT/data`` from the defaults (the
+    bundled Shakespeare) and only then failed on the model shape, replacing the run's prepared data.
+    """
+    stamp = data_dir / "source.json"
+    if not stamp.is_file():
+        return
+    saved, wanted = json.loads(stamp.read_text(encoding="utf-8")), _fingerprint(config)
+    if saved != wanted:
+        def show(key: str, value: Any) -> str:  # files as their paths (size and mtime are in source.json)
+            return ", ".join(f[0] for f in value) if key == "files" and isinstance(value, list) else repr(value)
+
+        differ = "; ".join(f"{k}: {show(k, saved.get(k))} in the run vs {show(k, wanted[k])} now" for k in wanted
+                           if saved.get(k) != wanted[k])
+        raise CheckpointError(f"{data_dir} was prepared from other data than this command names ({differ}); "
+                              "resume with the --data, --tokenizer, --vocab-size and --val-fraction of the "
+                              "original run.")
+
+
 def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> Any:
     """Tokenizer + ``data_dir/{train,val}.bin``; rank 0 builds them (unless already there), the others wait."""
     from ..data import build_tokenizer, prepare
@@ -157,6 +178,8 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and not (out / "trainer_state").is_dir():
         raise CheckpointError(f"No checkpoint to resume in {out / 'trainer_state'}; run without --resume to "
                               "start a fresh run, or point --out at the run directory.")
+    if config.resume:
+        check_resume_data(config, out / "data")
     cls = architecture(config.arch)
     env = dist.detect()
     env, created = dist.setup(dist.resolve_device(train_cfg.device, env), env)
