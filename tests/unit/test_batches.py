@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import run
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import OnTheFlyTextDataset, TokenDataset
 from llmcore.errors import DataError
@@ -118,26 +119,6 @@ def unfreeze_trainer(out, max_steps=8):
     model = tiny_lm(dropout=0.1)
     cfg = config(max_steps=max_steps, grad_accum=2, eval_interval=3, out_dir=str(out), keep_last=3)
     return Trainer(model, cfg, lm_data(), lm_data(1), strategies=[GradualUnfreeze(every_n_steps=2)])
-
-
-class Crash(Exception):
-    """Stands in for the process being killed."""
-
-
-def run(trainer, resume=False, crash_at=None):
-    losses = {}
-
-    def record(t, info):
-        losses[info["step"]] = info["train_loss"]
-        if info["step"] == crash_at:
-            raise Crash
-
-    trainer.add_callback("on_step_end", record)
-    try:
-        trainer.fit(resume=resume)
-    except Crash:
-        pass
-    return losses
 
 
 def test_gradual_unfreeze_interrupted_and_resumed_equals_uninterrupted(tmp_path):

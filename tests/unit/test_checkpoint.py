@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import Crash, run
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import TokenDataset
 from llmcore.errors import CheckpointError
@@ -24,10 +25,6 @@ from llmcore.training import checkpoint as ckpt
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-class Crash(Exception):
-    """Stands in for the process being killed."""
 
 
 def data(seed=0, n=600, V=32):
@@ -42,22 +39,6 @@ def make_trainer(out, max_steps=12, model=None, **kw):
                                 min_lr=1e-3, eval_interval=4, eval_batches=2, progress=False, num_samples=0,
                                 device="cpu", out_dir=str(out), keep_last=2), **kw})
     return Trainer(model, cfg, data(0), data(1))
-
-
-def run(trainer, resume=False, crash_at=None):
-    losses = {}
-
-    def record(t, info):
-        losses[info["step"]] = info["train_loss"]
-        if info["step"] == crash_at:
-            raise Crash
-
-    trainer.add_callback("on_step_end", record)
-    try:
-        trainer.fit(resume=resume)
-    except Crash:
-        pass
-    return losses
 
 
 def test_resume_is_bit_identical(tmp_path):
