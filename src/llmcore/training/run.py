@@ -110,25 +110,28 @@ def _fingerprint(config: RunConfig) -> dict[str, Any]:
             "val_fraction": config.val_fraction}
 
 
-def check_resume_data(config: RunConfig, data_dir: Path) -> None:
-    """CheckpointError when a resumed run names other data than it was prepared from (before anything changes).
+def resume_data_differences(config: RunConfig, data_dir: Path) -> list[str]:
+    """What the command's data flags say differently from what ``data_dir`` was prepared from (empty: same).
 
-    Without this, ``--resume`` with the data flags left out re-prepared ``OUT/data`` from the defaults (the
-    bundled Shakespeare) and only then failed on the model shape, replacing the run's prepared data.
+    A resumed run continues on its own prepared data whatever the flags say (that is what "the same run"
+    means); the differences are only reported. Without this rule ``--resume`` with the data flags left out
+    re-prepared ``OUT/data`` from the defaults (the bundled Shakespeare) and replaced the run's data, and a
+    reinstalled package (the bundled corpus with a new mtime) could not resume at all.
     """
     stamp = data_dir / "source.json"
     if not stamp.is_file():
-        return
-    saved, wanted = json.loads(stamp.read_text(encoding="utf-8")), _fingerprint(config)
-    if saved != wanted:
-        def show(key: str, value: Any) -> str:  # files as their paths (size and mtime are in source.json)
-            return ", ".join(f[0] for f in value) if key == "files" and isinstance(value, list) else repr(value)
+        return []
+    saved, wanted = read_json(stamp, "data fingerprint"), _fingerprint(config)
 
-        differ = "; ".join(f"{k}: {show(k, saved.get(k))} in the run vs {show(k, wanted[k])} now" for k in wanted
-                           if saved.get(k) != wanted[k])
-        raise CheckpointError(f"{data_dir} was prepared from other data than this command names ({differ}); "
-                              "resume with the --data, --tokenizer, --vocab-size and --val-fraction of the "
-                              "original run.")
+    def show(key: str, value: Any) -> str:  # files as their paths (size and mtime are in source.json)
+        return ", ".join(f[0] for f in value) if key == "files" and isinstance(value, list) else repr(value)
+
+    return [f"{k}: {show(k, saved.get(k))} in the run vs {show(k, wanted[k])} now" for k in wanted
+            if saved.get(k) != wanted[k]]
+
+
+def _prepared(data_dir: Path) -> bool:
+    return (data_dir / "tokenizer").is_dir() and (data_dir / "meta.json").is_file()
 
 
 def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> Any:
@@ -139,8 +142,11 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> An
     stamp = data_dir / "source.json"
     if env.is_main:
         wanted = _fingerprint(config)
-        fresh = not (stamp.is_file() and read_json(stamp, "data fingerprint (delete it to re-prepare)") == wanted
-                     and (data_dir / "tokenizer").is_dir() and (data_dir / "meta.json").is_file())
+        if config.resume and _prepared(data_dir):
+            fresh = False  # a resumed run continues on its own data (see resume_data_differences)
+        else:
+            fresh = not (stamp.is_file() and read_json(stamp, "data fingerprint (delete it to re-prepare)") == wanted
+                         and _prepared(data_dir))
         if fresh:
             paths = [Path(p) for p in config.data] if config.data else None
             tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
@@ -178,8 +184,9 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and not (out / "trainer_state").is_dir():
         raise CheckpointError(f"No checkpoint to resume in {out / 'trainer_state'}; run without --resume to "
                               "start a fresh run, or point --out at the run directory.")
-    if config.resume:
-        check_resume_data(config, out / "data")
+    if config.resume and (differ := resume_data_differences(config, out / "data")):
+        logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
+                    "(%s) and are ignored.", out / "data", "; ".join(differ))
     cls = architecture(config.arch)
     env = dist.detect()
     env, created = dist.setup(dist.resolve_device(train_cfg.device, env), env)
