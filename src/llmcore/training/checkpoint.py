@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, LLMCoreError
 from ..io import atomic_write_json, read_json
 from ..models.pretrained import load_state_dict_checked, save_safetensors, tied_duplicates
 from .distributed import all_gather_tensor, unwrap
@@ -98,6 +98,15 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     model = unwrap(model)
     dups = tied_duplicates(model)
     return {strip_prefixes(k): v for k, v in model.state_dict().items() if k not in dups}
+
+
+def _normalised(config_cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` as the current config class reads it: fields added since it was written take their defaults
+    (an older run resumes), legacy keys are lifted; a config the class refuses is compared as written."""
+    try:
+        return config_cls.from_dict(dict(saved)).to_dict()
+    except LLMCoreError:
+        return saved
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -250,7 +259,7 @@ def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> No
     model = unwrap(model)
     config = getattr(model, "config", None)
     if meta.get("model_config") is not None and hasattr(config, "to_dict"):
-        diff = config_diff(meta["model_config"], config.to_dict())
+        diff = config_diff(_normalised(type(config), meta["model_config"]), config.to_dict())
         if diff:
             raise CheckpointError(f"Checkpoint {path} was written for a different model config ({'; '.join(diff)}). "
                                   "Resume with the same --preset/--set values, or train into a new --out directory.")
