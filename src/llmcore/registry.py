@@ -19,6 +19,7 @@ This module sits at the bottom of the package: it imports nothing but the errors
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Iterator
@@ -89,23 +90,52 @@ def _qualname(obj: Any) -> str:
 
 
 def same_definition(a: Any, b: Any) -> bool:
-    """One definition seen twice: same module and name (a re-executed module), or same name in the same
-    source file (one file imported under two module names, e.g. ``--import path.py`` and ``import name``)."""
-    if _qualname(a) == _qualname(b):
+    """One definition seen twice: the same qualified name defined at the same place of the same source file
+    (a re-executed module, or one file imported under two module names, e.g. ``--import path.py`` and
+    ``import name``); without a source file (``<stdin>``, exec'd code), the same module and qualified name.
+    In ``__main__`` (a script or notebook cell run again) the same qualified name is enough.
+
+    Two different objects that merely share a name are not one definition: classes of the same name in two
+    files (two plugins both called ``models.py``), two lambdas or ``functools.partial`` objects of one module,
+    or classes a function builds (``<locals>``: each call may build a different one).
+    """
+    if a is b:
         return True
-    if getattr(a, "__qualname__", None) != getattr(b, "__qualname__", None):
-        return False
-    fa, fb = _source_file(a), _source_file(b)
-    return fa is not None and fa == fb
+    if isinstance(a, functools.partial) or isinstance(b, functools.partial):
+        return (isinstance(a, functools.partial) and isinstance(b, functools.partial)
+                and same_definition(a.func, b.func) and a.args == b.args and a.keywords == b.keywords)
+    qa, qb = getattr(a, "__qualname__", None), getattr(b, "__qualname__", None)
+    if not isinstance(qa, str) or qa != qb or (isinstance(a, type) and "<locals>" in qa):
+        return False  # instances have no qualified name; a class built in a function may differ per call
+    if _qualname(a) == _qualname(b) and getattr(a, "__module__", None) == "__main__":
+        return True  # a script or notebook cell run again, maybe edited: the newest definition wins
+    sa, sb = _definition_site(a), _definition_site(b)
+    if sa is not None and sb is not None:
+        return sa == sb
+    return sa is None and sb is None and _qualname(a) == _qualname(b)
 
 
-def _source_file(obj: Any) -> str | None:
-    """The resolved path of the file defining ``obj``; None when it has none (built-ins, exec'd code)."""
-    try:
-        path = inspect.getfile(obj)
-    except (TypeError, OSError):
-        return None
-    return None if path.startswith("<") else os.path.realpath(path)  # "<stdin>", "<string>": no file
+def _definition_site(obj: Any) -> tuple[str, int | None] | None:
+    """(resolved source file, first line for functions) of ``obj``; None without a file (built-ins, exec'd code).
+
+    A class's file comes from its own methods' code when it has any: ``inspect.getfile`` goes through
+    ``sys.modules[cls.__module__]``, which a second module of the same name has replaced by then.
+    """
+    code = getattr(obj, "__code__", None)
+    if code is None and isinstance(obj, type):
+        methods = (getattr(v, "__func__", v) for v in vars(obj).values())  # classmethod / staticmethod unwrapped
+        code = next((c for c in (getattr(m, "__code__", None) for m in methods) if c is not None), None)
+        line = None  # a class's first method's line says little; the file and the qualified name suffice
+    else:
+        line = code.co_firstlineno if code is not None else None  # two lambdas of one file differ by line
+    if code is not None:
+        path = code.co_filename
+    else:
+        try:
+            path = inspect.getfile(obj)
+        except (TypeError, OSError):
+            return None
+    return None if path.startswith("<") else (os.path.realpath(path), line)  # "<stdin>", "<string>": no file
 
 
 # The tables. Each is filled by the module that defines the built-ins (importing llmcore fills them all).

@@ -109,6 +109,19 @@ def test_resume_with_other_model_config_names_field(tmp_path):
         make_trainer(tmp_path, model=other).fit(resume=True)
 
 
+class OtherLM(TransformerLM):
+    """Another architecture with the same parameter names: its weights would load into a TransformerLM."""
+
+
+def test_resume_into_another_architecture_is_refused(tmp_path):
+    cfg = ModelConfig.from_preset("debug", vocab_size=32, max_seq_len=16, dropout=0.1)
+    torch.manual_seed(0)
+    run(make_trainer(tmp_path, max_steps=4, model=OtherLM(cfg)))
+    with pytest.raises(CheckpointError, match=r"written by a OtherLM, but the model to resume is a TransformerLM"):
+        make_trainer(tmp_path, max_steps=8).fit(resume=True)
+    make_trainer(tmp_path, max_steps=8, model=OtherLM(cfg)).fit(resume=True)  # the same class resumes
+
+
 def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path):
     run(make_trainer(tmp_path, max_steps=4))
     with pytest.raises(CheckpointError, match="already holds checkpoints.*--resume"):

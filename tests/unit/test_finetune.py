@@ -217,6 +217,19 @@ def test_classifier_pooling_ignores_padding(tiny_config):
     assert list(layer_groups(clf))[-1] == "head" and "head.weight" in layer_groups(clf)["head"]
 
 
+def test_classifier_last_pooling_finds_the_last_token_past_bf16_integers(tiny_config):
+    """bf16 counts exactly only to 256: the last real token of a longer padded row must still be the one pooled."""
+    clf = SequenceClassifier(TransformerLM(tiny_config.replace(max_seq_len=300)), num_classes=3).eval()
+    clf = clf.to(torch.bfloat16)
+    x = torch.randint(1, 128, (1, 257))
+    padded = torch.cat([x, torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask = torch.tensor([[1] * 257 + [0] * 3])
+    with torch.no_grad():
+        h = clf.body.forward_hidden(padded, mask)
+        want = clf.head(h[:, 256])  # the hidden state of the last real token, index 256
+        torch.testing.assert_close(clf(padded, attention_mask=mask), want, rtol=0, atol=0)
+
+
 def test_classifier_trains_and_round_trips(tiny_config, tmp_path):
     tok = ByteTokenizer()
     texts = ["good day", "fine morning", "bad night", "poor evening"] * 4

@@ -72,6 +72,53 @@ def test_taken_name_with_another_object_is_refused():
         register_architecture("TransformerLM")(RegisteredLM)
 
 
+def test_same_name_is_not_same_definition():
+    """Objects that only share a name are refused: partials, lambdas, classes of one name in two files."""
+    import functools
+
+    from llmcore.registry import Registry, same_definition
+
+    reg = Registry("thing", "THINGS")
+    reg.register("gelu", functools.partial(nn.GELU, approximate="none"))
+    reg.register("gelu", functools.partial(nn.GELU, approximate="none"))  # an equal partial: a re-import
+    with pytest.raises(ConfigError, match="'gelu' is already registered"):
+        reg.register("gelu", functools.partial(nn.GELU, approximate="tanh"))
+    reg.register("f", lambda config: 1)
+    with pytest.raises(ConfigError, match="'f' is already registered"):
+        reg.register("f", lambda config: 2)
+
+    def make(n):
+        class Made(nn.Module):
+            size = n
+        return Made
+
+    assert not same_definition(make(1), make(2))
+
+
+@pytest.fixture
+def clean_registry():
+    before = dict(ARCHITECTURES._table)
+    yield
+    ARCHITECTURES._table.clear()
+    ARCHITECTURES._table.update(before)
+
+
+def test_plugins_of_one_file_name_in_two_folders_do_not_shadow(tmp_path, clean_registry):
+    from llmcore.cli.common import import_plugin
+
+    for folder, norm in (("a", "layernorm"), ("b", "rmsnorm")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "models.py").write_text(
+            "from llmcore.models import TransformerLM, register_architecture\n\n\n"
+            f"@register_architecture\nclass PluginLM(TransformerLM):\n    norm = {norm!r}\n", encoding="utf-8")
+    first = import_plugin(str(tmp_path / "a" / "models.py"))
+    assert ARCHITECTURES.get("PluginLM") is first.PluginLM
+    with pytest.raises(ConfigError, match="'PluginLM' is already registered"):
+        import_plugin(str(tmp_path / "b" / "models.py"))
+    assert ARCHITECTURES.get("PluginLM") is first.PluginLM
+    import_plugin(str(tmp_path / "a" / "models.py"))  # the same file again is fine
+
+
 def test_every_builtin_architecture_is_registered():
     for cls in (TransformerLM, Seq2SeqTransformer, LSTMLM, SequenceClassifier):
         assert ARCHITECTURES.get(cls.__name__) is cls

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -188,7 +189,10 @@ def import_plugin(spec: str) -> types.ModuleType:
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"--import {spec}: no such file; pass an existing .py file or a module name.")
-        name = f"llmcore_plugin_{path.stem}"
+        # One module name per file: two plugins both called models.py must not replace each other in sys.modules
+        # (their classes would then look like one definition to the registry).
+        digest = hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
+        name = f"llmcore_plugin_{path.stem}_{digest}"
         loader_spec = importlib.util.spec_from_file_location(name, path)
         if loader_spec is None or loader_spec.loader is None:
             raise ConfigError(f"--import {spec}: cannot be imported as a Python file.")

@@ -114,7 +114,10 @@ class SequenceClassifier(PreTrainedMixin, nn.Module):
         else:
             m = attention_mask.to(h.dtype)  # (B, T)
             if self.pooling == "last":  # works for left and right padding alike
-                last = (m * torch.arange(1, T + 1, device=h.device, dtype=h.dtype)).argmax(1)  # (B,)
+                # In integers: bf16 counts exactly only to 256, so positions past it would tie and argmax
+                # would pick an earlier token.
+                pos = torch.arange(1, T + 1, device=h.device)  # (T,)
+                last = (attention_mask.ne(0).long() * pos).argmax(1)  # (B,)
                 pooled = h[torch.arange(B, device=h.device), last]
             else:
                 pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)

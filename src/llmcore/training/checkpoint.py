@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import CheckpointError, LLMCoreError
 from ..io import atomic_write_json, read_json
-from ..models.pretrained import load_state_dict_checked, save_safetensors, tied_duplicates
+from ..models.pretrained import architecture_name, load_state_dict_checked, save_safetensors, tied_duplicates
 from .distributed import all_gather_tensor, unwrap
 
 CHECKPOINT_DIR = "trainer_state"
@@ -257,6 +257,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Check the saved model config against ``model`` and copy the weights in."""
     model = unwrap(model)
+    saved, arch = meta.get("architecture"), architecture_name(type(model))
+    if saved is not None and saved != arch:  # checkpoints written before this key skip the check
+        raise CheckpointError(f"Checkpoint {path} was written by a {saved}, but the model to resume is a {arch} "
+                              f"(same parameter names would load silently). Resume with --arch {saved} (and the "
+                              "--import that registers it), or train into a new --out directory.")
     config = getattr(model, "config", None)
     if meta.get("model_config") is not None and hasattr(config, "to_dict"):
         diff = config_diff(_normalised(type(config), meta["model_config"]), config.to_dict())
@@ -281,6 +286,7 @@ def trainer_snapshot(trainer: Any) -> dict[str, Any]:
         "trainer": dict(trainer.state),
         "rng": rng,
         "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
+        "architecture": architecture_name(type(model)),  # resuming into another class is refused
         "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
         "train_config": trainer.config.to_dict(),
         "strategies": [s.state_dict() if hasattr(s, "state_dict") and not isinstance(s, nn.Module) else None
