@@ -177,3 +177,21 @@ def test_prefixes_stripped_and_rng_round_trip():
     again = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=g))
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1])
     assert draws[2] == again[2] and torch.equal(draws[3], again[3])
+
+
+def test_checkpoint_of_an_older_version_resumes(tmp_path):
+    """A checkpoint written before a ModelConfig field existed (``attention``, ``architecture``) still resumes
+    exactly: missing fields take their defaults instead of reading as a different model config."""
+    ref = run(make_trainer(tmp_path / "a", max_steps=8))
+    run(make_trainer(tmp_path / "b", max_steps=8), crash_at=6)  # the last checkpoint is step 4
+    state_file = ckpt.list_checkpoints(tmp_path / "b")[-1] / ckpt.STATE_NAME
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    del state["model_config"]["attention"]  # as the previous version wrote it
+    state.pop("architecture", None)
+    with pytest.raises(CheckpointError, match="different model config.*d_model"):  # a real difference fails
+        state_file.write_text(json.dumps({**state, "model_config": {**state["model_config"], "d_model": 64}}),
+                              encoding="utf-8")
+        run(make_trainer(tmp_path / "b", max_steps=8), resume=True)
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+    losses = run(make_trainer(tmp_path / "b", max_steps=8), resume=True)
+    assert sorted(losses) == [5, 6, 7, 8] and all(losses[s] == ref[s] for s in losses)
