@@ -6,6 +6,7 @@ key=value`` overrides, trains, and prints samples. With no ``--data`` it trains 
 with a character tokenizer, nanoGPT's shakespeare-char "baby GPT" on a CPU::
 
     llmcore train --max-steps 600
+    llmcore prepare --data corpus/ --tokenizer sp --out data/corpus && llmcore train --data data/corpus
     torchrun --nproc_per_node 4 -m llmcore train --data corpus/ --tokenizer sp --vocab-size 8000 --preset small
 """
 
@@ -24,9 +25,13 @@ TRAIN_FLAGS = ["max_steps", "batch_size", "grad_accum", "lr", "eval_interval", "
                "dtype", "compile", "progress"]  # TrainConfig fields
 
 
+RUN_HELP = {"data": "UTF-8 text files, .gz files or directories of *.txt / *.txt.gz, or one `llmcore prepare` "
+                    "output directory, used as is (default: the bundled Shakespeare)"}
+
+
 def add_train_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """The flags of one training run (shared with ``llmcore sweep``, which passes them to every run)."""
-    add_dataclass_args(parser, RunConfig, [f for f in RUN_FLAGS if f not in exclude])
+    add_dataclass_args(parser, RunConfig, [f for f in RUN_FLAGS if f not in exclude], help=RUN_HELP)
     add_set_arg(parser)
     add_dataclass_args(parser, TrainConfig, [f for f in TRAIN_FLAGS if f not in exclude])
 

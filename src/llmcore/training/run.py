@@ -1,7 +1,8 @@
 """A training run as a Python call: ``train(RunConfig(...))`` goes from text files to a run directory.
 
 What ``llmcore train`` does, without argparse: build the tokenizer and prepare the data into ``OUT/data``
-(reused when the same files, tokenizer and split were prepared before), build the model from a registered
+(reused when the same files, tokenizer and split were prepared before; a ``llmcore prepare`` output directory
+given as the only ``data`` entry is used as is, its files linked into ``OUT/data``), build the model from a registered
 architecture, a preset and overrides, train it with the :class:`~llmcore.training.Trainer` (checkpoints,
 ``metrics.jsonl``, samples) and return the Trainer's summary. ``llmcore sweep`` calls it once per grid point::
 
@@ -35,7 +36,7 @@ logger = logging.getLogger("llmcore.training")
 class RunConfig:
     """Everything one training run depends on. ``model`` / ``train`` override ModelConfig / TrainConfig fields."""
 
-    data: list[str] | None = None  # text files or directories; None = the bundled Shakespeare
+    data: list[str] | None = None  # text files or directories, or one `llmcore prepare` output; None = Shakespeare
     tokenizer: str = "char"  # char | byte | sp | a saved tokenizer directory
     vocab_size: int | None = None  # for tokenizer "sp" (the data layer's default when None)
     val_fraction: float = 0.1  # last share of the text held out for validation
@@ -54,6 +55,19 @@ class RunConfig:
         check_field(self, "vocab_size", lambda v: v is None or is_int(v, 1), "None or a positive integer")
         check_field(self, "resume", lambda v: isinstance(v, bool), "True or False")
         split_overrides({**self.model, **self.train})  # unknown keys fail now, not after data preparation
+        if (prepared := self.prepared_dir()) is not None and (self.tokenizer != "char" or self.vocab_size is not None):
+            # The ids in train.bin are those of the directory's own tokenizer; another one would mis-read them.
+            raise ConfigError(f"--data {prepared} is a prepared directory with its own tokenizer; drop --tokenizer "
+                              "and --vocab-size (or pass the text files to tokenize them anew).")
+
+    def prepared_dir(self) -> Path | None:
+        """The ``llmcore prepare`` output directory ``data`` names (its one entry), or None for text files."""
+        if self.data is None or len(self.data) != 1:
+            if self.data and any(is_prepared_dir(Path(p)) for p in self.data):
+                raise ConfigError(f"--data {' '.join(self.data)}: a prepared directory must be the only --data entry "
+                                  "(prepare all the text into one with llmcore prepare).")
+            return None
+        return Path(self.data[0]) if is_prepared_dir(Path(self.data[0])) else None
 
     @property
     def out(self) -> Path:
@@ -100,10 +114,21 @@ def architecture(name: str) -> type:
 
 
 # ---------------------------------------------------------------------------------------------- data
+PREPARED_FILES = ("meta.json", "train.bin", "val.bin")  # what `llmcore prepare` writes beside tokenizer/
+
+
+def is_prepared_dir(path: Path) -> bool:
+    """Whether ``path`` is a ``llmcore prepare`` output (meta.json, train.bin and tokenizer/)."""
+    return path.is_dir() and (path / "meta.json").is_file() and (path / "train.bin").is_file() \
+        and (path / "tokenizer").is_dir()
+
+
 def _fingerprint(config: RunConfig) -> dict[str, Any]:
     """What the prepared data depends on; a match means OUT/data can be reused as is."""
     from ..data import resolve_paths
 
+    if (prepared := config.prepared_dir()) is not None:  # the directory and the meta.json it holds now
+        return {"prepared": str(prepared.resolve()), "meta": read_json(prepared / "meta.json", "prepared meta")}
     files = resolve_paths([Path(p) for p in config.data] if config.data else None)
     return {"files": [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in files],
             "tokenizer": str(config.tokenizer), "vocab_size": config.vocab_size,
@@ -147,7 +172,11 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> An
         else:
             fresh = not (stamp.is_file() and read_json(stamp, "data fingerprint (delete it to re-prepare)") == wanted
                          and _prepared(data_dir))
-        if fresh:
+        if fresh and (prepared := config.prepared_dir()) is not None:
+            if prepared.resolve() != data_dir.resolve():
+                _link_prepared(prepared, data_dir)
+            stamp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+        elif fresh:
             paths = [Path(p) for p in config.data] if config.data else None
             tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
             tokenizer.save(data_dir / "tokenizer")
@@ -155,6 +184,24 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> An
             stamp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
     dist.barrier(env)
     return load_tokenizer(data_dir / "tokenizer")
+
+
+def _link_prepared(src: Path, data_dir: Path) -> None:
+    """Put ``src``'s prepared files and tokenizer into ``data_dir`` (hard links where the filesystem allows, so a
+    large corpus is not copied), replacing what was there; the run directory then stands on its own."""
+    import os
+    import shutil
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name in PREPARED_FILES:
+        (data_dir / name).unlink(missing_ok=True)
+        if (src / name).is_file():
+            try:
+                os.link(src / name, data_dir / name)
+            except OSError:  # another filesystem, or links not supported
+                shutil.copy2(src / name, data_dir / name)
+    shutil.rmtree(data_dir / "tokenizer", ignore_errors=True)
+    shutil.copytree(src / "tokenizer", data_dir / "tokenizer")
 
 
 def val_split(data_dir: Path, block_size: int) -> Any:
