@@ -40,3 +40,59 @@ def test_train_on_a_prepared_directory_equals_training_on_its_text(tmp_path, cap
     assert "prepared directory with its own tokenizer" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="only --data entry"):
         RunConfig(data=[str(tmp_path / "prep"), str(text)])
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+@pytest.fixture
+def base(tiny_config, tmp_path):
+    """A tiny byte-level LM with the translator's tags, its directory and a text file to fine-tune on."""
+    from llmcore.models import TransformerLM
+    from llmcore.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer(specials=("<bos>", "<eos>", "<pad>", "<2en>", "<2zh>"))
+    TransformerLM(tiny_config.replace(vocab_size=tok.vocab_size)).save_pretrained(tmp_path / "base", tokenizer=tok)
+    text = tmp_path / "lm.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    return tmp_path / "base", text
+
+
+FAST = ["--batch-size", "2", "--device", "cpu", "--no-progress", "--set", "eval_batches=1"]
+
+
+def test_lora_adapter_merges_and_loads_in_every_command(base, tmp_path, capsys):
+    import torch
+
+    from llmcore.finetune import load_adapter_model
+    from llmcore.models import load_model
+
+    model, text = base
+    adapter, merged = tmp_path / "lora", tmp_path / "lora-merged"
+    assert main(["finetune", "--model", str(model), "--data", str(text), "--out", str(adapter), "--strategy", "lora",
+                 "--max-steps", "4", "--lr", "0.02", *FAST]) == 0
+    assert main(["merge", "--adapter", str(adapter)]) == 0  # default --out: ADAPTER-merged
+    assert f"model in {merged}" in capsys.readouterr().out
+    assert (merged / "config.json").is_file() and (merged / "tokenizer").is_dir()
+    ids = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        want = load_adapter_model(adapter)(ids)  # base + unmerged adapter
+        got = load_model(merged)(ids)
+        plain = load_model(model)(ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (want - plain).abs().max() > 1e-3  # the adapter changed the model: the comparison above means something
+    outputs = []
+    for d in (adapter, merged):
+        assert main(["generate", "--model", str(d), "--prompt", "the quick", "--max-new-tokens", "12",
+                     "--device", "cpu"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("the quick")
+    for d in (adapter, merged):
+        assert main(["eval", "--model", str(d), "--data", str(text), "--device", "cpu", "--max-batches", "2"]) == 0
+        outputs.append(capsys.readouterr().out.split(": ", 1)[1])
+    assert outputs[2] == outputs[3]  # same loss / perplexity / accuracy printed
+    # a moved base is named with the fix; --base points at it
+    model.rename(tmp_path / "moved")
+    assert main(["merge", "--adapter", str(adapter), "--out", str(tmp_path / "m2")]) == 2
+    assert "--base BASE_DIR" in capsys.readouterr().err
+    assert main(["merge", "--adapter", str(adapter), "--out", str(tmp_path / "m2"), "--base", str(tmp_path / "moved")]) == 0
+    assert main(["merge", "--adapter", str(tmp_path / "moved")]) == 2
+    assert "has no adapter_config.json" in capsys.readouterr().err

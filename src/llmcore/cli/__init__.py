@@ -26,6 +26,7 @@ COMMANDS = [
     "llmcore.cli.train",  # train
     "llmcore.cli.eval",  # eval
     "llmcore.cli.finetune",  # finetune
+    "llmcore.cli.merge",  # merge
     "llmcore.cli.generate",  # generate
     "llmcore.cli.translate",  # translate
     "llmcore.cli.convert",  # convert

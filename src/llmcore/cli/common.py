@@ -227,13 +227,21 @@ def load_plugins(specs: list[str], entry_points: bool = True) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def load_model_dir(directory: str | Path, device: Any = "cpu") -> Any:
-    """Load the model saved in ``directory``, whatever its registered architecture (every command uses this)."""
+def load_model_dir(directory: str | Path, device: Any = "cpu", merge: bool = False) -> Any:
+    """Load the model saved in ``directory``, whatever its registered architecture (every command uses this).
+
+    A LoRA adapter directory (``llmcore finetune --strategy lora``) loads as its base model with the adapter
+    applied (:func:`llmcore.finetune.load_adapter_model`); ``merge`` folds it into plain linear layers.
+    """
+    from ..finetune.lora import is_adapter_dir, load_adapter_model
     from ..models import load_model
 
     d = Path(directory)
+    if is_adapter_dir(d) and not (d / "config.json").is_file():
+        return load_adapter_model(d, device=device, merge=merge)
     if not (d / "config.json").is_file():
-        raise CheckpointError(f"{d} is not a model directory (no config.json); pass the --out of a run.")
+        raise CheckpointError(f"{d} is not a model directory (no config.json); pass the --out of a run, or a "
+                              "LoRA adapter directory.")
     return load_model(d, device=device)
 
 

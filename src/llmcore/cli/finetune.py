@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_set_arg(p)
     p.add_argument("--block-size", type=int, default=None, help="lm: window length (default: model context)")
     p.add_argument("--max-len", type=int, default=None,
-                   help="pairs/classify: max tokens per example (default: model context)")
+                   help="pairs/classify: max tokens per example, at most the model context (default: the context)")
     p.add_argument("--bucket", type=int, default=1,
                    help="pairs/classify: draw batches of similar length from a pool of BUCKET batches (default: "
                         "1 = off)")
@@ -75,8 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tgt-col", default="tgt", help="pairs: target column (default: tgt)")
     p.add_argument("--template", default="{src}",
                    help="pairs: prompt template name or format string with {src} (default: {src})")
-    p.add_argument("--src-tag", default=None, help="pairs: source-language tag, e.g. <2en> (default: none)")
-    p.add_argument("--tgt-tag", default=None, help="pairs: target-language tag, e.g. <2zh> (default: none)")
+    p.add_argument("--src-tag", default=None,
+                   help="pairs: source-language tag, e.g. <2en> (default: <2en> when --tgt-tag is not given and "
+                        "the tokenizer has the default tags, else none)")
+    p.add_argument("--tgt-tag", default=None,
+                   help="pairs: target-language tag translate starts the target after (default: <2zh> if the "
+                        "tokenizer has <2en> and <2zh>; else required)")
     p.add_argument("--text-col", default="text", help="classify: text column (default: text)")
     p.add_argument("--label-col", default="label", help="classify: label column (default: label)")
     p.add_argument("--pooling", choices=("last", "mean"), default="last",
@@ -167,25 +171,31 @@ def run(args: argparse.Namespace) -> int:
     val_fraction = getattr(args, "val_fraction", field_default(RunConfig, "val_fraction"))
     _check_fraction(val_fraction)
     model_dir, out = Path(args.model), Path(args.out)
-    lm = load_model_dir(model_dir)
+    lm = load_model_dir(model_dir, merge=True)  # an adapter directory fine-tunes as its merged model
     try:
         tok = load_tokenizer(model_dir)
     except Exception as e:  # a TokenizerError naming what is missing
         raise CheckpointError(f"{model_dir} has no usable tokenizer ({e}); save the model with "
                               "save_pretrained(dir, tokenizer=tok).") from e
-    max_len = args.max_len or lm.config.max_seq_len
+    context = lm.config.max_seq_len
+    check_lengths(args, context)
+    max_len = args.max_len or context
     loss_fn, model, keep = None, lm, ()
     if args.task == "lm":
         ids = torch.tensor(tok.encode(read_text(args.data)), dtype=torch.long)
         cut = int(len(ids) * (1 - val_fraction))
-        block = args.block_size or lm.config.max_seq_len
+        block = args.block_size or context
         V = lm.config.vocab_size
         train, val = TokenDataset(ids[:cut], block, vocab_size=V), TokenDataset(ids[cut:], block, split="val", vocab_size=V)
     elif args.task == "pairs":
+        settings = translation_settings(args, tok)  # fails before any data is read
         tr, va = _split(read_pairs(args.data, args.src_col, args.tgt_col), val_fraction, cfg.seed)
-        kw = dict(template=args.template, src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag,
-                  max_len=min(max_len, lm.config.max_seq_len + 1), too_long="drop", vocab_size=lm.config.vocab_size)
+        kw = dict(template=settings["template"], src_lang_tag=settings["src_lang_tag"],
+                  tgt_lang_tag=settings["tgt_lang_tag"], max_len=min(max_len, context + 1), too_long="drop",
+                  vocab_size=lm.config.vocab_size)
         train, val = PairDataset(tr, tok, **kw), PairDataset(va, tok, **kw)
+        # What `llmcore translate` reads back (Translator, saved_settings): the prompt this model learns.
+        lm.config.extra = {**lm.config.extra, "translation": settings}
     else:
         rows = read_pairs(args.data, args.text_col, args.label_col)
         names = sorted({label for _, label in rows})
@@ -194,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
                                             vocab_size=lm.config.vocab_size)
                       for part in (tr, va))
         model = SequenceClassifier(lm, len(names), pooling=args.pooling)
+        # The class names in id order, saved in config.json: `llmcore classify` prints them, eval counts by them.
+        model.config.extra = {**model.config.extra, "label_names": names}
         loss_fn, keep = classification_loss, ("head",)
     if args.task != "lm":
         train.bucket = args.bucket
@@ -207,13 +219,62 @@ def run(args: argparse.Namespace) -> int:
         # the run directory keeps the adapter (plus the checkpoints that --resume needs) instead.
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             (out / name).unlink(missing_ok=True)
-        save_adapter(model, out, strategies[0], extra={"base_model": str(model_dir), "task": args.task})
+        extra: dict[str, Any] = {"base_model": str(model_dir.resolve()), "task": args.task,
+                                 "config_extra": model.config.extra}  # what load_adapter_model puts back
+        if args.task == "classify":
+            extra["classifier"] = {"num_classes": model.num_classes, "pooling": model.pooling}
+        save_adapter(model, out, strategies[0], extra=extra)
     report = {"task": args.task, "strategy": args.strategy, "base_model": str(model_dir),
               "trainable_parameters": num_parameters(model, trainable_only=True),
               "total_parameters": num_parameters(model), "steps": summary["steps"], **metrics}
     (out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_report(report, summary, out))
     return 0
+
+
+def check_lengths(args: argparse.Namespace, context: int) -> None:
+    """Refuse --max-len / --block-size past the model's context (positions beyond it do not exist)."""
+    from ..errors import ConfigError
+
+    for flag, value in (("--max-len", args.max_len), ("--block-size", args.block_size)):
+        if value is not None and not 1 <= value <= context:
+            raise ConfigError(f"{flag} {value} is outside the model's context of {context} tokens (max_seq_len); "
+                              f"pass {flag} {context} or less, or leave it out to use the whole context.")
+
+
+def translation_settings(args: argparse.Namespace, tok: Any) -> dict[str, str | None]:
+    """The prompt of a pairs fine-tune: ``--src-tag`` / ``--tgt-tag`` / ``--template``, checked against ``tok``.
+
+    ``llmcore translate`` starts the target after a target-language tag, so a pairs model needs one. Without
+    ``--tgt-tag`` the translator's defaults (<2en> / <2zh>) are used when the tokenizer has both as single
+    tokens; otherwise this refuses at the start with the fix, instead of training a model translate rejects.
+    """
+    from ..errors import ConfigError, TokenizerError
+    from ..finetune.pairs import TEMPLATES
+    from ..tokenizer import language_tag_id
+    from ..translation.translator import DEFAULTS
+
+    src, tgt = args.src_tag, args.tgt_tag
+    if tgt is None:
+        try:
+            for tag in (DEFAULTS["src_lang_tag"], DEFAULTS["tgt_lang_tag"]):
+                language_tag_id(tok, tag)
+        except TokenizerError as e:
+            raise ConfigError(f"--task pairs needs --tgt-tag (the token translate starts the target after), and the "
+                              f"tokenizer has no {DEFAULTS['tgt_lang_tag']} / {DEFAULTS['src_lang_tag']} to default "
+                              f"to; pass --tgt-tag TAG (and --src-tag) naming one token of the tokenizer, e.g. a "
+                              f"tokenizer trained with llmcore tokenizer train --user-defined-symbols '<2en>' '<2zh>'.") from e
+        src = DEFAULTS["src_lang_tag"] if src is None else src
+        tgt = DEFAULTS["tgt_lang_tag"]
+        logging.getLogger("llmcore").info("pairs: language tags %s -> %s (the translator's defaults)", src, tgt)
+    for tag, what in ((src, "--src-tag"), (tgt, "--tgt-tag")):
+        if tag is not None:
+            try:
+                language_tag_id(tok, tag)
+            except TokenizerError as e:
+                raise ConfigError(f"{what} {tag!r} is not one token of the model's tokenizer; pass a tag the "
+                                  "tokenizer has (train it with the tag as a user-defined symbol).") from e
+    return {"src_lang_tag": src, "tgt_lang_tag": tgt, "template": TEMPLATES.get(args.template, args.template)}
 
 
 def format_report(report: dict[str, Any], summary: dict[str, Any], out: Path) -> str:

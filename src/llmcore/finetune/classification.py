@@ -100,6 +100,9 @@ def classification_loss(outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -
     return F.cross_entropy(outputs.float(), labels, reduction="sum")
 
 
+classification_loss.reports_perplexity = False  # the Trainer's log shows accuracy, not exp(loss) over classes
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int = 32, max_batches: int | None = None) -> dict[str, float]:
     """``{"loss", "accuracy", "n"}`` of a classifier over ``data.iter_eval`` (example-weighted)."""

@@ -11,6 +11,10 @@ plus ``adapter_config.json``), and :func:`load_adapter` puts them back onto any 
 :func:`merge_lora` folds ``BA`` into ``W`` for inference with no extra cost; :func:`merge_and_unload`
 turns the wrappers back into plain ``nn.Linear`` so ``save_pretrained`` writes an ordinary model.
 
+An adapter directory written by ``llmcore finetune --strategy lora`` names its base model; every command
+loads it through :func:`load_adapter_model` (base + adapter, with the classifier head and the task settings the
+fine-tune recorded), and :func:`merge_adapter` writes it out as a normal model directory (``llmcore merge``).
+
 This file is not a general PEFT library: only linear layers are adapted.
 """
 
@@ -263,3 +267,65 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         for k, v in state.items():
             params[k].copy_(v)
     return model
+
+
+# ---------------------------------------------------------------------------------------------- adapter directories
+def is_adapter_dir(directory: str | Path) -> bool:
+    """Whether ``directory`` holds an llmcore LoRA adapter (``adapter_config.json``) rather than a whole model."""
+    return (Path(directory) / ADAPTER_CONFIG).is_file()
+
+
+def resolve_base(directory: str | Path, base: str | Path | None = None) -> Path:
+    """The base model directory of the adapter in ``directory``: ``base`` if given, else its ``base_model``
+    (absolute, or relative to the working directory or to the adapter's parent directory)."""
+    d = Path(directory)
+    if base is not None:
+        return Path(base)
+    saved = read_json(d / ADAPTER_CONFIG).get("base_model")
+    if not saved:
+        raise CheckpointError(f"{d / ADAPTER_CONFIG} names no base_model; pass the base model directory explicitly.")
+    candidates = [Path(saved)] if Path(saved).is_absolute() else [Path(saved), d.parent / saved, d / saved]
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return c
+    raise CheckpointError(f"The base model {saved!r} of the adapter in {d} is not there (no config.json); move it "
+                          "back, or merge with llmcore merge --adapter DIR --base BASE_DIR.")
+
+
+def load_adapter_model(directory: str | Path, device: str | torch.device = "cpu", base: str | Path | None = None,
+                       merge: bool = False) -> nn.Module:
+    """The base model of the adapter in ``directory`` with the adapter applied, in eval mode.
+
+    A classification adapter (saved with a ``classifier`` section) is put on a new
+    :class:`~llmcore.models.SequenceClassifier` around the base first, so its head loads too; the ``config_extra``
+    the fine-tune recorded (translation tags, class names) is merged into ``model.config.extra``. With
+    ``merge`` the adapters are folded in and the wrappers removed (:func:`merge_and_unload`).
+    """
+    from ..models import load_model
+    from ..models.classifier import SequenceClassifier
+
+    d = Path(directory)
+    cfg = read_json(d / ADAPTER_CONFIG)
+    model = load_model(resolve_base(d, base), device="cpu")
+    if (head := cfg.get("classifier")) is not None:
+        model = SequenceClassifier(model, head["num_classes"], head.get("pooling", "last"),
+                                   head.get("classifier_dropout", 0.0))
+    load_adapter(model, d)
+    model.config.extra = {**model.config.extra, **cfg.get("config_extra", {})}
+    if merge:
+        merge_and_unload(model)
+    return model.to(device).eval()
+
+
+def merge_adapter(directory: str | Path, out: str | Path, base: str | Path | None = None) -> Path:
+    """Fold the adapter in ``directory`` into its base and save a normal model directory at ``out``
+    (``config.json`` + ``model.safetensors`` + ``tokenizer/``, the adapter's tokenizer or else the base's)."""
+    from ..tokenizer import load_tokenizer
+
+    d, out = Path(directory), Path(out)
+    if out.resolve() == d.resolve():
+        raise ConfigError(f"--out {out} is the adapter directory; write the merged model to another directory.")
+    model = load_adapter_model(d, base=base, merge=True)
+    tok_dir = d if (d / "tokenizer").is_dir() else resolve_base(d, base)
+    model.save_pretrained(out, tokenizer=load_tokenizer(tok_dir))
+    return out

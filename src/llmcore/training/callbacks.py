@@ -76,7 +76,11 @@ class ProgressBar:
 
     def on_eval(self, trainer: Any, info: dict[str, Any]) -> None:
         if "val_loss" in info and trainer.env.is_main:
-            line = (f"step {info['step']}: val loss {info['val_loss']:.4f}, ppl {info['val_ppl']:.2f}"
+            # Perplexity means something for a loss over tokens only; a loss_fn marked reports_perplexity=False
+            # (class labels, llmcore.finetune.classification_loss) shows its loss and accuracy alone.
+            ppl = getattr(trainer.loss_fn, "reports_perplexity", True)
+            line = (f"step {info['step']}: val loss {info['val_loss']:.4f}"
+                    + (f", ppl {info['val_ppl']:.2f}" if ppl else "")
                     + (f", acc {info['val_acc']:.3f}" if "val_acc" in info else "")
                     + (" (best)" if info.get("is_best") else ""))
             if self.bar.disable:
