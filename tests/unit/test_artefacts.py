@@ -96,3 +96,73 @@ def test_lora_adapter_merges_and_loads_in_every_command(base, tmp_path, capsys):
     assert main(["merge", "--adapter", str(adapter), "--out", str(tmp_path / "m2"), "--base", str(tmp_path / "moved")]) == 0
     assert main(["merge", "--adapter", str(tmp_path / "moved")]) == 2
     assert "has no adapter_config.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- classification
+def test_classify_fine_tune_evaluates_and_predicts_by_label_name(base, tmp_path, capsys, caplog):
+    model, _ = base
+    rows = [("good fine great nice", "pos"), ("bad awful poor sad", "neg")] * 12
+    data = tmp_path / "cls.tsv"
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{lb}\n" for t, lb in rows), encoding="utf-8")
+    out = tmp_path / "cls"
+    with caplog.at_level("INFO", logger="llmcore"):
+        assert main(["finetune", "--model", str(model), "--data", str(data), "--task", "classify", "--out", str(out),
+                     "--max-steps", "30", "--lr", "0.003", "--eval-interval", "10", *FAST]) == 0
+    evals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert evals and all("acc" in e and "ppl" not in e for e in evals)  # a class loss has no perplexity
+    assert json.loads((out / "config.json").read_text())["config"]["extra"]["label_names"] == ["neg", "pos"]
+    capsys.readouterr()
+    assert main(["eval", "--task", "classify", "--model", str(out), "--data", str(data), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "24 examples, accuracy 1.0000" in text
+    assert [line.split() for line in text.splitlines()[2:]] == [["neg", "12", "0"], ["pos", "0", "12"]]
+    assert main(["classify", "--model", str(out), "bad awful poor sad", "good fine great nice", "--device", "cpu"]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["neg", "pos"]
+    assert main(["classify", "--model", str(model), "x"]) == 2  # a plain LM is not a classifier
+    assert "finetune --task classify" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- pairs -> translate
+def test_pairs_fine_tune_without_tags_translates(base, tmp_path, capsys):
+    from llmcore.translation.translator import Translator
+
+    model, _ = base
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("src\ttgt\n" + "hello\tni hao\nthank you\txie xie\n" * 8, encoding="utf-8")
+    want = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "Q: {src} A:"}
+    for strategy in ("full", "lora"):
+        out = tmp_path / strategy
+        assert main(["finetune", "--model", str(model), "--data", str(pairs), "--task", "pairs", "--out", str(out),
+                     "--template", "Q: {src} A:", "--strategy", strategy, "--max-steps", "2", *FAST]) == 0
+        assert Translator.from_pretrained(out).settings == want  # the prompt it was trained on, read back
+        capsys.readouterr()
+        assert main(["translate", "--model", str(out), "hello", "--max-new-tokens", "4", "--device", "cpu"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_pairs_fine_tune_refuses_a_tokenizer_without_tags_at_the_start(tiny_config, tmp_path, capsys):
+    from llmcore.models import TransformerLM
+    from llmcore.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    TransformerLM(tiny_config.replace(vocab_size=tok.vocab_size)).save_pretrained(tmp_path / "m", tokenizer=tok)
+    argv = ["finetune", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "missing.tsv"), "--task", "pairs",
+            "--out", str(tmp_path / "o")]
+    assert main(argv) == 2  # before the (missing) data is read
+    err = capsys.readouterr().err
+    assert "--tgt-tag" in err and "<2zh>" in err and len(err.strip().splitlines()) == 1
+    assert main([*argv, "--tgt-tag", "<2xx>"]) == 2
+    assert "--tgt-tag '<2xx>' is not one token" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------- lengths
+@pytest.mark.parametrize("flag,task", [("--max-len", "classify"), ("--max-len", "pairs"), ("--block-size", "lm")])
+def test_lengths_past_the_context_are_refused_naming_it(base, tmp_path, capsys, flag, task):
+    model, text = base
+    context = json.loads((model / "config.json").read_text())["config"]["max_seq_len"]
+    assert main(["finetune", "--model", str(model), "--data", str(text), "--task", task, "--out", str(tmp_path / "o"),
+                 flag, str(context + 1)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"llmcore finetune: error: {flag} {context + 1} is outside the model's context of {context} tokens "
+                   f"(max_seq_len); pass {flag} {context} or less, or leave it out to use the whole context.")

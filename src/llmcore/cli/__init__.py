@@ -27,6 +27,7 @@ COMMANDS = [
     "llmcore.cli.eval",  # eval
     "llmcore.cli.finetune",  # finetune
     "llmcore.cli.merge",  # merge
+    "llmcore.cli.classify",  # classify
     "llmcore.cli.generate",  # generate
     "llmcore.cli.translate",  # translate
     "llmcore.cli.convert",  # convert

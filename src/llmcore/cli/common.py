@@ -245,6 +245,19 @@ def load_model_dir(directory: str | Path, device: Any = "cpu", merge: bool = Fal
     return load_model(d, device=device)
 
 
+def load_classifier(directory: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """(SequenceClassifier, tokenizer) from ``directory`` (a model or LoRA adapter directory); a model of another
+    kind is a CheckpointError naming the fix."""
+    from ..models.classifier import SequenceClassifier
+    from ..tokenizer import load_tokenizer
+
+    model = load_model_dir(directory, device=resolve_device(device))
+    if not isinstance(model, SequenceClassifier):
+        raise CheckpointError(f"{directory} holds a {type(model).__name__}, not a classifier; fine-tune one with "
+                              "llmcore finetune --task classify.")
+    return model, load_tokenizer(directory)
+
+
 def resolve_device(name: str) -> Any:
     """``auto`` | ``cpu`` | ``cuda`` -> a torch.device (for commands outside a training run)."""
     from ..training.distributed import DistEnv

@@ -1,8 +1,10 @@
-"""``llmcore eval --model DIR``: language-model loss, perplexity and token accuracy, or BLEU / chrF.
+"""``llmcore eval --model DIR``: language-model loss, perplexity and token accuracy, BLEU / chrF, or accuracy.
 
 ``--task lm`` (default) scores the run's validation split (``DIR/data``), or ``--data`` text files tokenized
 with the model's tokenizer. ``--task translate`` translates the sources of a pair file (``--data``), or of a
-shipped English-Chinese split, and prints corpus BLEU and chrF against the references.
+shipped English-Chinese split, and prints corpus BLEU and chrF against the references. ``--task classify``
+scores a ``finetune --task classify`` model on a TSV/JSONL file of labelled texts (``--text-col`` /
+``--label-col``): accuracy, loss and the confusion matrix by the class names saved with the model.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class EvalConfig:
     src_col: str = "en"  # translate: source column of --data
     tgt_col: str = "zh"  # translate: reference column of --data
     bleu_tokenize: str = "zh"  # translate: sacrebleu tokenizer
+    text_col: str = "text"  # classify: text column of --data
+    label_col: str = "label"  # classify: label column of --data
 
     def __post_init__(self) -> None:  # the split is checked by the translation data loader, where it is known
         check_field(self, "max_batches", lambda v: v is None or is_int(v, 1), "None or a positive integer")
@@ -36,18 +40,22 @@ class EvalConfig:
 EVAL_HELP = {"max_batches": "stop after N batches (default: all)",
              "split": "translate: split of the shipped English-Chinese pairs when --data is not given",
              "src_col": "translate: source column of --data", "tgt_col": "translate: reference column of --data",
-             "bleu_tokenize": "translate: sacrebleu tokenizer (zh, 13a, intl, ...)"}
+             "bleu_tokenize": "translate: sacrebleu tokenizer (zh, 13a, intl, ...)",
+             "text_col": "classify: text column of --data", "label_col": "classify: label column of --data"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_model_command(subparsers, "eval", description=__doc__,
                           help="loss / perplexity / token accuracy, or BLEU / chrF of a translator")
     p.add_argument("--model", required=True, metavar="DIR", help="model (run) directory")
-    p.add_argument("--task", choices=["lm", "translate"], default="lm", help="what to measure (default: lm)")
+    p.add_argument("--task", choices=["lm", "translate", "classify"], default="lm",
+                   help="what to measure (default: lm)")
     p.add_argument("--data", nargs="+", action="extend", metavar="PATH",
                    help="lm: text files to score, tokenized with the model's tokenizer (default: DIR/data val "
-                        "split); translate: one TSV/JSONL file of pairs (default: the shipped --split)")
-    add_dataclass_args(p, EvalConfig, ["max_batches", "split", "src_col", "tgt_col", "bleu_tokenize"],
+                        "split); translate: one TSV/JSONL file of pairs (default: the shipped --split); classify: one TSV/JSONL "
+                        "file of labelled texts")
+    add_dataclass_args(p, EvalConfig, ["max_batches", "split", "src_col", "tgt_col", "bleu_tokenize", "text_col",
+                                          "label_col"],
                        help=EVAL_HELP)
     add_dataclass_args(p, TrainConfig, ["batch_size", "device", "dtype"])
     add_dataclass_args(p, GenerationConfig, ["num_beams", "no_repeat_ngram_size"],
@@ -66,7 +74,32 @@ def run_eval(args: argparse.Namespace) -> int:
     decoding = make_config(GenerationConfig, given(args, GenerationConfig, ["num_beams", "no_repeat_ngram_size"]))
     if args.task == "translate":
         return _translate(args, opts, train, decoding)
+    if args.task == "classify":
+        return _classify(args, opts, train)
     return _lm(args, opts, train)
+
+
+def _classify(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig) -> int:
+    """Accuracy, loss and confusion matrix of a classifier on ``--data`` labelled texts."""
+    from ..finetune.classification import ClassificationDataset, evaluate, label_names
+    from ..finetune.pairs import read_pairs
+    from .common import load_classifier
+
+    if not args.data or len(args.data) > 1:
+        raise DataError("--task classify takes one TSV/JSONL file of labelled texts: --data FILE (columns "
+                        f"--text-col {opts.text_col}, --label-col {opts.label_col}).")
+    model, tok = load_classifier(args.model, train.device)
+    names = label_names(model)
+    rows = read_pairs(args.data[0], opts.text_col, opts.label_col)
+    data = ClassificationDataset([t for t, _ in rows], [lb for _, lb in rows], tok, model.config.max_seq_len, names,
+                                 vocab_size=model.config.vocab_size)
+    m = evaluate(model, data, train.batch_size, opts.max_batches)
+    print(f"{args.data[0]}: {int(m['n'])} examples, accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}")
+    width = max(len(n) for n in [*names, "true \\ predicted"])
+    print("true \\ predicted".ljust(width) + "".join(f"  {n:>8}" for n in names))
+    for name, row in zip(names, m["confusion"]):
+        print(name.ljust(width) + "".join(f"  {c:>8}" for c in row))
+    return 0
 
 
 def _lm(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig) -> int:

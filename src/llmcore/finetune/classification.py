@@ -4,7 +4,8 @@
 "labels": (B,)}`` batches (right-padded), so ``SequenceClassifier.forward(input_ids, attention_mask)`` trains
 with no adapter; the mask comes from the batch, never from a pad id. The Trainer's default loss already
 handles class logits (B, C) against labels (B,); :func:`classification_loss` is the same sum with a clearer
-error for mismatched shapes. :func:`evaluate` scores a classifier outside a Trainer.
+error for mismatched shapes. :func:`evaluate` scores a classifier outside a Trainer (accuracy, loss, confusion
+matrix; ``llmcore eval --task classify``) and :func:`predict` labels new texts (``llmcore classify``).
 """
 
 from __future__ import annotations
@@ -103,23 +104,59 @@ def classification_loss(outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -
 classification_loss.reports_perplexity = False  # the Trainer's log shows accuracy, not exp(loss) over classes
 
 
+def label_names(model: nn.Module) -> list[str]:
+    """The class names of a classifier in id order: ``config.extra["label_names"]`` (``llmcore finetune --task
+    classify`` saves them), else ``"0" .. "C-1"``."""
+    names = getattr(model.config, "extra", {}).get("label_names")
+    n = model.config.num_classes
+    if names is None:
+        return [str(i) for i in range(n)]
+    if len(names) != n:
+        raise DataError(f"config.extra['label_names'] has {len(names)} names for a {n}-class head; fix config.json.")
+    return [str(x) for x in names]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, batch_size: int = 32, max_batches: int | None = None) -> dict[str, float]:
-    """``{"loss", "accuracy", "n"}`` of a classifier over ``data.iter_eval`` (example-weighted)."""
+def evaluate(model: nn.Module, data: Any, batch_size: int = 32, max_batches: int | None = None) -> dict[str, Any]:
+    """``{"loss", "accuracy", "n", "confusion"}`` of a classifier over ``data.iter_eval`` (example-weighted).
+
+    ``confusion[i][j]`` counts examples of true class ``i`` predicted as ``j`` (C x C integers).
+    """
     device = next(model.parameters()).device
+    C = model.config.num_classes
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, examples
+    confusion = torch.zeros(C, C, dtype=torch.long, device=device)
     with eval_mode(model):
         for batch in data.iter_eval(batch_size, max_batches):
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
-            logits = model(**batch)
+            logits = model(**batch)  # (B, C)
+            pred = logits.argmax(-1)  # (B,)
             sums += torch.stack([F.cross_entropy(logits.float(), labels, reduction="sum").double(),
-                                 (logits.argmax(-1) == labels).sum().double(),
+                                 (pred == labels).sum().double(),
                                  torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
+            confusion += torch.bincount(labels * C + pred, minlength=C * C).view(C, C)
     loss, correct, n = sums.tolist()
     if n == 0:
         raise DataError("evaluate() got no examples.")
-    return {"loss": loss / n, "accuracy": correct / n, "n": n}
+    return {"loss": loss / n, "accuracy": correct / n, "n": n, "confusion": confusion.tolist()}
 
 
-__all__ = ["ClassificationDataset", "classification_loss", "evaluate"]
+@torch.no_grad()
+def predict(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 32,
+            max_len: int | None = None) -> list[tuple[int, float]]:
+    """(class id, its probability) for each text, encoded as :class:`ClassificationDataset` encodes training
+    texts (``<bos>`` first, cut to ``max_len`` tokens, default the model's context)."""
+    data = ClassificationDataset(list(texts), [0] * len(texts), tokenizer, max_len or model.config.max_seq_len,
+                                 vocab_size=model.config.vocab_size)
+    device = next(model.parameters()).device
+    out: list[tuple[int, float]] = []
+    with eval_mode(model):
+        for batch in data.iter_eval(batch_size):
+            probs = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().softmax(-1)
+            best = probs.max(-1)  # (B,) each
+            out += list(zip(best.indices.tolist(), best.values.tolist()))
+    return out
+
+
+__all__ = ["ClassificationDataset", "classification_loss", "evaluate", "predict", "label_names"]
