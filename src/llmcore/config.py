@@ -46,6 +46,8 @@ class ModelConfig:
       :func:`llmcore.generation.generate` when neither the GenerationConfig nor a tokenizer gives them;
     * ``translation``: ``{"src_lang_tag", "tgt_lang_tag", "template"}``, the prompt a model was trained on
       (see :class:`llmcore.translation.Translator`, which validates it).
+    * ``label_names``: a classifier's class names in id order (``llmcore finetune --task classify`` writes them,
+      ``llmcore classify`` / ``eval --task classify`` print them).
 
     Any other key is the user's own, stored and never read.
     """
