@@ -166,3 +166,19 @@ def test_lengths_past_the_context_are_refused_naming_it(base, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err == (f"llmcore finetune: error: {flag} {context + 1} is outside the model's context of {context} tokens "
                    f"(max_seq_len); pass {flag} {context} or less, or leave it out to use the whole context.")
+
+
+def test_lora_classifier_adapter_predicts_as_its_merged_model(base, tmp_path, capsys):
+    model, _ = base
+    data = tmp_path / "cls.tsv"
+    data.write_text("text\tlabel\n" + "good fine\tpos\nbad awful\tneg\n" * 6, encoding="utf-8")
+    out = tmp_path / "clora"
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--task", "classify", "--strategy", "lora",
+                 "--out", str(out), "--max-steps", "3", "--lr", "0.02", *FAST]) == 0
+    assert main(["merge", "--adapter", str(out)]) == 0
+    capsys.readouterr()
+    printed = []
+    for d in (out, tmp_path / "clora-merged"):  # head, label names and adapter all come along
+        assert main(["classify", "--model", str(d), "good fine", "bad awful", "--device", "cpu"]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and {line.split("\t")[0] for line in printed[0].splitlines()} <= {"neg", "pos"}
