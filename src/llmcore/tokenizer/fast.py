@@ -36,7 +36,7 @@ _FALLBACK_NAMES = {
     "bos": ("<s>", "<|begin_of_text|>", "<bos>", "<|endoftext|>"),
     "eos": ("</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"),
     "pad": ("<pad>", "<|pad|>", "[PAD]"),
-    "unk": ("<unk>", "[UNK]"),
+    "unk": ("<unk>", "[UNK]", "<|endoftext|>"),
 }
 
 
