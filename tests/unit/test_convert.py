@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from llmcore import CheckpointError, ModelConfig, TransformerLM
 from llmcore.cli import main
 from llmcore.convert import hf_to_llmcore, llmcore_to_hf
 from llmcore.models.hf import load_hf, parse_size, save_hf
+from llmcore.tokenizer import ByteTokenizer, SentencePieceTokenizer, load_tokenizer
 
 GPT2_SHAPED = dict(vocab_size=128, max_seq_len=64, d_model=32, n_layers=2, n_heads=4, activation="gelu_tanh",
                    pos_encoding="learned", norm="layernorm", bias=True, tie_embeddings=True, extra={"note": "x"})
@@ -161,20 +163,36 @@ def test_sharded_directory_loads(tmp_path, shape):
 
 def test_cli_convert(tmp_path, capsys):
     model = random_model(**LLAMA_SHAPED)
-    src = model.save_pretrained(tmp_path / "src")
-    (src / "tokenizer").mkdir()
-    (src / "tokenizer" / "tok.json").write_text("{}")
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "en_zh_small.txt"
+    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.isascii()]
+    tok = SentencePieceTokenizer.train(lines, 400)
+    src = model.save_pretrained(tmp_path / "src", tokenizer=tok)
     assert main(["convert", str(src), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llama"
-    assert (tmp_path / "hf" / "tokenizer" / "tok.json").exists()
+    # the tokenizer goes along: the HF files beside the weights and the llmcore tokenizer/ as it was
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == tok.model_proto
+    assert (tmp_path / "hf" / "tokenizer" / "llmcore_tokenizer.json").exists()
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0  # default: the other format
     assert "(hf) ->" in capsys.readouterr().out
+    assert load_tokenizer(tmp_path / "back").encode("To be, or not") == tok.encode("To be, or not")
     back = TransformerLM.from_pretrained(tmp_path / "back")
     ids = torch.randint(0, 128, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(back(ids), model(ids), atol=0, rtol=0)
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_convert_refuses_a_byte_tokenizer_unless_no_tokenizer(tmp_path, capsys):
+    """transformers has no byte tokenizer: --to hf fails in one line before writing, --no-tokenizer exports."""
+    src = random_model(**LLAMA_SHAPED).save_pretrained(tmp_path / "src", tokenizer=ByteTokenizer())
+    assert main(["convert", str(src), str(tmp_path / "hf"), "--to", "hf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "a byte tokenizer has no Hugging Face equivalent" in err and "--no-tokenizer" in err
+    assert not (tmp_path / "hf").exists()
+    assert main(["convert", str(src), str(tmp_path / "hf"), "--to", "hf", "--no-tokenizer"]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_models_hf_default_class_is_the_registered_transformer_lm(tmp_path):

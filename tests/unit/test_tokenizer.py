@@ -332,12 +332,12 @@ def test_hugging_face_directory_loads_its_sentencepiece_model(llama_style_model:
     proto = llama_style_model
     reference = SentencePieceTokenizer(proto)
     config = {"bos_token": {"__type": "AddedToken", "content": "<s>"}, "eos_token": "</s>", "pad_token": None}
-    tok = load_tokenizer(_hf_dir(tmp_path / "llama", proto, config))
+    tok = load_tokenizer(_hf_dir(tmp_path / "llama", proto, config, tokenizers_json=False))
     assert type(tok) is SentencePieceTokenizer
     assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id) == (1, 2, None, 0)
     assert tok.encode("Hello world, to be", add_bos=True) == reference.encode("Hello world, to be", add_bos=True)
     # a pad token the model lacks is taken from the config (Llama fine-tunes often pad with <unk>) ...
-    padded = load_tokenizer(_hf_dir(tmp_path / "pad", proto, {"pad_token": "<unk>"}))
+    padded = load_tokenizer(_hf_dir(tmp_path / "pad", proto, {"pad_token": "<unk>"}, tokenizers_json=False))
     assert padded.pad_id == 0 and padded.fill_id == 0
     assert padded.encode_batch(["a", "ab c"])["input_ids"][0].tolist()[-1] == 0
     # ... and survives saving the tokenizer with a model (llmcore_tokenizer.json records it)
@@ -347,15 +347,37 @@ def test_hugging_face_directory_loads_its_sentencepiece_model(llama_style_model:
 def test_hugging_face_directory_errors_say_what_was_found(llama_style_model: bytes, tmp_path: Path) -> None:
     proto = llama_style_model
     with pytest.raises(TokenizerError, match=r"names eos_token '<eos>' \(id None\), but tokenizer.model's eos id is 2"):
-        load_tokenizer(_hf_dir(tmp_path / "bad-eos", proto, {"eos_token": "<eos>"}))
+        load_tokenizer(_hf_dir(tmp_path / "bad-eos", proto, {"eos_token": "<eos>"}, tokenizers_json=False))
     with pytest.raises(TokenizerError, match=r"names bos_token '</s>' \(id 2\), but tokenizer.model's bos id is 1"):
-        load_tokenizer(_hf_dir(tmp_path / "swapped", proto, {"bos_token": "</s>"}))
-    # GPT-2 style: only the `tokenizers` file, no sentencepiece model
-    with pytest.raises(TokenizerError, match=r"Hugging Face `tokenizers` file \(model type 'BPE'\) and there is no "
-                                             r"sentencepiece tokenizer.model"):
+        load_tokenizer(_hf_dir(tmp_path / "swapped", proto, {"bos_token": "</s>"}, tokenizers_json=False))
+    # tokenizer.json comes first when `tokenizers` is installed: a broken one is an error naming the file
+    with pytest.raises(TokenizerError, match=r"gpt2: not a valid Hugging Face tokenizer.json: Missing vocab/merges"):
         load_tokenizer(_hf_dir(tmp_path / "gpt2", None, {}))
     with pytest.raises(TokenizerError, match=r"no tokenizer found in .*\['special_tokens_map.json', 'tokenizer_config"):
         load_tokenizer(_hf_dir(tmp_path / "configs-only", None, {}, tokenizers_json=False))
+
+
+def test_without_tokenizers_a_hf_directory_falls_back_to_sentencepiece_or_names_the_install(
+        llama_style_model: bytes, tmp_path: Path, monkeypatch) -> None:
+    """Precedence: tokenizer.json needs `tokenizers`; without it tokenizer.model is read, else the error says
+    how to install it (the import is lazy, so blocking the module is enough)."""
+    import llmcore.tokenizer.base as base
+
+    monkeypatch.setattr(base, "tokenizers_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` now raises ImportError
+    both = load_tokenizer(_hf_dir(tmp_path / "both", llama_style_model, {}))
+    assert type(both) is SentencePieceTokenizer and both.encode("Hello") == SentencePieceTokenizer(
+        llama_style_model).encode("Hello")
+    with pytest.raises(TokenizerError, match=r"needs the Hugging Face `tokenizers` library, which is not "
+                                             r"installed; run pip install 'llmcore\[hf\]'"):
+        load_tokenizer(_hf_dir(tmp_path / "json-only", None, {}))
+
+
+def test_byte_and_char_tokenizers_refuse_hf_export(tmp_path: Path) -> None:
+    for tok in (ByteTokenizer(), CharTokenizer.from_text("abc")):
+        with pytest.raises(TokenizerError, match=f"a {tok.kind} tokenizer has no Hugging Face equivalent"):
+            tok.save_hf(tmp_path / tok.kind)
+        assert not (tmp_path / tok.kind).exists()  # nothing written
 
 
 # ------------------------------------------------------------------------------------------- training errors

@@ -7,6 +7,7 @@ those mappings and reads / writes HF directories (``config.json`` + ``model.safe
     model = from_hf(hf_model.config.to_dict(), hf_model.state_dict())   # an HF model already in memory
     model = load_hf("path/to/hf_dir")                                   # = TransformerLM.from_pretrained(...)
     save_hf(model, "out", max_shard_size="2GB")                         # = model.save_pretrained(..., "hf")
+    save_hf(model, "out", tokenizer=tok)    # + the tokenizer files transformers.AutoTokenizer reads
 
 The default class is the architecture registered as ``"TransformerLM"``, looked up by name: importing
 ``models.transformer`` here would close the cycle transformer -> pretrained -> hf.
@@ -36,6 +37,9 @@ from ..io import (
 )
 from ..registry import ARCHITECTURES
 
+# Tokenizer files of a HF directory; an earlier export's would shadow a new tokenizer (tokenizer.json beats .model)
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
+                      "special_tokens_map.json", "added_tokens.json")
 SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 DEFAULT_ARCHITECTURE = "TransformerLM"
 
@@ -85,7 +89,8 @@ def _shards(state: Mapping[str, torch.Tensor], limit: int) -> list[dict[str, tor
     return shards
 
 
-def save_hf(model: nn.Module, directory: str | Path, max_shard_size: int | str | None = None) -> Path:
+def save_hf(model: nn.Module, directory: str | Path, max_shard_size: int | str | None = None,
+            tokenizer: Any = None) -> Path:
     """Write ``model`` as a HF directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
 
     Args:
@@ -93,6 +98,9 @@ def save_hf(model: nn.Module, directory: str | Path, max_shard_size: int | str |
         directory: created if needed; weight files from an earlier save there are replaced.
         max_shard_size: bytes or "2GB"-style; when the weights exceed it they are split into
             ``model-0000i-of-0000n.safetensors`` files plus ``model.safetensors.index.json``.
+        tokenizer: an llmcore tokenizer; its :meth:`~llmcore.tokenizer.Tokenizer.save_hf` files go beside the
+            weights so ``transformers.AutoTokenizer.from_pretrained(directory)`` encodes the same ids. A kind
+            transformers cannot represent (byte, char) raises TokenizerError before anything is written.
     """
     if type(model) is not ARCHITECTURES.get("TransformerLM"):  # a subclass may compute something else
         raise CheckpointError(f"Only a TransformerLM exports to the Hugging Face GPT-2 / Llama layouts; this "
@@ -100,6 +108,8 @@ def save_hf(model: nn.Module, directory: str | Path, max_shard_size: int | str |
                               "from the same tensor names. Save it with "
                               "save_pretrained(dir) (llmcore format) instead.")
     d = Path(directory)
+    if tokenizer is not None:
+        _save_tokenizer(tokenizer, d)  # first: a tokenizer that cannot be exported fails before the weights
     d.mkdir(parents=True, exist_ok=True)
     hf_config, state = llmcore_to_hf(model.config, model.state_dict())
     shards = _shards(state, parse_size(max_shard_size)) if max_shard_size is not None else [state]
@@ -118,6 +128,18 @@ def save_hf(model: nn.Module, directory: str | Path, max_shard_size: int | str |
         atomic_write_json(d / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
     atomic_write_json(d / CONFIG_NAME, hf_config)
     return d
+
+
+def _save_tokenizer(tokenizer: Any, d: Path) -> None:
+    """Replace an earlier export's tokenizer files with ``tokenizer``'s HF files."""
+    from ..tokenizer import Tokenizer
+
+    if type(tokenizer).save_hf is Tokenizer.save_hf:
+        tokenizer.save_hf(d)  # raises the one-line TokenizerError, before anything is removed or written
+    if d.is_dir():
+        for name in HF_TOKENIZER_FILES:
+            (d / name).unlink(missing_ok=True)
+    tokenizer.save_hf(d)
 
 
 __all__ = ["from_hf", "load_hf", "save_hf", "parse_size"]

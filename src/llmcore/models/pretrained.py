@@ -87,14 +87,15 @@ class PreTrainedMixin:
         """Write ``config.json`` + ``model.safetensors`` (and ``tokenizer/`` if given) into ``directory``.
 
         ``config.json`` names the architecture as registered (see :func:`register_architecture`).
-        ``format="hf"`` writes a Hugging Face directory (GPT-2 or Llama layout, whichever the config fits).
+        ``format="hf"`` writes a Hugging Face directory (GPT-2 or Llama layout, whichever the config fits);
+        with a tokenizer, also the files ``transformers.AutoTokenizer`` reads (see ``models.hf.save_hf``).
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         if format == "hf":
             from .hf import save_hf
 
-            save_hf(self, d)
+            save_hf(self, d, tokenizer=tokenizer)
         elif format == "llmcore":
             if not isinstance(self, nn.Module):
                 raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")

@@ -7,8 +7,11 @@ Hugging Face does not use, so the two kinds of directory never collide). It hold
 itself; see ``spm.py`` (SentencePiece) and ``simple.py`` (bytes, characters).
 
 :func:`load_tokenizer` also reads directories written before that name (``tokenizer.json`` with a ``kind``
-field) and Hugging Face directories that ship a sentencepiece ``tokenizer.model`` (Llama, Mistral), checking
-the bos/eos/pad tokens their ``tokenizer_config.json`` / ``special_tokens_map.json`` name.
+field) and Hugging Face directories: their ``tokenizer.json`` through the `tokenizers` library (GPT-2
+byte-level BPE, Llama, ...), their sentencepiece ``tokenizer.model`` (Llama, Mistral), or GPT-2's
+``vocab.json`` + ``merges.txt``, in the order ``hf.py`` documents, with the special tokens their
+``tokenizer_config.json`` / ``special_tokens_map.json`` name. :meth:`Tokenizer.save_hf` writes the files
+``transformers.AutoTokenizer`` reads.
 
 Special tokens (bos/eos/pad/unk) are never produced from plain text: encoding the literal string ``"<eos>"``
 gives the ids of its characters or pieces, never ``eos_id``. They are added only through ``add_bos`` /
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import TokenizerError
 from ..io import read_json
-from .hf import SPM_MODEL_FILE, hf_sentencepiece
+from .hf import GPT2_FILES, INSTALL_HINT, SPM_MODEL_FILE, hf_sentencepiece, tokenizers_available
 
 if TYPE_CHECKING:  # torch is imported lazily: ``llmcore tokenizer --help`` should not pay for it
     import torch
@@ -289,6 +292,17 @@ class Tokenizer(abc.ABC):
             raise TokenizerError(f"{path} holds a {tok.kind!r} tokenizer, not a {cls.kind!r} one")
         return tok
 
+    def save_hf(self, directory: str | os.PathLike) -> Path:
+        """Write the files ``transformers.AutoTokenizer.from_pretrained(directory)`` loads, encoding alike.
+
+        Kinds transformers has no equivalent for (bytes, characters) raise TokenizerError; the sentencepiece
+        and Hugging Face kinds override this.
+        """
+        raise TokenizerError(
+            f"a {self.kind} tokenizer has no Hugging Face equivalent that encodes the same ids, so transformers "
+            "could not load it; export without the tokenizer (`llmcore convert --no-tokenizer`, or no tokenizer=) "
+            "or train a sentencepiece one (`llmcore tokenizer train`)")
+
     # ---------------------------------------------------------------- conveniences
     def __len__(self) -> int:
         return self.vocab_size
@@ -333,8 +347,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
     ``path`` may be a directory with ``llmcore_tokenizer.json`` (any kind, written by :meth:`Tokenizer.save`), a
     directory written by older llmcore versions (``tokenizer.json`` with a ``kind``), a model run directory
-    containing a ``tokenizer/`` subdirectory, a Hugging Face directory with a sentencepiece ``tokenizer.model``
-    (e.g. Llama, Mistral), one of those settings files, or a sentencepiece ``.model`` file trained elsewhere.
+    containing a ``tokenizer/`` subdirectory, a Hugging Face directory (``tokenizer.json`` read by `tokenizers`
+    when installed, else ``tokenizer.model``, else ``vocab.json`` + ``merges.txt``; see ``tokenizer/hf.py``),
+    one of those settings files, or a sentencepiece ``.model`` file trained elsewhere.
     """
     path = Path(path)
     if not path.exists():
@@ -356,19 +371,18 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             return _from_settings(path / LEGACY_TOKENIZER_FILE, legacy)
     if (path / "tokenizer").is_dir():
         return load_tokenizer(path / "tokenizer")
-    if (path / SPM_MODEL_FILE).is_file():
+    # A Hugging Face directory: tokenizer.json (what AutoTokenizer uses) when `tokenizers` can read it, else
+    # the sentencepiece tokenizer.model, else GPT-2's vocab.json + merges.txt (see hf.py).
+    spm_file = (path / SPM_MODEL_FILE).is_file()
+    if legacy is not None and (tokenizers_available() or not spm_file):
+        return _KINDS["huggingface"].from_hf_dir(path)  # TokenizerError naming the install if it is missing
+    if spm_file:
         return hf_sentencepiece(path, _KINDS["sentencepiece"])
-    if legacy is not None:
-        model = legacy.get("model")
-        kind = model.get("type") if isinstance(model, dict) else None
-        raise TokenizerError(
-            f"{path / LEGACY_TOKENIZER_FILE} is a Hugging Face `tokenizers` file (model type {kind!r}) and there is "
-            f"no sentencepiece {SPM_MODEL_FILE} beside it. llmcore loads its own {TOKENIZER_FILE}, an older llmcore "
-            f"tokenizer.json (with a 'kind' field) and sentencepiece models (a Hugging Face directory's "
-            f"{SPM_MODEL_FILE}, or any .model file); train one with `llmcore tokenizer train`."
-        )
+    if all((path / f).is_file() for f in GPT2_FILES):
+        return _KINDS["huggingface"].from_hf_dir(path)
     found = sorted(p.name for p in path.iterdir())
     raise TokenizerError(
         f"no tokenizer found in {path} (it holds {found[:8] or 'nothing'}): expected {TOKENIZER_FILE} (written "
-        f"by Tokenizer.save), a tokenizer/ subdirectory, or a sentencepiece {SPM_MODEL_FILE}"
+        f"by Tokenizer.save), a tokenizer/ subdirectory, a Hugging Face {LEGACY_TOKENIZER_FILE} ({INSTALL_HINT}), "
+        f"a sentencepiece {SPM_MODEL_FILE}, or GPT-2's {' + '.join(GPT2_FILES)}"
     )

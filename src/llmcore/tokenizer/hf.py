@@ -1,12 +1,24 @@
-"""Hugging Face tokenizer directories: the sentencepiece ``tokenizer.model`` Llama-family checkpoints ship.
+"""Hugging Face tokenizer directories: reading their configs, their sentencepiece ``tokenizer.model``, and
+writing the files ``transformers.AutoTokenizer`` reads.
 
-:func:`load_tokenizer` comes here for a directory with a ``tokenizer.model`` and no llmcore settings file;
-the special tokens named by the directory's ``special_tokens_map.json`` / ``tokenizer_config.json`` are
-checked against the model (bos / eos must agree; a pad the model lacks is taken from the config).
+Which file of a Hugging Face directory :func:`~llmcore.tokenizer.load_tokenizer` reads (when the directory
+has no llmcore ``llmcore_tokenizer.json`` and no ``tokenizer/`` subdirectory):
+
+1. ``tokenizer.json`` (the `tokenizers` library's file: GPT-2 byte-level BPE, Llama, ...) when `tokenizers`
+   is installed (``pip install 'llmcore[hf]'``), as an :class:`~llmcore.tokenizer.HFTokenizer`; this is the
+   file ``AutoTokenizer`` itself uses, so the ids are the same;
+2. else ``tokenizer.model`` (sentencepiece, Llama / Mistral), as a ``SentencePieceTokenizer`` (this file);
+3. else GPT-2's ``vocab.json`` + ``merges.txt`` (needs `tokenizers` too);
+4. else a TokenizerError saying what was found, naming ``pip install 'llmcore[hf]'`` when that would help.
+
+Special tokens come from ``special_tokens_map.json`` then ``tokenizer_config.json`` (later wins); see
+:func:`named_special_tokens`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +27,57 @@ from ..io import read_json
 
 HF_CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # read in this order, later ones win
 SPM_MODEL_FILE = "tokenizer.model"
+HF_TOKENIZER_FILE = "tokenizer.json"
+GPT2_FILES = ("vocab.json", "merges.txt")
+ROLES = ("bos", "eos", "pad", "unk")
+INSTALL_HINT = "pip install 'llmcore[hf]'"
+
+
+def tokenizers_available() -> bool:
+    """True when the optional `tokenizers` library can be imported (checked without importing it)."""
+    return importlib.util.find_spec("tokenizers") is not None
+
+
+def require_tokenizers(what: str) -> Any:
+    """The `tokenizers` module, imported on first use; TokenizerError naming the install command if missing."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise TokenizerError(f"{what} needs the Hugging Face `tokenizers` library, which is not installed; "
+                             f"run {INSTALL_HINT}") from None
+    return tokenizers
+
+
+def named_special_tokens(path: Path) -> dict[str, str | None]:
+    """Role ("bos", "eos", "pad", "unk") -> token string, as the directory's HF configs name them.
+
+    A role a config sets to ``null`` maps to None (explicitly absent); a role no config mentions is left out.
+    """
+    named: dict[str, str | None] = {}
+    for name in HF_CONFIG_FILES:
+        if (path / name).is_file():
+            cfg = read_json(path / name, "Hugging Face tokenizer config", TokenizerError)
+            for role in ROLES:
+                if f"{role}_token" in cfg:
+                    named[role] = _token_text(cfg[f"{role}_token"])
+    return named
+
+
+def read_tokenizer_config(path: Path) -> dict[str, Any]:
+    """The directory's ``tokenizer_config.json`` ({} when absent), kept so an export writes it back."""
+    f = path / "tokenizer_config.json"
+    return read_json(f, "Hugging Face tokenizer config", TokenizerError) if f.is_file() else {}
+
+
+def write_hf_configs(directory: Path, config: dict[str, Any], roles: dict[str, str | None]) -> None:
+    """Write ``tokenizer_config.json`` (``config`` with the role tokens set) and ``special_tokens_map.json``."""
+    config = dict(config)
+    specials = {f"{role}_token": token for role, token in roles.items() if token is not None}
+    config.update({f"{role}_token": roles.get(role) for role in ROLES if f"{role}_token" in config or roles.get(role)})
+    for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
+        with open(directory / name, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2)
+            f.write("\n")
 
 
 def _token_text(value: Any) -> str | None:

@@ -29,6 +29,7 @@ import sentencepiece
 from ..errors import TokenizerError
 from .base import Tokenizer
 from .corpus import CJK_HEAVY, TrainingCorpus, cjk_fraction, training_error
+from .hf import write_hf_configs
 
 MODEL_FILE = "tokenizer.model"
 _SPACE = "\u2581"  # sentencepiece's visible space "▁"; a literal one in text would decode back to " "
@@ -239,6 +240,26 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _save_files(self, directory: Path) -> None:
         (directory / MODEL_FILE).write_bytes(self.model_proto)
+
+    def save_hf(self, directory: str | os.PathLike) -> Path:
+        """Write ``tokenizer.model`` + ``tokenizer_config.json`` (``LlamaTokenizer``) + ``special_tokens_map.json``.
+
+        ``AutoTokenizer.from_pretrained(directory)`` converts the model to a fast tokenizer (transformers needs
+        ``protobuf`` for that) whose ids equal :meth:`encode`'s, bos / eos off by default like ``encode``
+        (``add_special_tokens=True`` adds nothing; set ``add_bos_token`` in the config to change that). One
+        exception: a literal "▁" in text, which llmcore keeps as its bytes and transformers reads as a space.
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / MODEL_FILE).write_bytes(self.model_proto)
+        roles = {role: self.sp.id_to_piece(i) for role, i in self._role_ids.items() if i is not None}
+        # A model with sentencepiece's dummy prefix (e.g. Llama's own) encodes "a" as "▁a": tell transformers.
+        first = self.sp.encode("a", out_type=str)[:1]
+        dummy_prefix = bool(first) and first[0].startswith(_SPACE)
+        config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
+                  "legacy": False, "add_prefix_space": dummy_prefix, "clean_up_tokenization_spaces": False}
+        write_hf_configs(d, config, roles)
+        return d
 
     @classmethod
     def _from_dir(cls, directory: Path, settings: dict[str, Any]) -> SentencePieceTokenizer:
