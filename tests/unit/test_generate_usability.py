@@ -184,6 +184,7 @@ def test_sampling_option_without_do_sample_is_greedy_and_warns_once(small, fresh
     assert torch.equal(a, greedy) and torch.equal(b, greedy)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert len(messages) == 1
+    assert [w.filename for w in caught] == [__file__]  # it points at the user's line, not into llmcore
     assert "temperature=0.8, top_k=40" in messages[0] and "do_sample=True" in messages[0]
 
 

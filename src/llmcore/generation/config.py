@@ -15,6 +15,8 @@ happens in ``__post_init__`` and raises :class:`ConfigError` naming the field, t
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,22 @@ from ..errors import ConfigError, GenerationError
 MAX_NEW_TOKENS_LIMIT = 10_000_000  # beyond this a request is a typo (1e9 tokens would take days), not a plan
 SAMPLING_FIELDS = {"temperature": 1.0, "top_k": None, "top_p": 1.0, "min_p": None}  # field -> its "off" value
 _warned_unused_sampling = False  # the warning below is shown once per process (transformers does the same)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's line: the first frame outside llmcore.
+
+    The config is built from several depths (``GenerationConfig(...)``, ``generate(**kw)``, ``model.generate``,
+    ``generate_text``), so a fixed level would blame llmcore or ``dataclasses`` for the user's call.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    internal = (package, os.path.dirname(dataclasses.__file__) + os.sep + "dataclasses.py")
+    frame, level = sys._getframe(1), 1  # level 1 is the function calling warnings.warn
+    wrappers = ("<string>", os.path.join("torch", "utils", "_contextlib.py"))  # dataclass __init__, no_grad
+    while frame is not None and (frame.f_code.co_filename.startswith(internal)
+                                 or frame.f_code.co_filename.endswith(wrappers)):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass
@@ -144,10 +162,9 @@ class GenerationConfig:
         if unused and not _warned_unused_sampling:
             _warned_unused_sampling = True
             shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in unused)
-            # stacklevel 4: __post_init__ <- __init__ <- replace / the caller's GenerationConfig(...)
             warnings.warn(f"{shown} only affects sampling, but do_sample=False: decoding is greedy. Pass "
                           "do_sample=True to sample (this warning is shown once per process).",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=_user_stacklevel())
 
     # ------------------------------------------------------------------ derived
     @property
