@@ -9,6 +9,7 @@ from .config import ModelConfig
 from .errors import *  # noqa: F403 - every llmcore exception is public at the top level (errors.__all__)
 from .generation import GenerationConfig
 from .models import TransformerLM
+from .models.text import generate_text
 from .tokenizer import load_tokenizer
 from .training import TrainConfig, Trainer
 
@@ -18,6 +19,7 @@ __all__ = [
     "ModelConfig",
     "TransformerLM",
     "GenerationConfig",
+    "generate_text",
     "load_tokenizer",
     "Trainer",
     "TrainConfig",

@@ -1,27 +1,64 @@
 """``llmcore generate --model DIR --prompt TEXT``: continue a prompt with a saved model.
 
 DIR is a model directory (llmcore or Hugging Face format, any registered architecture) with its tokenizer in
-``DIR/tokenizer`` (or DIR itself). Decoding is greedy unless a sampling option (``--temperature``,
-``--top-k``, ``--top-p``, ``--min-p``) or ``--sample`` is given; ``--num-beams N`` runs beam search.
-``--stream`` prints text as it is produced. Every decoding flag is a GenerationConfig field with its default.
-The default ``--max-new-tokens`` is capped to the room left in the model's context (unless
-``--sliding-window``); a larger explicit value is an error that says how many tokens fit.
+``DIR/tokenizer`` (or DIR itself).
+
+decoding:
+  Greedy by default (the most likely token each step). --do-sample samples instead, shaped by --temperature,
+  --top-k, --top-p and --min-p; those four have no effect without --do-sample (a warning says so), the same
+  rule as GenerationConfig in Python. --num-beams N runs beam search. Against the loops greedy decoding falls
+  into, add --repetition-penalty 1.2 or --no-repeat-ngram-size 3 (the latter suits word-level tokenizers,
+  not a character model, whose text repeats letter trigrams all the time).
+
+length:
+  Past the model's context (prompt + --max-new-tokens > max_seq_len) only the last max_seq_len tokens are fed
+  once the context is full (a sliding window, as nanoGPT crops; a one-line note on stderr says so).
+  --no-sliding-window fails instead, before anything is printed; then the default --max-new-tokens is
+  capped to the room the prompt leaves.
+
+--stop takes backslash escapes (\\n, \\t, \\\\, \\uXXXX), so --stop "\\n" stops at the end of a line.
+--stream prints text as it is produced; errors are raised before the prompt is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 from typing import Any
 
 from ..errors import GenerationError
 from ..generation.config import GenerationConfig
 from ..training.config import TrainConfig
-from .common import add_dataclass_args, add_model_command, field_default, given, make_config
+from .common import add_dataclass_args, add_model_command, field_default, flag_name, given, make_config
 
-SAMPLING = ("temperature", "top_k", "top_p", "min_p")  # giving any of them means "sample"
-DECODING = ["max_new_tokens", *SAMPLING, "repetition_penalty", "no_repeat_ngram_size", "num_beams", "seed",
-            "sliding_window"]
+SAMPLING = ("temperature", "top_k", "top_p", "min_p")  # used only with --do-sample
+DECODING = ["max_new_tokens", *SAMPLING, "repetition_penalty", "no_repeat_ngram_size", "num_beams", "seed"]
+HELP = {
+    "max_new_tokens": "tokens to generate; past the model's context the window slides (see 'length' above)",
+    "temperature": "sampling temperature, with --do-sample (0 = greedy)",
+    "top_k": "with --do-sample: sample from the k most likely tokens (default: off)",
+    "top_p": "with --do-sample: nucleus sampling mass in (0, 1] (1.0 = off)",
+    "min_p": "with --do-sample: drop tokens below min_p x the top probability (default: off)",
+    "seed": "seed of the sampling (default: a fresh random one)",
+}
+
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[\\nrt0'\"])")
+_SIMPLE = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t", "0": "\0", "'": "'", '"': '"'}
+
+
+def unescape(text: str) -> str:
+    """Interpret backslash escapes as Python string literals do: ``\\n \\t \\r \\0 \\\\ \\xHH \\uXXXX \\UXXXXXXXX``.
+
+    Anything else after a backslash stays as typed (``\\d`` is two characters), and text without backslashes
+    is returned unchanged (non-ASCII characters included), so a shell can pass a newline as ``"\\n"``.
+    """
+    def one(m: re.Match[str]) -> str:
+        code = m.group(1)
+        return _SIMPLE[code] if len(code) == 1 else chr(int(code[1:], 16))
+
+    return _ESCAPE.sub(one, text)
 
 
 def _load_tokenizer(directory: str) -> Any:
@@ -32,19 +69,39 @@ def _load_tokenizer(directory: str) -> Any:
 
 
 def options_from_args(args: argparse.Namespace, prompt_len: int, max_seq_len: int | None) -> dict[str, Any]:
-    """GenerationConfig fields from the parsed command line."""
+    """GenerationConfig fields from the parsed command line (checked against the context before any output)."""
     opts = given(args, GenerationConfig, DECODING)
-    opts["do_sample"] = any(k in opts for k in SAMPLING) or args.sample
-    if "max_new_tokens" not in opts:  # the default, fitted to the context the prompt leaves
-        default = field_default(GenerationConfig, "max_new_tokens")
-        room = default if max_seq_len is None or opts.get("sliding_window") else max_seq_len - prompt_len
-        if room < 1:
-            raise GenerationError(f"The prompt ({prompt_len} tokens) already fills the model's context "
-                                  f"(max_seq_len={max_seq_len}); shorten it or pass --sliding-window.")
-        opts["max_new_tokens"] = min(default, room)
+    opts["do_sample"] = args.sample
+    opts["sliding_window"] = args.sliding_window
+    if not args.sliding_window and max_seq_len is not None:
+        room = max_seq_len - prompt_len
+        if "max_new_tokens" not in opts:  # the default, fitted to the context the prompt leaves
+            if room < 1:
+                raise GenerationError(f"The prompt ({prompt_len} tokens) already fills the model's context "
+                                      f"(max_seq_len={max_seq_len}); shorten it or drop --no-sliding-window.")
+            opts["max_new_tokens"] = min(field_default(GenerationConfig, "max_new_tokens"), room)
+        elif opts["max_new_tokens"] > room:
+            raise GenerationError(f"The prompt ({prompt_len} tokens) + --max-new-tokens {opts['max_new_tokens']} "
+                                  f"exceed the model's context (max_seq_len={max_seq_len}); pass --max-new-tokens "
+                                  f"{max(room, 0)} or less, or drop --no-sliding-window to slide the window.")
     if args.stop:
-        opts["stop_strings"] = args.stop
+        opts["stop_strings"] = [unescape(s) for s in args.stop]
     return opts
+
+
+def notices(config: GenerationConfig, prompt_len: int, max_seq_len: int | None) -> list[str]:
+    """One-line notes for stderr: ignored sampling flags, and a window that will slide."""
+    out = []
+    unused = config.unused_sampling_options()
+    if unused:
+        shown = ", ".join(f"{flag_name(n)} {getattr(config, n)}" for n in unused)
+        out.append(f"warning: {shown} has no effect without --do-sample (decoding is greedy); add --do-sample "
+                   "to sample")
+    if config.sliding_window and max_seq_len is not None and prompt_len + config.max_new_tokens > max_seq_len:
+        out.append(f"note: prompt ({prompt_len} tokens) + --max-new-tokens {config.max_new_tokens} exceed the "
+                   f"model's context (max_seq_len={max_seq_len}); once it is full only the last {max_seq_len} "
+                   "tokens are fed (--no-sliding-window fails instead)")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,15 +116,23 @@ def run(args: argparse.Namespace) -> int:
     ids = tokenizer.encode(args.prompt, add_bos=args.add_bos)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     max_seq_len = getattr(getattr(model, "config", None), "max_seq_len", None)
-    config = make_config(GenerationConfig, options_from_args(args, len(ids), max_seq_len))
+    with warnings.catch_warnings():  # the Python UserWarning is replaced by the one-line notice below
+        warnings.simplefilter("ignore", UserWarning)
+        config = make_config(GenerationConfig, options_from_args(args, len(ids), max_seq_len))
+    if args.stream and config.num_beams > 1:
+        raise GenerationError("--stream cannot be combined with --num-beams > 1; beam search picks the best "
+                              "hypothesis only at the end.")
+    for line in notices(config, len(ids), max_seq_len):
+        print(f"llmcore generate: {line}", file=sys.stderr)
     out = sys.stdout
     if args.stream:
-        if config.num_beams > 1:
-            raise GenerationError("--stream cannot be combined with --num-beams > 1; beam search picks the best "
-                                  "hypothesis only at the end.")
-        out.write(args.prompt)
+        deltas = stream(model, input_ids, config=config, tokenizer=tokenizer)
+        # The first step validates the request and runs the prefill: only then is anything printed, so an
+        # error never follows a half-written line.
+        first = next(deltas, "")
+        out.write(args.prompt + first)
         out.flush()
-        for delta in stream(model, input_ids, config=config, tokenizer=tokenizer):
+        for delta in deltas:
             out.write(delta)
             out.flush()
         out.write("\n")
@@ -83,11 +148,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model directory (llmcore or Hugging Face format)")
     p.add_argument("--prompt", default="", help="text to continue (default: empty, start from the BOS token)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
-    p.add_argument("--sample", "--do-sample", dest="sample", action="store_true",
-                   help="sample (temperature 1) instead of greedy decoding")
-    add_dataclass_args(p, GenerationConfig, DECODING,
-                       help={"seed": "seed of the sampling (default: a fresh random one)"})
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--do-sample", "--sample", dest="sample", action="store_true",
+                   help="sample instead of greedy decoding (default: greedy); enables --temperature / --top-k / "
+                        "--top-p / --min-p")
+    add_dataclass_args(p, GenerationConfig, DECODING, help=HELP)
+    p.add_argument("--no-sliding-window", dest="sliding_window", action="store_false", default=True,
+                   help="fail (before printing anything) when prompt + --max-new-tokens exceed the model's "
+                        "context, instead of sliding the window (default: slide)")
+    p.add_argument("--sliding-window", dest="sliding_window", action="store_true",
+                   help="slide the window past the model's context (the default)")
+    p.add_argument("--stop", action="append", default=None,
+                   help="stop once the generated text contains this string; backslash escapes such as \\n, "
+                        "\\t, \\\\ and \\uXXXX are interpreted (repeatable)")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to the prompt")
     p.add_argument("--stream", action="store_true", help="print text as it is produced")
     add_dataclass_args(p, TrainConfig, ["device"])

@@ -31,7 +31,7 @@ import torch
 from ..modules import eval_mode
 from .config import GenerationConfig
 from .processors import Processor, apply_processors, build_processors
-from .runner import ModelRunner, hits_stop_string, prepare, resolve_config
+from .runner import ModelRunner, grow, hits_stop_string, prepare, resolve_config, room
 
 _NEG = -1.0e9  # "impossible" score; finite so sums and comparisons stay well defined
 
@@ -67,7 +67,8 @@ def _search(model: torch.nn.Module, req: Any, B: int, K: int, tokenizer: Any,
     if cfg.max_new_tokens == 0:
         return req.input_ids.view(B, K, T)[:, :R].reshape(B * R, T), torch.zeros(B * R, device=device)
 
-    running = torch.full((B, K, L), req.pad_id, dtype=torch.long, device=device)
+    # Buffers hold room(T, max_new_tokens) positions and grow as the beams lengthen (never T + a huge max).
+    running = torch.full((B, K, room(T, cfg.max_new_tokens)), req.pad_id, dtype=torch.long, device=device)
     running[:, :, :T] = req.input_ids.view(B, K, T)
     run_scores = torch.zeros(B, K, device=device)
     run_scores[:, 1:] = _NEG  # all beams start identical: only the first may expand at step one
@@ -83,7 +84,7 @@ def _search(model: torch.nn.Module, req: Any, B: int, K: int, tokenizer: Any,
     row_offset = torch.arange(B, device=device)[:, None] * K  # beam b of row r is flat row r*K + b
     mask = None
     if req.mask is not None:  # beams of a row share its prompt mask; new positions are real tokens
-        mask = torch.ones(B * K, L, dtype=req.mask.dtype, device=device)
+        mask = torch.ones(B * K, running.shape[-1], dtype=req.mask.dtype, device=device)
         mask[:, :T] = req.mask
     procs = build_processors(cfg, T, req.eos_ids, req.pad_lengths, logits_processors)
     window = req.max_seq_len if cfg.sliding_window else None
@@ -91,7 +92,11 @@ def _search(model: torch.nn.Module, req: Any, B: int, K: int, tokenizer: Any,
 
     cur = T
     while True:
-        flat = running.view(B * K, L)
+        if cur >= running.shape[-1]:  # the next token does not fit: widen every per-position buffer
+            running = grow(running, cur + 1, L, req.pad_id)
+            fin_seqs = grow(fin_seqs, cur + 1, L, req.pad_id)
+            mask = grow(mask, cur + 1, L, 1) if mask is not None else None
+        flat = running.view(B * K, running.shape[-1])
         logp = torch.log_softmax(runner.logits(flat, cur, mask), dim=-1)  # (B*K, V)
         if procs:
             logp = apply_processors(procs, flat[:, :cur], logp)

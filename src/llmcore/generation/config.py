@@ -2,7 +2,12 @@
 
 The field names and meanings follow Hugging Face ``GenerationConfig`` so settings carry over, with two
 simplifications: ``temperature == 0`` means greedy decoding (whatever ``do_sample`` says), and options that
-only make sense with a tokenizer (``stop_strings``) are checked when :func:`generate` runs. Validation
+only make sense with a tokenizer (``stop_strings``) are checked when :func:`generate` runs.
+
+The sampling rule is Hugging Face's: tokens are sampled only with ``do_sample=True``. A sampling parameter
+(``temperature``, ``top_k``, ``top_p``, ``min_p``) set without it has no effect — decoding stays greedy — and
+a :class:`UserWarning` says so, once per process (as ``transformers`` does), so ``generate(ids,
+temperature=0.8)`` is never silently greedy. The command line follows the same rule (``--do-sample``). Validation
 happens in ``__post_init__`` and raises :class:`ConfigError` naming the field, the value and what is allowed
 (:func:`llmcore.config.check_field`, the style every llmcore config shares).
 """
@@ -10,11 +15,34 @@ happens in ``__post_init__`` and raises :class:`ConfigError` naming the field, t
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import check_field, check_keys, is_int, is_number
 from ..errors import ConfigError, GenerationError
+
+MAX_NEW_TOKENS_LIMIT = 10_000_000  # beyond this a request is a typo (1e9 tokens would take days), not a plan
+SAMPLING_FIELDS = {"temperature": 1.0, "top_k": None, "top_p": 1.0, "min_p": None}  # field -> its "off" value
+_warned_unused_sampling = False  # the warning below is shown once per process (transformers does the same)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's line: the first frame outside llmcore.
+
+    The config is built from several depths (``GenerationConfig(...)``, ``generate(**kw)``, ``model.generate``,
+    ``generate_text``), so a fixed level would blame llmcore or ``dataclasses`` for the user's call.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    internal = (package, os.path.dirname(dataclasses.__file__) + os.sep + "dataclasses.py")
+    frame, level = sys._getframe(1), 1  # level 1 is the function calling warnings.warn
+    wrappers = ("<string>", os.path.join("torch", "utils", "_contextlib.py"))  # dataclass __init__, no_grad
+    while frame is not None and (frame.f_code.co_filename.startswith(internal)
+                                 or frame.f_code.co_filename.endswith(wrappers)):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass
@@ -22,10 +50,12 @@ class GenerationConfig:
     """Options of :func:`llmcore.generation.generate` (and ``stream`` / ``beam_search``).
 
     Length:
-        max_new_tokens: tokens to add after the prompt (the output may be shorter if every row stops early).
+        max_new_tokens: tokens to add after the prompt (the output may be shorter if every row stops early);
+            at most 10^7. Buffers grow with what is produced, so a large value costs nothing until used.
         min_new_tokens: EOS is forbidden until this many tokens were generated.
     Sampling (applied only when ``do_sample`` and ``temperature > 0``; see ``processors`` for the order):
-        do_sample: sample from the distribution instead of taking the argmax.
+        do_sample: sample from the distribution instead of taking the argmax. Off (the default), the
+            four options below are ignored and setting one of them warns once per process.
         temperature: logits / temperature; 0 means greedy.
         top_k: keep the k most likely tokens (None or 0: off).
         top_p: nucleus sampling, keep the smallest set of tokens whose probability reaches top_p (1.0: off).
@@ -49,8 +79,9 @@ class GenerationConfig:
     Model:
         use_cache: reuse keys/values (prefill once, then one token per step); False recomputes every step.
         sliding_window: allow prompt + new tokens beyond the model's max_seq_len by feeding only the last
-            max_seq_len tokens once the context is full (without a cache from then on). Off: such a request
-            raises :class:`GenerationError`.
+            max_seq_len tokens once the context is full (without a cache from then on), as nanoGPT crops.
+            Off (the Python default): such a request raises :class:`GenerationError` before decoding. The
+            ``llmcore generate`` command turns it on by default (``--no-sliding-window`` turns it off).
     """
 
     max_new_tokens: int = 20
@@ -77,6 +108,10 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "min_new_tokens", "no_repeat_ngram_size"):
             check_field(self, name, lambda v: is_int(v, 0), "an integer >= 0")
+        if self.max_new_tokens > MAX_NEW_TOKENS_LIMIT:
+            raise ConfigError(f"GenerationConfig.max_new_tokens={self.max_new_tokens!r} is invalid: at most "
+                              f"{MAX_NEW_TOKENS_LIMIT:,} tokens can be requested per call; ask for fewer (a longer "
+                              "text can be generated in several calls, each continuing the last).")
         for name in ("num_beams", "num_return_sequences"):
             check_field(self, name, lambda v: is_int(v, 1), "an integer >= 1")
         for name in ("top_k", "pad_token_id", "bos_token_id", "seed"):
@@ -108,6 +143,28 @@ class GenerationConfig:
             raise ConfigError(f"GenerationConfig.num_return_sequences={self.num_return_sequences} needs sampling "
                               "(do_sample=True, temperature > 0) or beam search (num_beams > 1); greedy decoding "
                               "would return the same sequence each time.")
+
+        self._warn_unused_sampling()
+
+    def unused_sampling_options(self) -> list[str]:
+        """The sampling options set to a non-default value while ``do_sample`` is off (they have no effect).
+
+        ``temperature=0`` is not listed: it asks for greedy decoding, which is what happens.
+        """
+        if self.do_sample:
+            return []
+        return [name for name, off in SAMPLING_FIELDS.items()
+                if getattr(self, name) not in (off, 0)]
+
+    def _warn_unused_sampling(self) -> None:
+        global _warned_unused_sampling
+        unused = self.unused_sampling_options()
+        if unused and not _warned_unused_sampling:
+            _warned_unused_sampling = True
+            shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in unused)
+            warnings.warn(f"{shown} only affects sampling, but do_sample=False: decoding is greedy. Pass "
+                          "do_sample=True to sample (this warning is shown once per process).",
+                          UserWarning, stacklevel=_user_stacklevel())
 
     # ------------------------------------------------------------------ derived
     @property

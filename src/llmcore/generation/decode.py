@@ -42,7 +42,7 @@ from ..modules import eval_mode
 from .beam import beam_search
 from .config import GenerationConfig
 from .processors import Processor, apply_processors, build_processors, sample_next
-from .runner import ModelRunner, Request, hits_stop_string, prepare, resolve_config
+from .runner import ModelRunner, Request, grow, hits_stop_string, prepare, resolve_config, room
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -193,11 +193,12 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
     B, T = req.input_ids.shape
     N = cfg.max_new_tokens
     device = req.input_ids.device
-    seq = torch.full((B, T + N), req.pad_id, dtype=torch.long, device=device)  # preallocated output
+    width = room(T, N)  # the output buffer grows as tokens come, so a huge max_new_tokens allocates nothing huge
+    seq = torch.full((B, width), req.pad_id, dtype=torch.long, device=device)
     seq[:, :T] = req.input_ids
     mask = None
     if req.mask is not None:  # generated positions are real tokens: the mask is all ones after the prompt
-        mask = torch.ones((B, T + N), dtype=req.mask.dtype, device=device)
+        mask = torch.ones((B, width), dtype=req.mask.dtype, device=device)
         mask[:, :T] = req.mask
     procs = build_processors(cfg, T, req.eos_ids, req.pad_lengths, logits_processors)
     sampling = cfg.is_sampling
@@ -223,6 +224,9 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
         if procs:
             logits = apply_processors(procs, seq[:, :cur], logits)
         tok = sample_next(logits, sampling, generator)  # (B,)
+        if cur >= seq.shape[1]:
+            seq = grow(seq, cur + 1, T + N, req.pad_id)
+            mask = grow(mask, cur + 1, T + N, 1) if mask is not None else None
         live = None
         if can_stop:
             live = unfinished  # rows whose token this step is real (not padding)

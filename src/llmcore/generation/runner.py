@@ -194,7 +194,59 @@ class ModelRunner:
             self.cache.reorder(index)
 
 
+INITIAL_ROOM = 256  # generated positions allocated up front; buffers double from there as tokens are produced
+
+
+def room(prompt_len: int, max_new_tokens: int) -> int:
+    """Width to allocate for (prompt + generated) before the first step: never more than can be produced."""
+    return prompt_len + min(max_new_tokens, INITIAL_ROOM)
+
+
+def grow(buf: torch.Tensor, need: int, limit: int, fill: int | float) -> torch.Tensor:
+    """``buf`` (..., L), widened along its last dimension to hold ``need`` positions (doubling, at most ``limit``).
+
+    The decoding loops preallocate only :func:`room` positions and call this when the next token does not
+    fit, so ``max_new_tokens=10**7`` under ``sliding_window`` costs memory for the tokens actually produced
+    (a row may stop at EOS long before), while the copies stay amortised O(length).
+    """
+    width = buf.shape[-1]
+    if width >= need:
+        return buf
+    out = buf.new_full((*buf.shape[:-1], min(limit, max(need, 2 * width))), fill)
+    out[..., :width] = buf
+    return out
+
+
 def hits_stop_string(tokenizer: Any, ids: list[int], stops: list[str]) -> bool:
     """True when the decoded ``ids`` contain any of ``stops`` (decoding all ids catches boundary-spanning ones)."""
     text = tokenizer.decode(ids)
     return any(s in text for s in stops)
+
+
+def continuations(model: Any, sequences: torch.Tensor, prompt_len: int, config: GenerationConfig | None = None,
+                  tokenizer: Any = None, **overrides: Any) -> list[list[int]]:
+    """Each row's generated ids, cut after the token that finished it (padding after it dropped).
+
+    Args:
+        model, config, tokenizer, overrides: as passed to :func:`~llmcore.generation.generate`, so the EOS ids
+            and stop strings are resolved exactly as decoding resolved them.
+        sequences: (N, prompt_len + n) what ``generate`` returned.
+        prompt_len: the prompt width T (after padding; 1 for an empty prompt that became the BOS token).
+
+    Returns:
+        N lists of ids: the new tokens of each row up to and including its EOS id or the token that
+        completed a stop string, or all of them when the row ran to ``max_new_tokens``.
+    """
+    config = resolve_config(config, overrides)
+    eos = _special("eos_token_id", config, model, tokenizer, "eos_id")
+    eos_ids = set() if eos is None else ({int(eos)} if isinstance(eos, int) else {int(e) for e in eos})
+    out = []
+    for row in sequences[:, prompt_len:].tolist():
+        end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        row = row[:end]
+        if config.stop_list and tokenizer is not None:  # the shortest prefix holding a stop string
+            end = next((i for i in range(1, len(row) + 1)
+                        if hits_stop_string(tokenizer, row[:i], config.stop_list)), len(row))
+            row = row[:end]
+        out.append(row)
+    return out
