@@ -12,6 +12,7 @@ All share the :class:`Tokenizer` interface: ``encode``/``decode``, ``encode_batc
 truncation), ``decode_batch``, the bos/eos/pad/unk ids, and ``save(dir)``.
 """
 
+# Eager (no torch here): importing the subclasses registers their kinds, which load_tokenizer looks up.
 from .base import Tokenizer, language_tag_id, load_tokenizer
 from .simple import ByteTokenizer, CharTokenizer
 from .spm import SentencePieceTokenizer
