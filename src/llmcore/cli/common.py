@@ -179,8 +179,8 @@ def show_default(action: argparse.Action, text: str) -> str:
 CLI_HINTS: list[tuple[str, str]] = [
     (r"\bpass sliding_window=True\b", "pass --sliding-window"),
     (r"\bsliding_window=True\b", "--sliding-window"),
-    (r"\bor use unk='replace'", "or train on text that contains it (or with --tokenizer byte, which knows every "
-                                 "character; in Python: CharTokenizer(..., unk='replace'))"),
+    (r"\bor use unk='replace'", "or train with --tokenizer byte, which knows every character (in Python: "
+                                 "CharTokenizer(..., unk='replace'))"),
     (r"\buse max_seq_len <= (\d+)", r"use --set max_seq_len=\1 (or less)"),
     (r"\blower max_new_tokens\b", "lower --max-new-tokens"),
     (r"\ba larger val_fraction\b", "a larger --val-fraction"),
