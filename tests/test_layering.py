@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Bottom first. A module's layer is that of its first dotted component below ``llmcore`` (the package
 # root ``llmcore`` itself is the public-API facade, just below the command line).
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "lazy"},
     {"config", "registry", "io", "inputs"},
     {"tokenizer"},
     {"modules"},

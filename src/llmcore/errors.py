@@ -37,5 +37,18 @@ class TrainingError(LLMCoreError, RuntimeError):
     """A training run that cannot continue (non-finite loss or gradients); the last checkpoint stays valid."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`Trainer.fit`: still a ``KeyboardInterrupt``, carrying where the run stopped.
+
+    ``step`` is the number of optimizer steps done; ``checkpoint_step`` the step of the newest checkpoint in
+    ``out_dir`` (what a resumed run continues from; None if there is none yet). ``llmcore train`` turns it into
+    "interrupted at step N; rerun with --resume to continue" and exit status 130.
+    """
+
+    def __init__(self, step: int, checkpoint_step: int | None = None, out_dir: str | None = None) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint_step, self.out_dir = step, checkpoint_step, out_dir
+
+
 __all__ = ["LLMCoreError", "ConfigError", "DataError", "TokenizerError", "CheckpointError", "GenerationError",
-           "TrainingError"]
+           "TrainingError", "TrainingInterrupted"]

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, LLMCoreError
+
+if TYPE_CHECKING:  # torch and safetensors load when a tensor is read or written: configs read JSON without them
+    import torch
+    from torch import nn
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -76,6 +75,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict[str, str] | None = None) -> None:
     """Write tensors to ``path`` via a temporary file and rename, so a crash never leaves a half file."""
+    from safetensors.torch import save_file
+
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {})
@@ -84,6 +85,9 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
 
 def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     d = Path(directory)
     if (d / WEIGHTS_NAME).exists():
         files = [d / WEIGHTS_NAME]

@@ -20,6 +20,7 @@ This module sits at the bottom of the package: it imports nothing but the errors
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 from collections.abc import Iterator
@@ -33,10 +34,27 @@ T = TypeVar("T")
 class Registry:
     """A named table of classes or factories, e.g. ``NORMS.get("rmsnorm") -> RMSNorm``."""
 
-    def __init__(self, kind: str, var: str) -> None:
+    def __init__(self, kind: str, var: str, builtins: str | None = None) -> None:
         self.kind = kind  # used in error messages: "Unknown norm 'x'; registered: ..."
         self.var = var  # the module-level name, so the message can say how to register one
+        self.builtins = builtins  # the module whose import registers the built-in entries
         self._table: dict[str, Any] = {}
+        self._loaded = builtins is None
+
+    def load_builtins(self) -> None:
+        """Import :attr:`builtins` once, before the first look-up, so the built-in names are registered.
+
+        ``import llmcore`` imports no torch (``llmcore --help`` stays fast), so the modules that define the
+        built-ins are not imported yet when, say, ``ModelConfig(norm="rmsnorm")`` is validated. The module is
+        named by a string, like a plugin's entry point: this module still imports nothing above the errors.
+        """
+        if not self._loaded:
+            self._loaded = True  # first: the import registers entries (and may look some up) re-entrantly
+            try:
+                importlib.import_module(self.builtins)
+            except BaseException:
+                self._loaded = False
+                raise
 
     def register(self, name: str, obj: Any = None) -> Any:
         """``REG.register("name", obj)``, or ``@REG.register("name")`` as a decorator; returns ``obj``."""
@@ -44,6 +62,7 @@ class Registry:
             raise ConfigError(f"A {self.kind} name must be a non-empty string, got {name!r}.")
 
         def add(o: T) -> T:
+            self.load_builtins()  # a user's entry meets the built-ins now, not when they load later
             old = self._table.get(name, _MISSING)
             if old is not _MISSING and old is not o and not same_definition(old, o):
                 raise ConfigError(f"{self.kind} {name!r} is already registered to {_qualname(old)}; "
@@ -55,25 +74,31 @@ class Registry:
 
     def get(self, name: str) -> Any:
         """The object registered as ``name``; :class:`ConfigError` listing the registered names if none."""
+        self.load_builtins()
         try:
             return self._table[name]
         except (KeyError, TypeError):
             raise ConfigError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: Any) -> str:
+        self.load_builtins()
         return (f"Unknown {self.kind} {name!r}; registered: {', '.join(sorted(self._table)) or '(none)'}. "
                 f"Register a new one with llmcore.registry.{self.var}.register(name, ...).")
 
     def names(self) -> list[str]:
+        self.load_builtins()
         return sorted(self._table)
 
     def __contains__(self, name: object) -> bool:
+        self.load_builtins()
         return name in self._table
 
     def __iter__(self) -> Iterator[str]:
+        self.load_builtins()
         return iter(sorted(self._table))
 
     def __len__(self) -> int:
+        self.load_builtins()
         return len(self._table)
 
     def __repr__(self) -> str:
@@ -138,11 +163,11 @@ def _definition_site(obj: Any) -> tuple[str, int | None] | None:
     return None if path.startswith("<") else (os.path.realpath(path), line)  # "<stdin>", "<string>": no file
 
 
-# The tables. Each is filled by the module that defines the built-ins (importing llmcore fills them all).
-ARCHITECTURES = Registry("architecture", "ARCHITECTURES")  # config.json "architecture" -> model class (nn.Module with config_cls)
-NORMS = Registry("norm", "NORMS")  # ModelConfig.norm -> factory(config) -> nn.Module
-MLPS = Registry("activation", "MLPS")  # ModelConfig.activation -> factory(config, layer_idx) -> nn.Module
-POS_ENCODINGS = Registry("pos_encoding", "POS_ENCODINGS")  # ModelConfig.pos_encoding -> factory(config) -> nn.Module | None
-ATTENTIONS = Registry("attention", "ATTENTIONS")  # ModelConfig.attention -> class(config, layer_idx, cross=False)
+# The tables. Each is filled by the package that defines the built-ins, imported on the table's first look-up.
+ARCHITECTURES = Registry("architecture", "ARCHITECTURES", "llmcore.models")  # config.json "architecture" -> model class (nn.Module with config_cls)
+NORMS = Registry("norm", "NORMS", "llmcore.modules")  # ModelConfig.norm -> factory(config) -> nn.Module
+MLPS = Registry("activation", "MLPS", "llmcore.modules")  # ModelConfig.activation -> factory(config, layer_idx) -> nn.Module
+POS_ENCODINGS = Registry("pos_encoding", "POS_ENCODINGS", "llmcore.modules")  # ModelConfig.pos_encoding -> factory(config) -> nn.Module | None
+ATTENTIONS = Registry("attention", "ATTENTIONS", "llmcore.modules")  # ModelConfig.attention -> class(config, layer_idx, cross=False)
 
 __all__ = ["Registry", "ARCHITECTURES", "NORMS", "MLPS", "POS_ENCODINGS", "ATTENTIONS", "same_definition"]

@@ -129,7 +129,7 @@ def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path):
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    import llmcore.io as pretrained  # save_safetensors and its save_file live in llmcore.io
+    import safetensors.torch as pretrained  # llmcore.io.save_safetensors imports save_file from here when it writes
 
     real = pretrained.save_file
 

@@ -23,8 +23,8 @@ from llmcore.tokenizer import ByteTokenizer
 from llmcore.training import TrainConfig
 from llmcore.training.run import RunConfig
 
-COMMANDS = ["tokenizer", "prepare", "train", "eval", "finetune", "generate", "translate", "convert", "sweep",
-            "plot"]
+COMMANDS = ["tokenizer", "prepare", "train", "eval", "finetune", "merge", "classify", "generate", "translate",
+            "convert", "sweep", "plot"]
 
 
 def help_text(capsys, *argv: str) -> str:
@@ -206,3 +206,151 @@ def test_finetune_patience_and_set(base, tmp_path, capsys):
     assert main(["finetune", "--model", str(model), "--data", str(text), "--out", str(tmp_path / "x"),
                  "--set", "n_layers=3"]) == 2
     assert "only TrainConfig fields" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- help and errors
+SRC = str(Path(cli.__file__).parents[2])
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter importing this checkout's llmcore (nothing imported beforehand)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": SRC})
+
+
+def test_help_of_every_command_imports_no_torch():
+    out = run_python(
+        "import sys, llmcore\n"
+        "from llmcore.cli import all_parsers, build_parser\n"
+        "parsers = all_parsers(build_parser())\n"
+        "texts = [p.format_help() for p in parsers]\n"
+        "print(len(parsers), sorted(m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules))\n")
+    assert out.returncode == 0, out.stderr
+    count, loaded = out.stdout.split(" ", 1)
+    assert int(count) == len(COMMANDS) + 3 and loaded.strip() == "[]"  # + top level, tokenizer train / encode
+
+
+def test_lazy_root_keeps_from_imports_dir_and_registries():
+    out = run_python(
+        "import sys, llmcore\n"
+        "assert 'torch' not in sys.modules\n"
+        "from llmcore import Trainer, TransformerLM, ModelConfig, ConfigError, TrainingInterrupted\n"
+        "assert set(llmcore.__all__) <= set(dir(llmcore)) and 'torch' in sys.modules\n"
+        "print(Trainer.__module__, TransformerLM.__module__)\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["llmcore.training.trainer", "llmcore.models.transformer"]
+    # config validation finds the built-in names although nothing imported llmcore.modules yet
+    out = run_python(
+        "from llmcore.config import ModelConfig\n"
+        "from llmcore.registry import ARCHITECTURES\n"
+        "print(ModelConfig.from_preset('debug').norm, 'TransformerLM' in ARCHITECTURES)\n"
+        "ModelConfig.from_preset('debug', norm='scalenorm')\n")
+    assert out.stdout.split() == ["rmsnorm", "True"]
+    assert "ConfigError: ModelConfig.norm='scalenorm' is unknown; registered: layernorm, rmsnorm." in out.stderr
+
+
+def test_lazy_package_rejects_unknown_names():
+    import llmcore.training
+
+    with pytest.raises(AttributeError, match="module 'llmcore.training' has no attribute 'Trainr'"):
+        llmcore.training.Trainr  # noqa: B018
+
+
+def all_help_texts() -> dict[str, str]:
+    return {p.prog: p.format_help() for p in cli.all_parsers(cli.build_parser())}
+
+
+def test_help_shows_plain_text_defaults_and_presets():
+    from llmcore.config import PRESETS
+
+    texts = all_help_texts()
+    for prog, text in texts.items():
+        assert not re.search(r"``|:(func|class|mod|meth|data):`|::$", text, re.M), prog
+    for p in cli.all_parsers(cli.build_parser()):  # every option with a default value says it (None: "instead")
+        for action in p._actions:
+            if (action.option_strings and action.nargs != 0 and not action.required
+                    and action.default not in (None, [])):
+                assert "default" in (action.help or ""), (p.prog, action.option_strings)
+    train = " ".join(texts["llmcore train"].split())
+    assert f"--preset NAME model shape preset: {', '.join(PRESETS)}" in train
+    assert "--seed SEED default: 0" in " ".join(texts["llmcore tokenizer train"].split())
+
+
+@pytest.mark.parametrize("argv", [["--debug", "prepare"], ["prepare", "--debug"]])
+def test_debug_is_accepted_before_or_after_the_command(argv, tmp_path, capsys):
+    bad = [*argv, "--out", str(tmp_path / "p"), "--val-fraction", "2"]
+    assert main([a for a in bad if a != "--debug"]) == 2 and "--val-fraction 2" in capsys.readouterr().err
+    with pytest.raises(ConfigError):  # --debug: the traceback instead of one line
+        main(bad)
+    assert cli.build_parser().parse_args(["prepare", "--out", "x"]).debug is False
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("... or pass sliding_window=True to keep only the last 64 tokens.", "or pass --sliding-window to keep"),
+    ("build the tokenizer from text that contains it, or use unk='replace'", "or train with --tokenizer byte"),
+    ("needs at least 65; use max_seq_len <= 40 (the model's context", "use --set max_seq_len=40 (or less)"),
+    ("lower max_new_tokens to at most 3", "lower --max-new-tokens to at most 3"),
+    ("(for val: a larger val_fraction)", "(for val: a larger --val-fraction)"),
+    ("pass --resume (resume=True) to continue it", "pass --resume to continue it"),
+])
+def test_cli_hint_names_the_flag(message, shown):
+    from llmcore.cli.common import cli_hint
+
+    assert shown in cli_hint(message)
+
+
+def test_library_errors_print_the_command_line_spelling(tmp_path, capsys):
+    from llmcore.tokenizer import CharTokenizer
+
+    CharTokenizer.from_text("abc").save(tmp_path / "tok")
+    assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "tok"), "--text", "abz"]) == 2
+    err = capsys.readouterr().err
+    assert "'z'" in err and "--tokenizer byte" in err and "or use unk='replace'" not in err
+
+    from llmcore.cli.common import cli_hint
+    from llmcore.data import TokenDataset
+    from llmcore.errors import DataError
+
+    with pytest.raises(DataError) as e:  # the key a user sets is max_seq_len, not the dataset's block_size
+        TokenDataset(list(range(10)), block_size=64, split="val")
+    assert "use max_seq_len <= 9 (the model's context" in str(e.value)
+    assert "use --set max_seq_len=9 (or less)" in cli_hint(str(e.value))
+
+
+def tiny_train(tmp_path, *extra: str) -> list[str]:
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog.\n" * 60, encoding="utf-8")
+    return ["train", "--data", str(text), "--preset", "debug", "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--batch-size", "2", "--eval-interval", "2", "--max-steps", "6", "--set", "eval_batches=1", *extra]
+
+
+def test_ctrl_c_names_the_step_and_resume_says_where_it_continues(tmp_path, capsys, caplog, monkeypatch):
+    from llmcore.training.callbacks import MetricsLogger
+
+    real = MetricsLogger.on_step_end
+
+    def interrupt_at_step_3(self, trainer, info):
+        real(self, trainer, info)
+        if info["step"] == 3:
+            raise KeyboardInterrupt  # what Ctrl-C raises inside the loop
+
+    monkeypatch.setattr(MetricsLogger, "on_step_end", interrupt_at_step_3)
+    assert main(tiny_train(tmp_path, "--no-progress")) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "llmcore train: interrupted at step 3; rerun with --resume to continue (from the checkpoint of step 2)")
+    monkeypatch.setattr(MetricsLogger, "on_step_end", real)
+    with caplog.at_level("INFO", logger="llmcore"):
+        assert main(tiny_train(tmp_path, "--no-progress", "--resume")) == 0
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from step")]
+    assert resumed == [f"resumed from step 2 ({tmp_path / 'run' / 'trainer_state' / 'ckpt-000002'})"]
+
+
+def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(tmp_path, capsys, monkeypatch):
+    from llmcore.training.callbacks import MetricsLogger
+
+    def interrupt(self, trainer, info):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLogger, "on_step_end", interrupt)
+    assert main(tiny_train(tmp_path, "--no-progress")) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "llmcore train: interrupted at step 1, before the first checkpoint; rerun to start over")

@@ -8,6 +8,9 @@ command imports what it needs when it runs.
 
 This file wires the commands together, loads plugins for commands that take ``--import``, and turns an
 :class:`LLMCoreError` into one line on stderr with exit status 2 (``--debug`` shows the traceback instead).
+After the commands register, :func:`finish_help` walks every parser once: docstring markup in the texts
+users read becomes plain text, every option with a value shows its default, and ``--debug`` is accepted
+after the sub-command too. A KeyboardInterrupt exits 130 with the step it stopped at and how to resume.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 
 from ..errors import LLMCoreError
-from .common import PLUGIN_EPILOG, load_plugins
+from .common import PLUGIN_EPILOG, cli_hint, interrupted_message, load_plugins, plain_text, show_default
 
 # Modules of this package that define ``register(subparsers)``, in the order ``--help`` lists them.
 COMMANDS = [
@@ -43,7 +47,47 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for path in COMMANDS:
         importlib.import_module(path).register(sub)
+    finish_help(parser)
     return parser
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every sub-command parser below it (``tokenizer train`` included), each once."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += all_parsers(child)
+    return found
+
+
+class _WholeWords:
+    """Formatter mixin: wrap option help at spaces only, so ``llama-tiny`` or ``--max-new-tokens`` stays whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+_FORMATTERS: dict[type, type] = {}
+
+
+def finish_help(parser: argparse.ArgumentParser) -> None:
+    """Plain-text help with defaults, and ``--debug`` on every sub-command (see the module docstring)."""
+    for p in all_parsers(parser):
+        base = p.formatter_class
+        if not issubclass(base, _WholeWords):
+            p.formatter_class = _FORMATTERS.setdefault(base, type(base.__name__, (_WholeWords, base), {}))
+        p.description, p.epilog = plain_text(p.description), plain_text(p.epilog)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:  # the one-line summaries in the parent's command list
+                    choice.help = plain_text(choice.help)
+            elif action.help is not argparse.SUPPRESS:
+                action.help = show_default(action, plain_text(action.help) or "") or None
+        if p is not parser and "--debug" not in p._option_string_actions:
+            # SUPPRESS: absent unless given here, so ``llmcore --debug train`` keeps the top-level value
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="show full tracebacks instead of one-line errors")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except LLMCoreError as e:
         if args.debug:
             raise
-        print(f"llmcore {args.command}: error: {e}", file=sys.stderr)
+        print(f"llmcore {args.command}: error: {cli_hint(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"llmcore {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"llmcore {args.command}: {interrupted_message(args, e)}", file=sys.stderr)
         return 130
     return int(result or 0)
 

@@ -17,13 +17,14 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from ..config import parse_assignment, parse_value
+from ..config import PRESETS, parse_assignment, parse_value
 from ..errors import CheckpointError, ConfigError
 
 PLUGIN_GROUP = "llmcore.plugins"  # importlib.metadata entry-point group loaded by model commands
@@ -53,7 +54,7 @@ HELP = {
     "vocab_size": "vocabulary size for --tokenizer sp (default: 4096)",
     "val_fraction": "share of the data, taken from the end (text) or at random (examples), held out for "
                     "validation",
-    "preset": "ModelConfig preset",
+    "preset": f"model shape preset: {', '.join(PRESETS)} (llmcore.config.PRESETS)",
     "arch": "registered architecture to build (llmcore.registry.ARCHITECTURES; see --import)",
     # GenerationConfig
     "max_new_tokens": "tokens to generate (the default is capped to the room the prompt leaves in the model's "
@@ -143,6 +144,69 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type, fields:
 
 def _show(value: Any) -> str:
     return "off" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- help texts
+_ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|exc|obj):`~?([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``", re.S)
+
+
+def plain_text(text: str | None) -> str | None:
+    """Docstring markup as a terminal shows it: ``:func:`~a.b.f``` -> ``f``, ````x```` -> ``x``."""
+    if not text:
+        return text
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    text = re.sub(r"(\S)::$", r"\1:", text, flags=re.M)  # a reST literal block's "::" ends with one colon
+    return _LITERAL.sub(r"\1", text)
+
+
+def show_default(action: argparse.Action, text: str) -> str:
+    """``text`` plus " (default: X)" for an option that takes a value, unless the text already says it.
+
+    The generated flags say it already (their default is SUPPRESS, see :func:`add_dataclass_args`); switches
+    (``store_true``), repeatable lists that start empty and required options have nothing to show.
+    """
+    default = action.default
+    if (not action.option_strings or action.required or action.nargs == 0 or "default" in text.lower()
+            or default in (None, argparse.SUPPRESS) or default == [] or isinstance(default, bool)):
+        return text
+    return f"{text} (default: {default})" if text else f"default: {default}"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+# Library messages give Python advice (``sliding_window=True``); printed by the command line, each becomes
+# the flag that does the same. One (pattern, replacement) per kind of advice; tests/unit/test_cli.py checks each.
+CLI_HINTS: list[tuple[str, str]] = [
+    (r"\bpass sliding_window=True\b", "pass --sliding-window"),
+    (r"\bsliding_window=True\b", "--sliding-window"),
+    (r"\bor use unk='replace'", "or train with --tokenizer byte, which knows every character (in Python: "
+                                 "CharTokenizer(..., unk='replace'))"),
+    (r"\buse max_seq_len <= (\d+)", r"use --set max_seq_len=\1 (or less)"),
+    (r"\blower max_new_tokens\b", "lower --max-new-tokens"),
+    (r"\ba larger val_fraction\b", "a larger --val-fraction"),
+    (r"\bpass --resume \(resume=True\)", "pass --resume"),
+]
+
+
+def cli_hint(message: str) -> str:
+    """``message`` with its Python-only advice rewritten as command-line flags (:data:`CLI_HINTS`)."""
+    for pattern, replacement in CLI_HINTS:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
+def interrupted_message(args: argparse.Namespace, error: BaseException) -> str:
+    """What Ctrl-C left behind: the step reached, and how to continue (``--resume`` where the command has it)."""
+    step = getattr(error, "step", None)  # a TrainingInterrupted from Trainer.fit; a bare KeyboardInterrupt has none
+    if step is None:
+        return "interrupted"
+    how = "rerun with --resume to continue" if hasattr(args, "resume") else "rerun the same command to continue"
+    checkpoint = getattr(error, "checkpoint_step", None)
+    if checkpoint is None:
+        return f"interrupted at step {step}, before the first checkpoint; rerun to start over"
+    if checkpoint != step:
+        how += f" (from the checkpoint of step {checkpoint})"
+    return f"interrupted at step {step}; {how}"
 
 
 def given(args: argparse.Namespace, cls: type, fields: list[str] | None = None,

@@ -9,6 +9,15 @@ and reading / writing directories is :mod:`llmcore.models.hf`:
     model.save_pretrained("out", format="hf")                           # loadable by transformers
 """
 
-from .hf import SUPPORTED_MODEL_TYPES, hf_to_llmcore, llmcore_to_hf
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): importing the package loads no torch
+    from .hf import SUPPORTED_MODEL_TYPES, hf_to_llmcore, llmcore_to_hf
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "hf_to_llmcore", "llmcore_to_hf"]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

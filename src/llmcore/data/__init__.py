@@ -9,11 +9,18 @@
   datasets, with length bucketing) and :func:`collate_pad`.
 """
 
-from ..inputs import IGNORE_INDEX
-from .corpora import bundled_corpus_path, read_text, resolve_paths
-from .datasets import OnTheFlyTextDataset, TokenDataset
-from .examples import ExampleDataset, collate_pad
-from .shards import build_tokenizer, choose_dtype, load_meta, prepare
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): importing the package loads no torch
+    from ..inputs import IGNORE_INDEX
+    from .corpora import bundled_corpus_path, read_text, resolve_paths
+    from .datasets import OnTheFlyTextDataset, TokenDataset
+    from .examples import ExampleDataset, collate_pad
+    from .shards import build_tokenizer, choose_dtype, load_meta, prepare
 
 __all__ = [
     "bundled_corpus_path",
@@ -29,3 +36,5 @@ __all__ = [
     "collate_pad",
     "IGNORE_INDEX",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

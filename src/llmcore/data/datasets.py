@@ -117,7 +117,8 @@ class TokenDataset(torch.utils.data.Dataset):
             where = self.path or "the given ids"
             raise DataError(
                 f"{split} split ({where}) has {self.num_tokens} tokens, but block_size={block_size} needs at least "
-                f"{block_size + 1}; use block_size <= {max(self.num_tokens - 1, 0)} or give more data "
+                f"{block_size + 1}; use max_seq_len <= {max(self.num_tokens - 1, 0)} (the model's context, "
+                "which sets block_size) or give more data "
                 "(for val: a larger val_fraction)"
             )
         if vocab_size is not None:

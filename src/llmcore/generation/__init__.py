@@ -7,21 +7,28 @@ protocol (what a model needs to be decodable, including encoder-decoders) is des
 This package knows nothing about tokenization except through an optional ``tokenizer`` argument.
 """
 
-from .beam import beam_search
-from .config import GenerationConfig
-from .decode import TextDeltas, generate, stream
-from .processors import (
-    apply_processors,
-    apply_temperature,
-    build_processors,
-    min_p_filter,
-    no_repeat_ngram,
-    repetition_penalty,
-    sample_next,
-    suppress_eos,
-    top_k_filter,
-    top_p_filter,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): importing the package loads no torch
+    from .beam import beam_search
+    from .config import GenerationConfig
+    from .decode import TextDeltas, generate, stream
+    from .processors import (
+        apply_processors,
+        apply_temperature,
+        build_processors,
+        min_p_filter,
+        no_repeat_ngram,
+        repetition_penalty,
+        sample_next,
+        suppress_eos,
+        top_k_filter,
+        top_p_filter,
+    )
 
 __all__ = [
     "GenerationConfig",
@@ -40,3 +47,5 @@ __all__ = [
     "top_p_filter",
     "min_p_filter",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

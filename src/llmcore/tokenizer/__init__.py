@@ -15,6 +15,7 @@ truncation), ``decode_batch``, the bos/eos/pad/unk ids, ``save(dir)``, and ``sav
 ``transformers.AutoTokenizer`` loads; sentencepiece and Hugging Face kinds only).
 """
 
+# Eager (no torch here): importing the subclasses registers their kinds, which load_tokenizer looks up.
 from .base import Tokenizer, language_tag_id, load_tokenizer
 from .fast import HFTokenizer
 from .simple import ByteTokenizer, CharTokenizer

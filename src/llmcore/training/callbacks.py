@@ -64,6 +64,8 @@ class ProgressBar:
     def on_train_start(self, trainer: Any, info: dict[str, Any]) -> None:
         self.bar = tqdm(total=trainer.config.max_steps, initial=trainer.state["step"], dynamic_ncols=True,
                         disable=not (self.enabled and trainer.env.is_main), desc="train")
+        if info.get("resumed_from") and trainer.env.is_main:
+            self._write(f"resumed from step {trainer.state['step']} ({info['resumed_from']})")
 
     def on_step_end(self, trainer: Any, info: dict[str, Any]) -> None:
         self.bar.update(1)
@@ -83,10 +85,14 @@ class ProgressBar:
                     + (f", ppl {info['val_ppl']:.2f}" if ppl else "")
                     + (f", acc {info['val_acc']:.3f}" if "val_acc" in info else "")
                     + (" (best)" if info.get("is_best") else ""))
-            if self.bar.disable:
-                logger.info(line)
-            else:
-                self.bar.write(line)
+            self._write(line)
+
+    def _write(self, line: str) -> None:
+        """Above the bar, or to the ``llmcore.training`` logger without one."""
+        if self.bar.disable:
+            logger.info(line)
+        else:
+            self.bar.write(line)
 
     def on_train_end(self, trainer: Any, info: dict[str, Any]) -> None:
         if self.bar is not None:

@@ -64,6 +64,14 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint directory was written at: ``ckpt-000250`` -> 250."""
+    m = _CKPT_RE.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"{path} is not a checkpoint directory (ckpt-NNNNNN)")
+    return int(m.group(1))
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(out_dir)
     return ckpts[-1] if ckpts else None

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import check_field, check_keys, is_int, is_number
-from .optim import SCHEDULES
 
 
 @dataclass
@@ -67,6 +66,8 @@ class TrainConfig:
         check_field(self, "patience", lambda v: v is None or is_int(v, 1), "None or an integer >= 1")
         check_field(self, "device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
         check_field(self, "dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16")
+        from .optim import SCHEDULES  # torch: the parsers read this class's defaults without it
+
         check_field(self, "schedule", lambda v: callable(v) or v in SCHEDULES, f"callable or one of {list(SCHEDULES)}")
         check_field(self, "label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)")
         check_field(self, "z_loss", lambda v: v >= 0, ">= 0")

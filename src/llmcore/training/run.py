@@ -21,13 +21,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import ModelConfig, check_field, is_int, is_number
 from ..errors import CheckpointError, ConfigError
 from ..io import read_json
-from . import distributed as dist
 from .config import TrainConfig
+
+if TYPE_CHECKING:  # torch: the command-line parsers read RunConfig's defaults without it
+    from . import distributed as dist
 
 logger = logging.getLogger("llmcore.training")
 
@@ -182,6 +184,8 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> An
             tokenizer.save(data_dir / "tokenizer")
             prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction)
             stamp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+    from . import distributed as dist
+
     dist.barrier(env)
     return load_tokenizer(data_dir / "tokenizer")
 
@@ -234,6 +238,8 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and (differ := resume_data_differences(config, out / "data")):
         logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
                     "(%s) and are ignored.", out / "data", "; ".join(differ))
+    from . import distributed as dist
+
     cls = architecture(config.arch)
     env = dist.detect()
     env, created = dist.setup(dist.resolve_device(train_cfg.device, env), env)

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .batches import draw_batch, global_targets, micro_batches, rank_share, row_tokens
@@ -188,7 +188,14 @@ class Trainer:
                 ckpt.load_optimizer(path, self.optimizer, self.param_names(), meta["optimizer"])
                 ckpt.restore_trainer(self, meta)
             self._fire("on_train_start", {"resumed_from": str(path) if path else None})
-            summary = self._loop()
+            try:
+                summary = self._loop()
+            except KeyboardInterrupt as e:  # Ctrl-C: say where the run stopped and what a resume continues from
+                if isinstance(e, TrainingInterrupted):
+                    raise
+                last = ckpt.latest_checkpoint(cfg.out_dir) if cfg.out_dir is not None else None
+                raise TrainingInterrupted(self.state["step"], ckpt.checkpoint_step(last) if last else None,
+                                          None if cfg.out_dir is None else str(cfg.out_dir)) from e
             self._fire("on_train_end", summary)
             return summary
         finally:

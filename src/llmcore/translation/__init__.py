@@ -12,17 +12,26 @@ The models live in :mod:`llmcore.models` (:class:`~llmcore.models.seq2seq.Seq2Se
 :mod:`llmcore.generation`.
 """
 
-from .data import (
-    Pair,
-    Seq2SeqPairs,
-    load_cuv_text,
-    load_dictionary,
-    load_parallel,
-    split_of,
-)
-from .metrics import DictionaryBaseline, bleu, chrf, copy_source, evaluate_translations
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): importing the package loads no torch
+    from .data import (
+        Pair,
+        Seq2SeqPairs,
+        load_cuv_text,
+        load_dictionary,
+        load_parallel,
+        split_of,
+    )
+    from .metrics import DictionaryBaseline, bleu, chrf, copy_source, evaluate_translations
 
 __all__ = [
     "Pair", "Seq2SeqPairs", "load_parallel", "load_cuv_text", "load_dictionary", "split_of",
     "bleu", "chrf", "evaluate_translations", "DictionaryBaseline", "copy_source",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)
