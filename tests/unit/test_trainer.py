@@ -322,3 +322,15 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, text_file, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "d_model: 32 in checkpoint vs 64 now" in err
     assert cli("eval", "--model", tmp_path / "nowhere") == 2
+
+
+def test_samples_start_from_bos_when_the_prompt_is_not_in_the_vocabulary():
+    """The default sample prompt is "\\n"; a char vocabulary of a text with no newline lacks it. Sampling then
+    starts from the BOS token instead of failing at the end of a finished run."""
+    from llmcore.tokenizer import CharTokenizer
+    from llmcore.training.callbacks import SampleGenerator
+
+    tok = CharTokenizer.from_text("to be or not to be")
+    model = TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=16))
+    samples = SampleGenerator(tok, num_samples=1, prompt="\n", max_new_tokens=5).sample(model, torch.device("cpu"))
+    assert len(samples) == 1 and isinstance(samples[0], str)  # before the fix: TokenizerError on '\n'

@@ -59,7 +59,7 @@ HELP = {
     # GenerationConfig
     "max_new_tokens": "tokens to generate (the default is capped to the room the prompt leaves in the model's "
                       "context)",
-    "do_sample": "sample instead of greedy decoding (implied by any sampling option)",
+    "do_sample": "sample instead of greedy decoding (greedy is the default; sampling options need this)",
     "temperature": "sampling temperature (0 = greedy)",
     "top_k": "sample from the k most likely tokens (default: off)",
     "top_p": "nucleus sampling mass in (0, 1] (1.0 = off)",

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import TokenizerError
 from ..io import read_jsonl
 from ..modules import eval_mode
 from .checkpoint import list_checkpoints, prune_checkpoints, save_checkpoint, trainer_snapshot
@@ -198,7 +199,11 @@ class SampleGenerator:
         """``num_samples`` continuations of the prompt, decoded to text."""
         from ..generation import generate  # training does not need generation at import time
 
-        ids = list(self.tokenizer.encode(self.prompt)) or [getattr(self.tokenizer, "bos_id", None) or 0]
+        try:
+            ids = list(self.tokenizer.encode(self.prompt))
+        except TokenizerError:  # e.g. the default "\n" with a char vocabulary of a one-line text
+            ids = []
+        ids = ids or [getattr(self.tokenizer, "bos_id", None) or 0]
         x = torch.tensor([ids], dtype=torch.long, device=device)
         with eval_mode(model):
             outs = [generate(model, x, max_new_tokens=self.max_new, do_sample=True, temperature=self.temperature,
