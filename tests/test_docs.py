@@ -38,6 +38,7 @@ def test_snippet_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # snippets that write files write them here
     # Snippets register architectures and names ("alibi") as a user would; later tests must not see them.
     for registry in (ARCHITECTURES, NORMS, MLPS, POS_ENCODINGS, ATTENTIONS):
+        registry.load_builtins()  # first: a snapshot taken before the lazy built-ins load would lose them
         monkeypatch.setattr(registry, "_table", dict(registry._table))
     exec(compile(code, "<doc snippet>", "exec"), {"__name__": "__doc_snippet__"})
 
