@@ -37,6 +37,8 @@ def test_there_are_snippets():
 def test_snippet_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # snippets that write files write them here
     # Snippets register architectures and names ("alibi") as a user would; later tests must not see them.
+    # The built-ins load lazily, so load them first: a copy taken before would be restored empty, while the
+    # registry already counts them as loaded.
     for registry in (ARCHITECTURES, NORMS, MLPS, POS_ENCODINGS, ATTENTIONS):
         registry.load_builtins()  # first: a snapshot taken before the lazy built-ins load would lose them
         monkeypatch.setattr(registry, "_table", dict(registry._table))
