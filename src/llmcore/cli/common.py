@@ -182,6 +182,8 @@ CLI_HINTS: list[tuple[str, str]] = [
     (r"\bor use unk='replace'", "or train with --tokenizer byte, which knows every character (in Python: "
                                  "CharTokenizer(..., unk='replace'))"),
     (r"\buse max_seq_len <= (\d+)", r"use --set max_seq_len=\1 (or less)"),
+    (r"\blower num_beams, num_return_sequences, the batch size or max_new_tokens\b",
+     "lower --num-beams, --batch-size or --max-new-tokens"),
     (r"\blower max_new_tokens\b", "lower --max-new-tokens"),
     (r"\ba larger val_fraction\b", "a larger --val-fraction"),
     (r"\bpass --resume \(resume=True\)", "pass --resume"),

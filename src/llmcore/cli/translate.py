@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..generation.config import MAX_NEW_TOKENS_LIMIT, GenerationConfig
+from ..generation.config import MAX_NEW_TOKENS_LIMIT, GenerationConfig, check_decoding_memory
 from ..training.config import TrainConfig
 from .common import add_dataclass_args, add_model_command, decode_utf8, given, make_config, read_stdin_text
 
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     lines = read_inputs(args)
     translator = Translator.from_pretrained(args.model, device=resolve_device(train.device),
                                             src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag)
+    # Sources and outputs both fit the model's context: a bound on the tokens of every row.
+    check_decoding_memory(decoding.replace(max_new_tokens=0), min(train.batch_size, len(lines)), translator.max_len,
+                          translator.model.config, translator.device)
     outs = translator.translate(lines, num_beams=decoding.num_beams, max_new_tokens=args.max_new_tokens,
                                 batch_size=train.batch_size, too_long=args.too_long,
                                 no_repeat_ngram_size=decoding.no_repeat_ngram_size)
