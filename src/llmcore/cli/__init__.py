@@ -19,6 +19,7 @@ import argparse
 import importlib
 import sys
 import textwrap
+import typing
 
 from ..errors import LLMCoreError
 from .common import PLUGIN_EPILOG, cli_hint, interrupted_message, load_plugins, plain_text, show_default
@@ -40,8 +41,29 @@ COMMANDS = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose mistakes are one line on stderr, ``llmcore CMD: error: ...``, exit status 2.
+
+    argparse prints the whole usage block (ten lines for ``train``) before the message; every other llmcore
+    error is one line, so a flag typo is too, with where to read the options. Sub-command parsers inherit the
+    class (``add_subparsers`` uses ``type(parent)``), so ``llmcore tokenizer train`` answers the same way.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        message = " ".join(str(message).split())  # one line, whatever argparse put in it
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: typing.Any = None, namespace: typing.Any = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # reported by the parser of the command they were given to, not the top-level one
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command and self.prog == "llmcore" else self.prog
+            self.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmcore", description="Train, fine-tune and run Transformer LMs.",
+    parser = OneLineParser(prog="llmcore", description="Train, fine-tune and run Transformer LMs.",
                                      epilog=PLUGIN_EPILOG)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

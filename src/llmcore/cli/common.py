@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS, parse_assignment, parse_value
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 
 PLUGIN_GROUP = "llmcore.plugins"  # importlib.metadata entry-point group loaded by model commands
 
@@ -182,6 +182,8 @@ CLI_HINTS: list[tuple[str, str]] = [
     (r"\bor use unk='replace'", "or train with --tokenizer byte, which knows every character (in Python: "
                                  "CharTokenizer(..., unk='replace'))"),
     (r"\buse max_seq_len <= (\d+)", r"use --set max_seq_len=\1 (or less)"),
+    (r"\blower num_beams, num_return_sequences, the batch size or max_new_tokens\b",
+     "lower --num-beams, --batch-size or --max-new-tokens"),
     (r"\blower max_new_tokens\b", "lower --max-new-tokens"),
     (r"\ba larger val_fraction\b", "a larger --val-fraction"),
     (r"\bpass --resume \(resume=True\)", "pass --resume"),
@@ -228,6 +230,23 @@ def add_set_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a ModelConfig or TrainConfig field, e.g. --set dropout=0.1 "
                              "--set warmup_steps=50 (repeatable)")
+
+
+def read_stdin_text(what: str = "standard input") -> str:
+    """All of stdin as UTF-8 text; bytes that are not UTF-8 are a :class:`DataError` naming the offset."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (a test's StringIO): already decoded
+        return sys.stdin.read()
+    return decode_utf8(buffer.read(), what)
+
+
+def decode_utf8(data: bytes, what: str) -> str:
+    """``data`` as UTF-8, or a :class:`DataError` naming ``what``, the byte and its offset."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} ({e.reason}); "
+                        "pass UTF-8 text (e.g. convert it with iconv -t UTF-8).") from None
 
 
 # ---------------------------------------------------------------------------------------------- plugins

@@ -144,6 +144,7 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
     import json
 
     from ..finetune.pairs import read_pairs
+    from ..generation.config import check_decoding_memory
     from ..translation.data import load_parallel
     from ..translation.metrics import DictionaryBaseline, copy_source, evaluate_translations
     from ..translation.translator import Translator
@@ -159,6 +160,8 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
         pairs = pairs[:opts.max_batches * train.batch_size]
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     translator = Translator.from_pretrained(args.model, device=resolve_device(train.device))
+    check_decoding_memory(decoding.replace(max_new_tokens=0), min(train.batch_size, max(len(sources), 1)),
+                          translator.max_len, translator.model.config, translator.device)
     hyps = translator.translate(sources, num_beams=decoding.num_beams, batch_size=train.batch_size,
                                 no_repeat_ngram_size=decoding.no_repeat_ngram_size)
     if args.hypotheses:

@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..generation import generate, stream
+    from ..generation.config import check_decoding_memory
     from .common import load_model_dir, resolve_device
 
     device = resolve_device(getattr(args, "device", field_default(TrainConfig, "device")))
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # the Python UserWarning is replaced by the one-line notice below
         warnings.simplefilter("ignore", UserWarning)
         config = make_config(GenerationConfig, options_from_args(args, len(ids), max_seq_len))
+    check_decoding_memory(config, 1, len(ids), getattr(model, "config", None), device)
     if args.stream and config.num_beams > 1:
         raise GenerationError("--stream cannot be combined with --num-beams > 1; beam search picks the best "
                               "hypothesis only at the end.")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import TokenizerError
+from .common import read_stdin_text
 
 _ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})  # keep one output line per input line
 
@@ -152,7 +153,7 @@ def run_encode(args: argparse.Namespace) -> int:
     from ..tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    text = args.text if args.text is not None else sys.stdin.read()
+    text = args.text if args.text is not None else read_stdin_text()
     lines = text.split("\n")
     if len(lines) > 1 and lines[-1] == "":  # the final newline ends the last line, it is not a new one
         lines.pop()

@@ -17,10 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import DataError
-from ..generation.config import GenerationConfig
+from ..errors import ConfigError, DataError
+from ..generation.config import MAX_NEW_TOKENS_LIMIT, GenerationConfig, check_decoding_memory
 from ..training.config import TrainConfig
-from .common import add_dataclass_args, add_model_command, given, make_config
+from .common import add_dataclass_args, add_model_command, decode_utf8, given, make_config, read_stdin_text
 
 DECODING = ["num_beams", "no_repeat_ngram_size"]  # GenerationConfig fields the translator takes
 DEVICE = ["batch_size", "device"]  # TrainConfig fields
@@ -55,9 +55,9 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
             path = Path(args.input)
             if not path.is_file():
                 raise DataError(f"--input {path} does not exist.")
-            text = path.read_text(encoding="utf-8")
+            text = decode_utf8(path.read_bytes(), f"--input {path}")
         else:
-            text = sys.stdin.read()
+            text = read_stdin_text()
         lines, where = text.split("\n"), "line"
         if lines and lines[-1] == "":
             lines.pop()  # the final newline ends the last line; it does not start an empty one
@@ -76,9 +76,15 @@ def run(args: argparse.Namespace) -> int:
 
     decoding = make_config(GenerationConfig, given(args, GenerationConfig, DECODING))  # checked before any model loads
     train = make_config(TrainConfig, given(args, TrainConfig, DEVICE))
+    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} is invalid: it must be in [1, "
+                          f"{MAX_NEW_TOKENS_LIMIT:,}] (omit it for the default budget, 2 x source + 10 tokens).")
     lines = read_inputs(args)
     translator = Translator.from_pretrained(args.model, device=resolve_device(train.device),
                                             src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag)
+    # Sources and outputs both fit the model's context: a bound on the tokens of every row.
+    check_decoding_memory(decoding.replace(max_new_tokens=0), min(train.batch_size, len(lines)), translator.max_len,
+                          translator.model.config, translator.device)
     outs = translator.translate(lines, num_beams=decoding.num_beams, max_new_tokens=args.max_new_tokens,
                                 batch_size=train.batch_size, too_long=args.too_long,
                                 no_repeat_ngram_size=decoding.no_repeat_ngram_size)

@@ -18,6 +18,7 @@ separately, exactly as a prompt is encoded at generation time.
 from __future__ import annotations
 
 import json
+import string
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,38 @@ TEMPLATES: dict[str, str] = {
 }
 
 TOO_LONG = ("error", "drop", "truncate")
+
+
+def check_template(template: Any, where: str = "Prompt template") -> str:
+    """``template`` (a name from :data:`TEMPLATES` or a format string), checked: the format string it stands for.
+
+    A template fills in plain ``{src}`` fields and nothing else: no other field, no attribute or index
+    (``{src.__class__}``), no conversion (``{src!r}``) and no format spec (``{src:>2000000000}`` would allocate
+    2 GB per sentence). Literal braces are doubled, ``{{`` and ``}}``. A template may come from a downloaded
+    model's ``config.json``, so it is checked before any text is formatted with it.
+
+    Raises:
+        ConfigError: naming the template, the offending field and what is allowed.
+    """
+    if not isinstance(template, str):
+        raise ConfigError(f"{where} {template!r} is not a string; use one of {list(TEMPLATES)} or a format string "
+                          "containing {src}.")
+    template = TEMPLATES.get(template, template)
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # a single '{' or '}'
+        raise ConfigError(f"{where} {template!r} is not a valid format string ({e}); double literal braces: "
+                          "'{{' and '}}'.") from e
+    for name, spec, conv in fields:
+        if name != "src" or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ConfigError(f"{where} {template!r} uses field {shown}; only plain {{src}} is filled in (no other "
+                              "name, attribute, index, !conversion or :format spec; double literal braces: '{{' "
+                              "and '}}').")
+    if not fields:
+        raise ConfigError(f"{where} {template!r} has no '{{src}}' field; use one of {list(TEMPLATES)} "
+                          "or a format string containing {src}.")
+    return template
 
 
 def read_pairs(source: str | Path | Sequence[Mapping[str, Any]] | Sequence[Sequence[str]],
@@ -136,10 +169,7 @@ class PairDataset(ExampleDataset):
                  tgt_col: str = "tgt", src_lang_tag: str | None = None, tgt_lang_tag: str | None = None,
                  max_len: int = 256, too_long: str = "error", add_bos: bool = True, bucket: int = 1,
                  vocab_size: int | None = None) -> None:
-        template = TEMPLATES.get(template, template)
-        if "{src}" not in template:
-            raise ConfigError(f"Prompt template {template!r} has no '{{src}}' field; use one of {list(TEMPLATES)} "
-                              "or a format string containing {src}.")
+        template = check_template(template)
         if too_long not in TOO_LONG:
             raise ConfigError(f"too_long={too_long!r} is not one of {TOO_LONG}.")
         if max_len < 2:
@@ -159,11 +189,7 @@ class PairDataset(ExampleDataset):
         self.prompt_lens: list[int] = []
         dropped = 0
         for i, (src, tgt) in enumerate(self.pairs):
-            try:
-                prompt_text = template.format(src=src)
-            except (KeyError, IndexError) as e:
-                raise ConfigError(f"Prompt template {template!r} uses field {e}; only {{src}} is filled in "
-                                  "(double literal braces: '{{' and '}}').") from e
+            prompt_text = template.format(src=src)  # check_template allowed plain {src} fields only
             prompt = pre + list(tokenizer.encode(prompt_text)) + post
             target = list(tokenizer.encode(tgt)) + [tokenizer.eos_id]
             n = len(prompt) + len(target)

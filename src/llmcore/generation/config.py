@@ -201,3 +201,53 @@ class GenerationConfig:
         check_keys(type(self), changes, "options")
         return dataclasses.replace(self, **changes)
 
+
+
+def device_memory_bytes(device: Any) -> int | None:
+    """All the memory ``device`` has (GPU memory for CUDA, physical RAM otherwise); None when unknown."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return None
+
+
+def decoding_memory_bytes(config: GenerationConfig, rows: int, prompt_len: int, model_config: Any) -> int:
+    """A lower estimate of what decoding ``rows`` prompts of ``prompt_len`` tokens with ``config`` allocates.
+
+    Every row is expanded ``num_beams`` (or ``num_return_sequences`` when sampling) times; each expanded row
+    holds its token ids (prompt + ``max_new_tokens``, int64), a key/value cache over the positions the model
+    attends (at most ``max_seq_len``; float32 keys and values per layer) and its logits over the vocabulary.
+    """
+    width = config.num_beams if config.num_beams > 1 else (config.num_return_sequences if config.is_sampling else 1)
+    expanded = rows * width
+    total = prompt_len + config.max_new_tokens
+    context = min(total, getattr(model_config, "max_seq_len", None) or total)
+    d_model = getattr(model_config, "d_model", 0) or 0
+    n_layers = getattr(model_config, "n_layers", 1) or 1
+    vocab = getattr(model_config, "vocab_size", 0) or 0
+    per_row = 8 * total + 4 * 2 * n_layers * d_model * context + 4 * 2 * vocab
+    return expanded * per_row
+
+
+def check_decoding_memory(config: GenerationConfig, rows: int, prompt_len: int, model_config: Any,
+                          device: Any = "cpu") -> None:
+    """Raise :class:`GenerationError` when :func:`decoding_memory_bytes` exceeds all of ``device``'s memory.
+
+    A request that cannot exist (``num_beams=10**8``: 77 GB of encoder states for one sentence) is refused
+    before anything is allocated, naming the figures and what to lower, instead of failing deep in the
+    allocator (or swapping for minutes).
+    """
+    need = decoding_memory_bytes(config, rows, prompt_len, model_config)
+    have = device_memory_bytes(device)
+    if have is not None and need > have:
+        width = (f"{config.num_beams} beams" if config.num_beams > 1
+                 else f"{config.num_return_sequences} sequences" if config.is_sampling else "1 sequence")
+        raise GenerationError(
+            f"Decoding {rows} row(s) x {width} x {prompt_len + config.max_new_tokens:,} tokens needs at least "
+            f"{need / 2**30:,.1f} GiB but the device has {have / 2**30:,.1f} GiB in all; lower num_beams, "
+            "num_return_sequences, the batch size or max_new_tokens.")

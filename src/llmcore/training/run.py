@@ -230,6 +230,7 @@ def train(config: RunConfig) -> dict[str, Any]:
     from ..data import TokenDataset
     from .trainer import Trainer
 
+    config.check()  # every preset / --set / TrainConfig value is valid before the first byte is written
     out = config.out
     train_cfg = config.train_config()
     if config.resume and not (out / "trainer_state").is_dir():

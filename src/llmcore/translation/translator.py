@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..finetune.pairs import check_template
 from ..generation import generate
 from ..io import CONFIG_NAME
 from ..modules import eval_mode
@@ -80,6 +81,7 @@ class Translator:
         for key, value in (("src_lang_tag", src_lang_tag), ("tgt_lang_tag", tgt_lang_tag), ("template", template)):
             if value is not None:
                 settings[key] = value
+        settings["template"] = check_template(settings["template"], "Translation template")  # may come from config.json
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.seq2seq = isinstance(model, Seq2SeqTransformer)
         self.tgt_id = language_tag_id(tokenizer, settings["tgt_lang_tag"], "target-language tag")
