@@ -235,6 +235,10 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and not (out / "trainer_state").is_dir():
         raise CheckpointError(f"No checkpoint to resume in {out / 'trainer_state'}; run without --resume to "
                               "start a fresh run, or point --out at the run directory.")
+    if config.resume:  # a damaged or foreign checkpoint is refused before the data is (re)prepared
+        from . import checkpoint as ckpt
+
+        ckpt.read_checkpoint(ckpt.find_resume_checkpoint(out))
     if config.resume and (differ := resume_data_differences(config, out / "data")):
         logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
                     "(%s) and are ignored.", out / "data", "; ".join(differ))
