@@ -333,3 +333,22 @@ def test_cli_disk_full_is_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in root.iterdir()) == ["ckpt-000002"]  # the previous one, nothing partial
     monkeypatch.undo()
     assert main([*cmd, "--resume"]) == 0 and ckpt.latest_checkpoint(out).name == "ckpt-000004"
+
+
+def test_cli_fresh_run_on_a_prepared_dir_with_bad_meta_writes_nothing(tmp_path, capsys):
+    from llmcore.data import prepare
+
+    data = tmp_path / "prepared"
+    tok = CharTokenizer.from_text(TEXT)
+    prepare(TEXT, tok, data)
+    tok.save(data / "tokenizer")
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    (data / "meta.json").write_text(json.dumps({**meta, "dtype": "float64"}), encoding="utf-8")
+    before = snapshot(data)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    code = main(["train", "--data", str(data), "--out", str(out), "--max-steps", "2", *ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "field 'dtype'" in err, err
+    assert not out.exists() or not any(out.rglob("*"))  # nothing linked or written into the run directory
+    assert snapshot(data) == before

@@ -6,8 +6,16 @@ A checkpoint is a directory ``OUT/trainer_state/ckpt-000250/`` holding
 * ``optimizer.safetensors``  the AdamW state as flat tensors ``state.{parameter name}.{exp_avg|exp_avg_sq|step}``;
 * ``trainer_state.json``     everything else: step, tokens seen, best validation loss, early-stopping counter,
                              optimizer group hyper-parameters, which parameters are trainable, RNG states
-                             (torch CPU/CUDA as lists of ints, numpy, python ``random``, the data generator)
-                             and the model config, used to refuse a checkpoint from another model.
+                             (torch CPU/CUDA as lists of ints, numpy, python ``random``, the data generator),
+                             the model config and the sha256 of the tokenizer's saved files, used to refuse a
+                             checkpoint from another model or another tokenizer (same vocab_size, other ids).
+
+Untrusted state: a run directory may come from anywhere, so :func:`read_checkpoint` checks
+``trainer_state.json`` against a hand-written schema (:func:`validate_state`: required keys, types, ranges,
+RNG state sizes, ``format_version``, the step in the directory name) and :func:`load_optimizer` checks every
+optimizer tensor's name, shape and dtype against its parameter, all before a resume writes, prunes or restores
+anything; the first bad field is named in one :class:`CheckpointError` line. Checkpoints written before
+``format_version`` / ``tokenizer_sha256`` existed still resume (those checks are skipped).
 
 Nothing goes through ``pickle``, ``torch.save`` or ``torch.load``, so loading a checkpoint cannot execute code.
 Optimizer state is keyed by parameter *name*, not position, so it survives changes in how the groups are laid
@@ -15,8 +23,9 @@ out (e.g. a strategy that unfroze layers added groups over time).
 
 Atomicity: everything is written into ``ckpt-000250.tmp/`` and the directory is renamed when complete. A run
 killed at any moment, even mid-save, leaves only complete ``ckpt-XXXXXX`` directories behind, and loading
-ignores anything else (``*.tmp``, ``*.old``). If the disk fills up mid-save the partial directory is removed
-and the previous checkpoint stays valid.
+ignores anything else (``*.tmp``, ``*.old``). If the disk fills up mid-save (an ``OSError`` ENOSPC, or the
+``SafetensorError`` safetensors raises instead) the partial directory is removed, the previous checkpoint
+stays valid, and one CheckpointError line says so.
 """
 
 from __future__ import annotations
