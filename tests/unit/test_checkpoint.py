@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,13 +140,92 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(pretrained, "save_file", save_file)
-    with pytest.raises(CheckpointError, match=r"Disk full while saving checkpoint .*ckpt-000008.*ckpt-000004 is intact"):
+    with pytest.raises(CheckpointError, match=r"disk full while writing checkpoint .*ckpt-000008; freed the partial checkpoint and the previous checkpoint .*ckpt-000004 is intact; free space .*rerun with --resume"):
         make_trainer(tmp_path).fit()
     monkeypatch.setattr(pretrained, "save_file", real)
     root = tmp_path / "trainer_state"
     assert sorted(p.name for p in root.iterdir()) == ["ckpt-000004"]  # partial directory removed
     losses = run(make_trainer(tmp_path), resume=True)
     assert sorted(losses) == list(range(5, 13))
+
+
+ENOSPC_TEXT = "Error while serializing: I/O error: No space left on device (os error 28)"  # what safetensors says
+
+
+def _fail_after_partial_write(name):
+    """A safetensors ``save_file`` that writes half of ``name`` in ckpt-000008, then raises the real
+    SafetensorError a full disk gives (safetensors does not raise OSError)."""
+    import safetensors.torch as st
+    from safetensors import SafetensorError
+
+    real = st.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if "ckpt-000008" in str(filename) and Path(filename).name.startswith(name):
+            real(tensors, filename, metadata=metadata)
+            data = Path(filename).read_bytes()
+            Path(filename).write_bytes(data[: len(data) // 2])  # what a full disk leaves
+            raise SafetensorError(ENOSPC_TEXT)
+        return real(tensors, filename, metadata=metadata)
+
+    return st, "save_file", save_file
+
+
+def _enospc_in(attr):
+    def patched(*a, **k):
+        if any("ckpt-000008" in str(x) for x in a):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return getattr(ckpt, "_real_" + attr)(*a, **k)
+    return ckpt, attr, patched
+
+
+DISK_FULL_POINTS = {
+    "model.safetensors": lambda: _fail_after_partial_write("model.safetensors"),
+    "optimizer.safetensors": lambda: _fail_after_partial_write("optimizer.safetensors"),
+    "trainer_state.json": lambda: _enospc_in("atomic_write_json"),
+    "fsync": lambda: _enospc_in("_fsync_dir"),
+}
+
+
+@pytest.mark.parametrize("point", list(DISK_FULL_POINTS))
+def test_disk_full_at_any_point_frees_the_partial_checkpoint(tmp_path, monkeypatch, point):
+    ref = run(make_trainer(tmp_path / "a"))
+    for attr in ("atomic_write_json", "_fsync_dir"):
+        monkeypatch.setattr(ckpt, "_real_" + attr, getattr(ckpt, attr), raising=False)
+    monkeypatch.setattr(*DISK_FULL_POINTS[point]())
+    out = tmp_path / "b"
+    with pytest.raises(CheckpointError) as info:
+        make_trainer(out).fit()
+    monkeypatch.undo()
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("disk full while writing checkpoint") and "ckpt-000008" in msg, msg
+    assert "freed the partial checkpoint" in msg and "ckpt-000004 is intact" in msg and "--resume" in msg, msg
+    root = out / "trainer_state"
+    assert sorted(p.name for p in root.iterdir()) == ["ckpt-000004"]  # no ckpt-000008.tmp left behind
+    assert not [p for p in root.rglob("*") if p.name.endswith((".tmp", ".old"))]
+    losses = run(make_trainer(out), resume=True)  # resumes from the previous checkpoint, exactly
+    assert sorted(losses) == list(range(5, 13)) and all(losses[s] == ref[s] for s in losses)
+
+
+def test_disk_full_while_re_saving_a_step_keeps_the_old_copy(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, max_steps=4)
+    trainer.fit()
+    final = tmp_path / "trainer_state" / "ckpt-000004"
+    before = {p.name: p.read_bytes() for p in final.iterdir()}
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(src).endswith("ckpt-000004.tmp"):  # the old copy was moved aside; the new one cannot go in
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(CheckpointError, match="disk full while writing checkpoint .*ckpt-000004; freed the partial"):
+        ckpt.save_checkpoint(tmp_path, 4, trainer.model, trainer.optimizer, trainer.param_names(),
+                             ckpt.trainer_snapshot(trainer))
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "trainer_state").iterdir()) == ["ckpt-000004"]
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == before
 
 
 def test_keep_last_and_best(tmp_path):

@@ -47,6 +47,17 @@ def check_ids_in_vocab(max_id: int, min_id: int, vocab_size: int | None, what: s
                         "with the model's tokenizer, or pass the matching vocab_size.")
 
 
+def _id_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy integer dtype for token ids (DataError for floats, bools, unknown names)."""
+    try:
+        np_dtype = np.dtype(dtype)
+    except TypeError as e:
+        raise DataError(f"dtype={dtype!r} is not a numpy dtype; token files are uint16 or uint32") from e
+    if np_dtype.kind not in "iu":
+        raise DataError(f"dtype={np_dtype.name} cannot hold token ids; token files are uint16 or uint32")
+    return np_dtype
+
+
 def _pick(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return t if rows is None else t[rows]
 
@@ -138,14 +149,20 @@ class TokenDataset(torch.utils.data.Dataset):
             file = path / f"{split}.bin"
             if not file.is_file():
                 raise DataError(f"{file} does not exist; run `llmcore prepare --out {path}` again")
-            return file, np.dtype(dtype or meta["dtype"])
+            np_dtype = _id_dtype(dtype or meta["dtype"])
+            expected = meta.get(f"n_{split}_tokens")
+            if expected is not None and file.stat().st_size != expected * np_dtype.itemsize:
+                raise DataError(f"{file} has {file.stat().st_size} bytes, but {path / 'meta.json'} says "
+                                f"n_{split}_tokens={expected} of {np_dtype.name} ({expected * np_dtype.itemsize} "
+                                f"bytes); the files do not belong together: run `llmcore prepare --out {path}` again")
+            return file, np_dtype
         if not path.is_file():
             raise DataError(f"{path} does not exist; pass a directory written by `llmcore prepare` or a .bin file")
         if dtype is None:
             if not (path.parent / "meta.json").is_file():
                 raise DataError(f"{path} has no meta.json beside it; pass dtype='uint16' or 'uint32'")
             dtype = load_meta(path.parent)["dtype"]
-        return path, np.dtype(dtype)
+        return path, _id_dtype(dtype)
 
     def data(self) -> np.ndarray:
         """The ids as a 1-D array (a fresh read-only memmap for files)."""

@@ -324,10 +324,52 @@ def prepare(
     return meta
 
 
+SUPPORTED_DTYPES = ("uint16", "uint32")  # what prepare writes; anything else would reinterpret the bytes
+
+
+def _meta_error(file: Path, field: str, value: Any, expected: str) -> DataError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return DataError(f"{file}: field {field!r} is {shown}, expected {expected}; the prepared data is damaged or "
+                     f"was not written by this llmcore: run `llmcore prepare --out {file.parent}` again.")
+
+
+def check_meta(file: Path, meta: Any) -> dict[str, Any]:
+    """Check a ``meta.json`` against its schema (``format_version``, ``dtype``, counts); returns it."""
+    if not isinstance(meta, dict):
+        raise _meta_error(file, "(top level)", meta, "a JSON object")
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if "format_version" in meta and meta["format_version"] != FORMAT_VERSION:  # files before the key: version 1
+        raise _meta_error(file, "format_version", meta["format_version"], f"{FORMAT_VERSION} (the only format "
+                          "this llmcore reads)")
+    if "dtype" not in meta:
+        raise DataError(f"{file}: field 'dtype' is missing, expected one of {', '.join(SUPPORTED_DTYPES)}; run "
+                        f"`llmcore prepare --out {file.parent}` again.")
+    if meta["dtype"] not in SUPPORTED_DTYPES:
+        raise _meta_error(file, "dtype", meta["dtype"], f"one of {', '.join(SUPPORTED_DTYPES)}")
+    for key in ("n_train_tokens", "n_val_tokens", "n_chars", "n_train_chars", "n_val_chars"):
+        if key in meta and not count(meta[key]):
+            raise _meta_error(file, key, meta[key], "an integer >= 0")
+    if "vocab_size" in meta:
+        v = meta["vocab_size"]
+        if not (count(v) and v >= 1):
+            raise _meta_error(file, "vocab_size", v, "an integer >= 1")
+        if v - 1 > np.iinfo(np.dtype(meta["dtype"])).max:
+            raise _meta_error(file, "dtype", meta["dtype"], f"{choose_dtype(v).name}: {meta['dtype']} cannot "
+                              f"hold ids up to vocab_size - 1 = {v - 1}")
+    for key in ("bos_id", "eos_id", "pad_id"):
+        if key in meta and meta[key] is not None and not count(meta[key]):
+            raise _meta_error(file, key, meta[key], "null or an integer >= 0")
+    return meta
+
+
 def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read ``meta.json`` written by :func:`prepare`, with an error that says how to create it."""
-    return read_json(Path(directory) / META_FILE, f"token-shard metadata written by `llmcore prepare --out {directory}` "
-                     "(run it first)", DataError)
+    """Read ``meta.json`` written by :func:`prepare` (schema-checked), with an error that says how to create it."""
+    file = Path(directory) / META_FILE
+    return check_meta(file, read_json(file, f"token-shard metadata written by `llmcore prepare --out {directory}` "
+                                      "(run it first)", DataError))
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers

@@ -332,6 +332,10 @@ def read_settings(path: Path) -> dict[str, Any]:
     settings = read_json(path, "llmcore tokenizer settings", TokenizerError)
     if "kind" not in settings:
         raise TokenizerError(f"{path} has no 'kind' field; was it written by llmcore?")
+    if "format_version" in settings and settings["format_version"] != FORMAT_VERSION:  # absent in old files: 1
+        raise TokenizerError(f"{path}: field 'format_version' is {settings['format_version']!r}, expected "
+                             f"{FORMAT_VERSION} (the only tokenizer format this llmcore reads); save the tokenizer "
+                             "again with this version.")
     return settings
 
 

@@ -6,8 +6,16 @@ A checkpoint is a directory ``OUT/trainer_state/ckpt-000250/`` holding
 * ``optimizer.safetensors``  the AdamW state as flat tensors ``state.{parameter name}.{exp_avg|exp_avg_sq|step}``;
 * ``trainer_state.json``     everything else: step, tokens seen, best validation loss, early-stopping counter,
                              optimizer group hyper-parameters, which parameters are trainable, RNG states
-                             (torch CPU/CUDA as lists of ints, numpy, python ``random``, the data generator)
-                             and the model config, used to refuse a checkpoint from another model.
+                             (torch CPU/CUDA as lists of ints, numpy, python ``random``, the data generator),
+                             the model config and the sha256 of the tokenizer's saved files, used to refuse a
+                             checkpoint from another model or another tokenizer (same vocab_size, other ids).
+
+Untrusted state: a run directory may come from anywhere, so :func:`read_checkpoint` checks
+``trainer_state.json`` against a hand-written schema (:func:`validate_state`: required keys, types, ranges,
+RNG state sizes, ``format_version``, the step in the directory name) and :func:`load_optimizer` checks every
+optimizer tensor's name, shape and dtype against its parameter, all before a resume writes, prunes or restores
+anything; the first bad field is named in one :class:`CheckpointError` line. Checkpoints written before
+``format_version`` / ``tokenizer_sha256`` existed still resume (those checks are skipped).
 
 Nothing goes through ``pickle``, ``torch.save`` or ``torch.load``, so loading a checkpoint cannot execute code.
 Optimizer state is keyed by parameter *name*, not position, so it survives changes in how the groups are laid
@@ -15,17 +23,21 @@ out (e.g. a strategy that unfroze layers added groups over time).
 
 Atomicity: everything is written into ``ckpt-000250.tmp/`` and the directory is renamed when complete. A run
 killed at any moment, even mid-save, leaves only complete ``ckpt-XXXXXX`` directories behind, and loading
-ignores anything else (``*.tmp``, ``*.old``). If the disk fills up mid-save the partial directory is removed
-and the previous checkpoint stays valid.
+ignores anything else (``*.tmp``, ``*.old``). If the disk fills up mid-save (an ``OSError`` ENOSPC, or the
+``SafetensorError`` safetensors raises instead) the partial directory is removed, the previous checkpoint
+stays valid, and one CheckpointError line says so.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import math
 import os
 import random
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,6 +57,7 @@ CHECKPOINT_DIR = "trainer_state"
 STATE_NAME = "trainer_state.json"
 MODEL_NAME = "model.safetensors"
 OPTIM_NAME = "optimizer.safetensors"
+FORMAT_VERSION = 1  # of trainer_state.json; checkpoints written before the key existed read as version 1
 _CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -156,6 +169,139 @@ def restore_rng(rng: dict[str, Any], data_generator: torch.Generator | None = No
         data_generator.set_state(torch.tensor(rng["data"], dtype=torch.uint8))
 
 
+# ---------------------------------------------------------------------------------------------- state schema
+# trainer_state.json is untrusted input like any file on disk: every field is checked (type, range, size)
+# before the resume writes, prunes or restores anything, and the first bad one is named in one line.
+_TORCH_RNG_BYTES = 5056  # torch.get_rng_state().numel() / torch.Generator().get_state().numel() on CPU
+_MT_WORDS = 624  # numpy's MT19937 key; python's random state is these words plus the position
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(v: Any, lo: int | None = None, hi: int | None = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo) and (hi is None or v <= hi)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bytes(n: int | None) -> Any:
+    def check(v: Any) -> bool:
+        return isinstance(v, list) and (len(v) == n if n is not None else len(v) > 0) and all(_int(b, 0, 255) for b in v)
+    return check
+
+
+def _words(n: int) -> Any:
+    return lambda v: isinstance(v, list) and len(v) == n and all(_int(w, 0, 2**32 - 1) for w in v)
+
+
+def _list_of(check: Any) -> Any:
+    return lambda v: isinstance(v, list) and len(v) > 0 and all(check(x) for x in v)
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+_TORCH_STATE, _WORDS = _bytes(_TORCH_RNG_BYTES), _words(_MT_WORDS)
+_NUMPY = (("numpy[0]", lambda v: v == "MT19937", "'MT19937'"), ("numpy[1]", _WORDS, f"{_MT_WORDS} integers in [0, 2**32)"),
+          ("numpy[2]", lambda v: _int(v, 0, _MT_WORDS), f"an integer in [0, {_MT_WORDS}]"),
+          ("numpy[3]", lambda v: _int(v, 0, 1), "0 or 1"), ("numpy[4]", _number, "a finite number"))
+_PYTHON = (("python[0]", lambda v: v == random.getstate()[0], f"{random.getstate()[0]} (the state version)"),
+           ("python[1]", lambda v: isinstance(v, list) and len(v) == _MT_WORDS + 1 and _WORDS(v[:-1])
+            and _int(v[-1], 0, _MT_WORDS), f"{_MT_WORDS} integers in [0, 2**32) and a position in [0, {_MT_WORDS}]"),
+           ("python[2]", _optional(_number), "null or a number"))
+_RNG: dict[str, tuple[bool, Any, str]] = {  # key: (required, check, what was expected)
+    "torch": (True, _TORCH_STATE, f"a list of {_TORCH_RNG_BYTES} bytes (torch.get_rng_state())"),
+    "numpy": (True, lambda v: isinstance(v, list) and len(v) == 5, "a list of 5 (numpy.random.get_state())"),
+    "python": (True, lambda v: isinstance(v, list) and len(v) == 3, "a list of 3 (random.getstate())"),
+    "data": (False, _TORCH_STATE, f"a list of {_TORCH_RNG_BYTES} bytes (the data generator's state)"),
+    "cuda": (False, _bytes(None), "a list of bytes (torch.cuda.get_rng_state())"),
+    "torch_ranks": (False, _list_of(_TORCH_STATE), f"a list with one list of {_TORCH_RNG_BYTES} bytes per rank"),
+    "cuda_ranks": (False, _list_of(_bytes(None)), "a list with one list of bytes per rank"),
+}
+_COUNTERS: dict[str, tuple[bool, Any, str]] = {
+    "step": (True, lambda v: _int(v, 0), "an integer >= 0"),
+    "tokens_seen": (True, lambda v: _int(v, 0), "an integer >= 0"),
+    "epoch": (False, lambda v: _int(v, 0), "an integer >= 0"),
+    "best_val_loss": (False, _optional(_number), "null or a finite number"),
+    "best_step": (False, _optional(lambda v: _int(v, 0)), "null or an integer >= 0"),
+    "evals_since_best": (False, lambda v: _int(v, 0), "an integer >= 0"),
+    "best_checkpoint": (False, _optional(lambda v: isinstance(v, str) and _CKPT_RE.match(v) is not None),
+                        "null or a checkpoint name ckpt-NNNNNN"),
+    "last_val_loss": (False, _optional(_number), "null or a finite number"),
+    "stopped_early": (False, lambda v: isinstance(v, bool), "true or false"),
+}
+_TOP: dict[str, tuple[bool, Any, str]] = {
+    "format_version": (False, lambda v: v == FORMAT_VERSION, f"{FORMAT_VERSION} (this llmcore reads only that "
+                       "checkpoint format; resume it with the llmcore version that wrote it)"),
+    "step": (True, lambda v: _int(v, 0), "an integer >= 0"),
+    "trainer": (True, lambda v: isinstance(v, dict), "an object with the training counters"),
+    "rng": (True, lambda v: isinstance(v, dict), "an object with the random-number-generator states"),
+    "optimizer": (True, lambda v: isinstance(v, dict), "an object with 'param_groups' and 'scalars'"),
+    "trainable": (False, lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+                  "a list of parameter names"),
+    "architecture": (False, _optional(lambda v: isinstance(v, str)), "null or a class name"),
+    "model_config": (False, _optional(lambda v: isinstance(v, dict)), "null or an object"),
+    "train_config": (False, _optional(lambda v: isinstance(v, dict)), "null or an object"),
+    "strategies": (False, _optional(lambda v: isinstance(v, list) and all(x is None or isinstance(x, dict) for x in v)),
+                   "null or a list of objects / nulls"),
+    "tokenizer_sha256": (False, _optional(lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None),
+                         "null or a sha256 hex digest"),
+}
+_OPTIMIZER: dict[str, tuple[bool, Any, str]] = {
+    "param_groups": (True, lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v), "a list of objects"),
+    "scalars": (True, lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+                "an object of objects (parameter name -> scalar state)"),
+}
+
+
+def _state_error(file: Path, field: str, value: Any, expected: str) -> CheckpointError:
+    return CheckpointError(f"{file}: field {field!r} is {_short(value)}, expected {expected}; the checkpoint is "
+                           "damaged or was not written by llmcore: delete this checkpoint directory to resume from "
+                           "an earlier one.")
+
+
+def _check_fields(file: Path, obj: dict[str, Any], schema: dict[str, tuple[bool, Any, str]], prefix: str = "") -> None:
+    for key, (required, check, expected) in schema.items():
+        if key not in obj:
+            if required:
+                raise CheckpointError(f"{file}: field {prefix + key!r} is missing, expected {expected}; the "
+                                      "checkpoint is damaged or was not written by llmcore: delete this checkpoint "
+                                      "directory to resume from an earlier one.")
+            continue
+        if not check(obj[key]):
+            raise _state_error(file, prefix + key, obj[key], expected)
+
+
+def validate_state(path: Path, meta: Any) -> dict[str, Any]:
+    """Check the JSON part of checkpoint ``path`` against its schema; returns it, or raises one CheckpointError
+    naming the file, the field and what was expected. Checkpoints of earlier versions (fewer optional keys, no
+    ``format_version``) pass."""
+    file = Path(path) / STATE_NAME
+    if not isinstance(meta, dict):
+        raise _state_error(file, "(top level)", meta, "a JSON object")
+    _check_fields(file, meta, _TOP)
+    m = _CKPT_RE.match(Path(path).name)
+    if m is not None and meta["step"] != int(m.group(1)):
+        raise _state_error(file, "step", meta["step"], f"{int(m.group(1))}, the step in the directory name")
+    _check_fields(file, meta["trainer"], _COUNTERS, "trainer.")
+    if meta["trainer"]["step"] != meta["step"]:
+        raise _state_error(file, "trainer.step", meta["trainer"]["step"], f"{meta['step']}, the checkpoint's step")
+    rng = meta["rng"]
+    _check_fields(file, rng, _RNG, "rng.")
+    for key, items in (("numpy", _NUMPY), ("python", _PYTHON)):
+        for (name, check, expected), value in zip(items, rng[key]):
+            if not check(value):
+                raise _state_error(file, f"rng.{name}", value, expected)
+    _check_fields(file, meta["optimizer"], _OPTIMIZER, "optimizer.")
+    return meta
+
+
 # ---------------------------------------------------------------------------------------------- optimizer
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
@@ -183,13 +329,26 @@ def optimizer_payload(optimizer: torch.optim.Optimizer, names: dict[int, str]
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, names: dict[int, str], meta: dict[str, Any]) -> None:
     """Put the state saved in checkpoint ``path`` back into ``optimizer`` (matched by parameter name)."""
     tensors = _load_tensors(path / OPTIM_NAME)
+    file = path / OPTIM_NAME
+    params = {names[id(p)]: p for g in optimizer.param_groups for p in g["params"]}
     by_name: dict[str, dict[str, Any]] = {n: dict(v) for n, v in meta.get("scalars", {}).items()}
     for key, value in tensors.items():
+        if not key.startswith("state.") or key.count(".") < 2:
+            raise CheckpointError(f"{file}: tensor {key!r} is not named state.PARAMETER.FIELD; the checkpoint is "
+                                  "damaged or was not written by llmcore: delete this checkpoint directory.")
         pname, field = key[len("state."):].rsplit(".", 1)
+        p = params.get(pname)
+        if p is not None:  # unknown names are reported below, all together
+            want = () if field == "step" else tuple(p.shape)
+            if tuple(value.shape) not in ((want,) if want else ((), (1,))) or not value.is_floating_point():
+                raise CheckpointError(f"{file}: tensor {key!r} has shape {list(value.shape)} and dtype "
+                                      f"{str(value.dtype).replace('torch.', '')}, expected shape {list(want)} "
+                                      f"(the parameter's) and a float dtype; the checkpoint is damaged or of "
+                                      "another model: delete this checkpoint directory.")
         by_name.setdefault(pname, {})[field] = value
     # torch numbers parameters 0, 1, ... across groups in order; map our names onto those indices so that
     # Optimizer.load_state_dict applies its own device/dtype rules (e.g. "step" on the GPU for fused AdamW).
-    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    order = list(params)
     index = {n: i for i, n in enumerate(order)}
     extra = sorted(set(by_name) - set(index))
     if extra:
@@ -204,13 +363,15 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
                     names: dict[int, str], state: dict[str, Any]) -> Path:
     """Write ``OUT/trainer_state/ckpt-{step:06d}/`` atomically; returns its path.
 
-    ``state`` is the JSON part (step, RNG, counters, ...). On any OSError (disk full, permissions) the partial
-    directory is removed, earlier checkpoints are untouched, and a :class:`CheckpointError` says what happened.
+    ``state`` is the JSON part (step, RNG, counters, ...). On any OSError or SafetensorError (disk full,
+    permissions) the partial directory is removed, earlier checkpoints are untouched, and a one-line
+    :class:`CheckpointError` says what happened.
     """
     root = checkpoint_root(out_dir)
     final, tmp = root / f"ckpt-{step:06d}", root / f"ckpt-{step:06d}.tmp"
     opt_tensors, opt_meta = optimizer_payload(optimizer, names)
-    meta = dict(state, step=step, optimizer=opt_meta)
+    meta = dict(state, step=step, optimizer=opt_meta, format_version=FORMAT_VERSION)
+    old = root / f"ckpt-{step:06d}.old"
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -220,19 +381,30 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
         atomic_write_json(tmp / STATE_NAME, meta)  # written last: a complete directory has this file
         _fsync_dir(tmp)  # on disk before the rename makes it visible (survives a power cut, not just a kill)
         if final.exists():  # re-saving a step after a resume: keep the old one until the new one is in place
-            old = root / f"ckpt-{step:06d}.old"
             shutil.rmtree(old, ignore_errors=True)
             os.rename(final, old)
         os.rename(tmp, final)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError, not OSError
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not final.exists():  # the step being re-saved: put the complete one back
+            os.rename(old, final)
         previous = latest_checkpoint(out_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        if e.errno == errno.ENOSPC:
-            raise CheckpointError(f"Disk full while saving checkpoint {final}; {kept}. Free disk space (or lower "
-                                  "keep_last) and resume with --resume.") from e
-        raise CheckpointError(f"Could not write checkpoint {final} ({e}); {kept}.") from e
+        if _disk_full(e):
+            raise CheckpointError(f"disk full while writing checkpoint {final}; freed the partial checkpoint and "
+                                  f"{kept}; free space (or lower keep_last) and rerun with --resume.") from e
+        detail = " ".join(str(e).split())  # one line whatever the library put in the message
+        raise CheckpointError(f"Could not write checkpoint {final} ({detail}); freed the partial checkpoint and "
+                              f"{kept}.") from e
     return final
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC as an OSError, or inside a SafetensorError's message (Rust's "No space left ... (os error 28)")."""
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    text = str(e)
+    return "os error 28" in text or "No space left" in text or "StorageFull" in text
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -258,8 +430,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The JSON part of checkpoint ``path``."""
     if not (path / STATE_NAME).is_file():
         raise CheckpointError(f"{path} is not a checkpoint (no {STATE_NAME}).")
-    return read_json(path / STATE_NAME, "checkpoint state (delete this checkpoint if it is corrupt)",
+    meta = read_json(path / STATE_NAME, "checkpoint state (delete this checkpoint if it is corrupt)",
                      error=CheckpointError)
+    return validate_state(path, meta)
 
 
 def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -280,6 +453,37 @@ def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> No
     load_state_dict_checked(model, state, source=str(path / MODEL_NAME))
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    """sha256 over the files ``tokenizer.save`` writes (names and bytes), or None without a saveable tokenizer.
+
+    Two tokenizers with the same ``vocab_size`` but another id mapping (e.g. another character alphabet) differ
+    here, so a resume with the wrong one is refused instead of training on re-mapped ids."""
+    if tokenizer is None or not callable(getattr(tokenizer, "save", None)):
+        return None
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="llmcore-tokenizer-") as tmp:
+        try:
+            tokenizer.save(tmp)
+        except (OSError, LLMCoreError):
+            return None
+        for f in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+            data = f.read_bytes()
+            digest.update(f"{f.relative_to(tmp).as_posix()}\0{len(data)}\0".encode())
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def check_tokenizer(path: Path, meta: dict[str, Any], fingerprint: str | None) -> None:
+    """Refuse to resume checkpoint ``path`` with a tokenizer other than the one it was trained with (checkpoints
+    written before the fingerprint existed, and runs without a tokenizer, skip the check)."""
+    saved = meta.get("tokenizer_sha256")
+    if saved is not None and fingerprint is not None and saved != fingerprint:
+        raise CheckpointError(f"Checkpoint {path} was trained with another tokenizer (sha256 {saved[:12]}... in "
+                              f"the checkpoint vs {fingerprint[:12]}... now; the ids would map to other tokens even "
+                              "with the same vocab_size). Resume with the run's own tokenizer (OUT/tokenizer), or "
+                              "train into a new --out directory.")
+
+
 def trainer_snapshot(trainer: Any) -> dict[str, Any]:
     """The JSON part of a checkpoint for a :class:`~llmcore.training.Trainer` (all ranks must call this)."""
     rng = capture_rng(trainer.generator)
@@ -295,6 +499,7 @@ def trainer_snapshot(trainer: Any) -> dict[str, Any]:
         "rng": rng,
         "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
         "architecture": architecture_name(type(model)),  # resuming into another class is refused
+        "tokenizer_sha256": getattr(trainer, "tokenizer_sha256", None),  # ... and another tokenizer too
         "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
         "train_config": trainer.config.to_dict(),
         "strategies": [s.state_dict() if hasattr(s, "state_dict") and not isinstance(s, nn.Module) else None
@@ -330,7 +535,7 @@ def find_resume_checkpoint(out_dir: str | Path | None) -> Path:
     return ckpt
 
 
-__all__ = ["save_checkpoint", "read_checkpoint", "load_model_weights", "load_optimizer", "list_checkpoints",
+__all__ = ["save_checkpoint", "read_checkpoint", "validate_state", "tokenizer_fingerprint", "check_tokenizer", "load_model_weights", "load_optimizer", "list_checkpoints",
            "latest_checkpoint", "find_resume_checkpoint", "prune_checkpoints", "capture_rng", "restore_rng",
            "model_tensors", "strip_prefixes", "config_diff", "trainer_snapshot", "restore_trainable",
            "restore_trainer", "CHECKPOINT_DIR"]

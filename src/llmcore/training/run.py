@@ -127,10 +127,10 @@ def is_prepared_dir(path: Path) -> bool:
 
 def _fingerprint(config: RunConfig) -> dict[str, Any]:
     """What the prepared data depends on; a match means OUT/data can be reused as is."""
-    from ..data import resolve_paths
+    from ..data import load_meta, resolve_paths
 
-    if (prepared := config.prepared_dir()) is not None:  # the directory and the meta.json it holds now
-        return {"prepared": str(prepared.resolve()), "meta": read_json(prepared / "meta.json", "prepared meta")}
+    if (prepared := config.prepared_dir()) is not None:  # the directory and the meta.json it holds now,
+        return {"prepared": str(prepared.resolve()), "meta": load_meta(prepared)}  # checked before linking
     files = resolve_paths([Path(p) for p in config.data] if config.data else None)
     return {"files": [[str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] for f in files],
             "tokenizer": str(config.tokenizer), "vocab_size": config.vocab_size,
@@ -236,6 +236,10 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and not (out / "trainer_state").is_dir():
         raise CheckpointError(f"No checkpoint to resume in {out / 'trainer_state'}; run without --resume to "
                               "start a fresh run, or point --out at the run directory.")
+    if config.resume:  # a damaged or foreign checkpoint is refused before the data is (re)prepared
+        from . import checkpoint as ckpt
+
+        ckpt.read_checkpoint(ckpt.find_resume_checkpoint(out))
     if config.resume and (differ := resume_data_differences(config, out / "data")):
         logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
                     "(%s) and are ignored.", out / "data", "; ".join(differ))

@@ -95,6 +95,7 @@ class Trainer:
         self.device = dist.resolve_device(self.config.device, self.env)
         self.generator = torch.Generator().manual_seed(self.config.seed)  # data order; same on every rank
         self.optimizer: torch.optim.Optimizer | None = None
+        self.tokenizer_sha256: str | None = None  # recorded in checkpoints; a resume with another one is refused
         self.wrapped: nn.Module = model  # the module called in training: maybe compiled, maybe DDP
         self._eval_model, self._seq_len = model, None
         self.should_stop = False
@@ -178,8 +179,10 @@ class Trainer:
                 raise CheckpointError(f"{cfg.out_dir} already holds checkpoints of an earlier run "
                                       f"({ckpt.latest_checkpoint(cfg.out_dir).name}); pass --resume (resume=True) "
                                       "to continue it, or use another --out directory.")
-            meta = ckpt.read_checkpoint(path) if path else None
+            meta = ckpt.read_checkpoint(path) if path else None  # schema-checked before anything is written
+            self.tokenizer_sha256 = ckpt.tokenizer_fingerprint(self.tokenizer) if cfg.out_dir is not None else None
             if meta is not None:
+                ckpt.check_tokenizer(path, meta, self.tokenizer_sha256)
                 ckpt.load_model_weights(path, self.model, meta)
                 ckpt.restore_trainable(self.model, meta)
             self._wrap()
