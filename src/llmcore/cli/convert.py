@@ -6,16 +6,34 @@ Hugging Face directory's ``tokenizer.json`` / ``tokenizer.model``) goes with it:
 ``transformers.AutoTokenizer`` loads (same ids) beside the weights and keeps ``tokenizer/``; ``--to llmcore``
 writes ``DST/tokenizer``. A byte or char tokenizer has no Hugging Face form: ``--to hf`` refuses it before
 writing anything; pass ``--no-tokenizer`` to export the weights alone.
+
+DST must be new, empty or an earlier ``llmcore convert`` output (it holds the marker ``.llmcore-run``); any
+other directory is refused before a byte is written. Symbolic links inside SRC's ``tokenizer/`` are skipped
+with a warning, never copied.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shutil
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..rundir import claim_dir
 from .common import add_model_command
+
+logger = logging.getLogger("llmcore.convert")
+
+
+def _skip_symlinks(directory: str, names: list[str]) -> list[str]:
+    """copytree ``ignore``: symbolic links in SRC are not copied (their target may be anything, e.g. a secret)."""
+    links = [n for n in names if os.path.islink(os.path.join(directory, n))]
+    for n in links:
+        logger.warning("llmcore convert: skipped the symbolic link %s (links in SRC are not copied)",
+                       os.path.join(directory, n))
+    return links
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"DST {dst} is SRC; write the converted model to another directory.")
     if args.max_shard_size is not None and to != "hf":
         raise CheckpointError("--max-shard-size applies to --to hf only.")
+    claim_dir(dst, "llmcore convert", flag="DST", legacy=())  # new, empty or an earlier convert's: never a user's
     if to == "hf":
         save_hf(model, dst, max_shard_size=args.max_shard_size, tokenizer=tokenizer)
         if tokenizer is not None and (src / "tokenizer").is_dir():  # the llmcore form too (exact settings)
-            shutil.copytree(src / "tokenizer", dst / "tokenizer", dirs_exist_ok=True)
+            shutil.copytree(src / "tokenizer", dst / "tokenizer", dirs_exist_ok=True, ignore=_skip_symlinks)
     else:
         model.save_pretrained(dst, format="llmcore", tokenizer=tokenizer)
     c = model.config
