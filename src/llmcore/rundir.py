@@ -98,11 +98,12 @@ def find_symlink(path: Path) -> Path | None:
 
 
 def claim_dir(path: str | os.PathLike, created_by: str, flag: str = "--out",
-              legacy: tuple[str, ...] = ("run", "prepared", "sweep")) -> Path:
+              legacy: tuple[str, ...] = ("run", "prepared", "sweep"), mark: bool = True) -> Path:
     """Make ``path`` a directory llmcore may write into (see the module docstring), or raise CheckpointError.
 
     ``legacy`` names the layouts of an earlier version accepted without a marker (``()``: marked or empty only).
-    Writes the marker when the directory is new, empty or of an accepted earlier layout.
+    Writes the marker when the directory is new, empty or of an accepted earlier layout; ``mark=False`` only
+    checks (nothing is created), for a command that may still refuse its inputs: call :func:`mark_dir` then.
     """
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -119,6 +120,14 @@ def claim_dir(path: str | os.PathLike, created_by: str, flag: str = "--out",
             if kind is None or kind not in legacy:
                 raise CheckpointError(f"{flag} {p} is not empty and not a directory llmcore wrote (no {MARKER_NAME}); "
                                       f"llmcore does not overwrite other files: {_FIX}.")
+    if mark:
+        mark_dir(p, created_by, flag)
+    return p
+
+
+def mark_dir(path: str | os.PathLike, created_by: str, flag: str = "--out") -> Path:
+    """Create directory ``path`` if needed and write its marker unless it has one (after :func:`claim_dir`)."""
+    p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
         write_text(p / MARKER_NAME, json.dumps({"format_version": MARKER_VERSION, "created_by": created_by,
@@ -207,5 +216,5 @@ def unlock_dir(path: str | os.PathLike) -> None:
         os.close(held[0])  # closing the descriptor drops the flock
 
 
-__all__ = ["MARKER_NAME", "LOCK_NAME", "claim_dir", "read_marker", "legacy_kind", "find_symlink", "lock_dir",
+__all__ = ["MARKER_NAME", "LOCK_NAME", "claim_dir", "mark_dir", "read_marker", "legacy_kind", "find_symlink", "lock_dir",
            "unlock_dir", "append_text", "write_text", "refuse_symlink"]

@@ -15,24 +15,22 @@ with a warning, never copied.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..rundir import claim_dir
+from ..rundir import claim_dir, mark_dir
 from .common import add_model_command
-
-logger = logging.getLogger("llmcore.convert")
 
 
 def _skip_symlinks(directory: str, names: list[str]) -> list[str]:
     """copytree ``ignore``: symbolic links in SRC are not copied (their target may be anything, e.g. a secret)."""
     links = [n for n in names if os.path.islink(os.path.join(directory, n))]
     for n in links:
-        logger.warning("llmcore convert: skipped the symbolic link %s (links in SRC are not copied)",
-                       os.path.join(directory, n))
+        print(f"llmcore convert: warning: skipped the symbolic link {os.path.join(directory, n)} (links in SRC "
+              "are not copied)", file=sys.stderr)
     return links
 
 
@@ -51,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"DST {dst} is SRC; write the converted model to another directory.")
     if args.max_shard_size is not None and to != "hf":
         raise CheckpointError("--max-shard-size applies to --to hf only.")
-    claim_dir(dst, "llmcore convert", flag="DST", legacy=())  # new, empty or an earlier convert's: never a user's
+    # DST is new, empty or an earlier convert's (never a user's files); marked once the conversion succeeded
+    claim_dir(dst, "llmcore convert", flag="DST", legacy=(), mark=False)
     if to == "hf":
         save_hf(model, dst, max_shard_size=args.max_shard_size, tokenizer=tokenizer)
         if tokenizer is not None and (src / "tokenizer").is_dir():  # the llmcore form too (exact settings)
             shutil.copytree(src / "tokenizer", dst / "tokenizer", dirs_exist_ok=True, ignore=_skip_symlinks)
     else:
         model.save_pretrained(dst, format="llmcore", tokenizer=tokenizer)
+    mark_dir(dst, "llmcore convert", flag="DST")
     c = model.config
     kind = read_json(dst / CONFIG_NAME)["model_type"] if to == "hf" else type(model).__name__
     print(f"converted {src} ({src_format}) -> {dst} ({to}, {kind}): {c.n_layers} layers, d_model {c.d_model}, "

@@ -239,9 +239,8 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and (differ := resume_data_differences(config, out / "data")):
         logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
                     "(%s) and are ignored.", out / "data", "; ".join(differ))
-    from . import distributed as dist
-
     from ..rundir import claim_dir, lock_dir, unlock_dir
+    from . import distributed as dist
 
     cls = architecture(config.arch)
     env = dist.detect()
