@@ -205,7 +205,9 @@ def test_convert_does_not_copy_symlinks_from_src(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- the lock
 def test_second_writer_is_refused_and_a_killed_writer_never_blocks_resume(tmp_path, corpus, capsys):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    import llmcore
+
+    env = {**os.environ, "PYTHONPATH": str(Path(llmcore.__file__).resolve().parents[1])}  # the llmcore under test
     first = subprocess.Popen([sys.executable, "-m", "llmcore", "train", "--data", str(corpus), *TRAIN,
                               "--max-steps", "1000000", "--out", str(out)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -215,7 +217,8 @@ def test_second_writer_is_refused_and_a_killed_writer_never_blocks_resume(tmp_pa
             assert first.poll() is None, "the first writer exited"
             time.sleep(0.2)
         assert list((out / "trainer_state").glob("ckpt-*")), "no checkpoint within 120 s"
-        assert main(["train", "--data", str(corpus), *TRAIN, "--max-steps", "1000000", "--out", str(out),
+        # (--max-steps bounded: before the lock this second writer trained, and the test must end even then)
+        assert main(["train", "--data", str(corpus), *TRAIN, "--max-steps", "40", "--out", str(out),
                      "--resume"]) == 2
         one_line_error(capsys, "in use by process", str(first.pid))
     finally:
