@@ -224,7 +224,9 @@ def sweep(base_args: dict[str, Any], grid: dict[str, list[Any]], out_dir: str | 
         plan.append((point, config))
     is_main = dist.detect().is_main
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        from .rundir import claim_dir
+
+        claim_dir(out, "llmcore sweep", legacy=("sweep",))  # each run directory is claimed by train()
         (out / "sweep.json").write_text(json.dumps({"base_args": base, "grid": grid, "random": random_n,
                                                     "seed": seed}, indent=2, default=str) + "\n", encoding="utf-8")
     rows: list[dict[str, Any]] = []

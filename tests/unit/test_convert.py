@@ -192,7 +192,7 @@ def test_cli_convert_refuses_a_byte_tokenizer_unless_no_tokenizer(tmp_path, caps
     assert "\n" not in err and "a byte tokenizer has no Hugging Face equivalent" in err and "--no-tokenizer" in err
     assert not (tmp_path / "hf").exists()
     assert main(["convert", str(src), str(tmp_path / "hf"), "--to", "hf", "--no-tokenizer"]) == 0
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [".llmcore-run", "config.json", "model.safetensors"]
 
 
 def test_models_hf_default_class_is_the_registered_transformer_lm(tmp_path):

@@ -6,16 +6,32 @@ Hugging Face directory's ``tokenizer.json`` / ``tokenizer.model``) goes with it:
 ``transformers.AutoTokenizer`` loads (same ids) beside the weights and keeps ``tokenizer/``; ``--to llmcore``
 writes ``DST/tokenizer``. A byte or char tokenizer has no Hugging Face form: ``--to hf`` refuses it before
 writing anything; pass ``--no-tokenizer`` to export the weights alone.
+
+DST must be new, empty or an earlier ``llmcore convert`` output (it holds the marker ``.llmcore-run``); any
+other directory is refused before a byte is written. Symbolic links inside SRC's ``tokenizer/`` are skipped
+with a warning, never copied.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..rundir import claim_dir, mark_dir
 from .common import add_model_command
+
+
+def _skip_symlinks(directory: str, names: list[str]) -> list[str]:
+    """copytree ``ignore``: symbolic links in SRC are not copied (their target may be anything, e.g. a secret)."""
+    links = [n for n in names if os.path.islink(os.path.join(directory, n))]
+    for n in links:
+        print(f"llmcore convert: warning: skipped the symbolic link {os.path.join(directory, n)} (links in SRC "
+              "are not copied)", file=sys.stderr)
+    return links
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,12 +49,15 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"DST {dst} is SRC; write the converted model to another directory.")
     if args.max_shard_size is not None and to != "hf":
         raise CheckpointError("--max-shard-size applies to --to hf only.")
+    # DST is new, empty or an earlier convert's (never a user's files); marked once the conversion succeeded
+    claim_dir(dst, "llmcore convert", flag="DST", legacy=(), mark=False)
     if to == "hf":
         save_hf(model, dst, max_shard_size=args.max_shard_size, tokenizer=tokenizer)
         if tokenizer is not None and (src / "tokenizer").is_dir():  # the llmcore form too (exact settings)
-            shutil.copytree(src / "tokenizer", dst / "tokenizer", dirs_exist_ok=True)
+            shutil.copytree(src / "tokenizer", dst / "tokenizer", dirs_exist_ok=True, ignore=_skip_symlinks)
     else:
         model.save_pretrained(dst, format="llmcore", tokenizer=tokenizer)
+    mark_dir(dst, "llmcore convert", flag="DST")
     c = model.config
     kind = read_json(dst / CONFIG_NAME)["model_type"] if to == "hf" else type(model).__name__
     print(f"converted {src} ({src_format}) -> {dst} ({to}, {kind}): {c.n_layers} layers, d_model {c.d_model}, "

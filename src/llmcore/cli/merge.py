@@ -31,12 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import CheckpointError
     from ..finetune.lora import ADAPTER_CONFIG, is_adapter_dir, merge_adapter
+    from ..rundir import claim_dir
 
     adapter = Path(args.adapter)
     if not is_adapter_dir(adapter):
         raise CheckpointError(f"--adapter {adapter} has no {ADAPTER_CONFIG}; pass the --out of "
                               "llmcore finetune --strategy lora.")
     out = Path(args.out) if args.out else adapter.with_name(adapter.name + "-merged")
+    if out.resolve() != adapter.resolve():  # (merge_adapter refuses the adapter directory itself)
+        claim_dir(out, "llmcore merge", legacy=())  # new, empty or an earlier merge's: never a user's files
     merge_adapter(adapter, out, base=args.base)
     print(f"merged the adapter in {adapter} into its base; model in {out}")
     return 0

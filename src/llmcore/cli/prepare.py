@@ -32,11 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import build_tokenizer, prepare, resolve_paths
+    from ..rundir import claim_dir
 
     opts = make_config(RunConfig, given(args, RunConfig, DATA_FLAGS))  # checks --val-fraction
     paths = [Path(p) for p in opts.data] if opts.data else None
     resolve_paths(paths)  # fail on a bad path before training a tokenizer
     out = Path(args.out)
+    claim_dir(out, "llmcore prepare", legacy=("prepared",))  # never into a directory of the user's files
     tokenizer = build_tokenizer(opts.tokenizer, paths, opts.vocab_size)
     tokenizer.save(out / "tokenizer")
     meta = prepare(paths, tokenizer, out, val_fraction=opts.val_fraction, num_workers=args.workers,

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import TokenizerError
 from ..io import read_jsonl
 from ..modules import eval_mode
+from ..rundir import append_text, write_text
 from .checkpoint import list_checkpoints, prune_checkpoints, save_checkpoint, trainer_snapshot
 from .distributed import unwrap
 
@@ -109,13 +110,12 @@ class MetricsLogger:
     def _write(self, trainer: Any, record: dict[str, Any]) -> None:
         if trainer.env.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_text(self.path, json.dumps(record) + "\n")  # never through a symlink
 
     def on_train_start(self, trainer: Any, info: dict[str, Any]) -> None:
-        if trainer.env.is_main and self.path.exists():  # resuming: drop what the killed run logged past the checkpoint
+        if trainer.env.is_main and (self.path.exists() or self.path.is_symlink()):  # resuming: drop what the killed run logged past the checkpoint
             keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= trainer.state["step"]]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def on_step_end(self, trainer: Any, info: dict[str, Any]) -> None:
         if info["step"] % self.log_interval == 0 or info["step"] == trainer.config.max_steps:
@@ -157,8 +157,7 @@ class Checkpointer:
     def on_train_start(self, trainer: Any, info: dict[str, Any]) -> None:
         if trainer.env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "train_config.json").write_text(
-                json.dumps(trainer.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+            write_text(self.out_dir / "train_config.json", json.dumps(trainer.config.to_dict(), indent=2) + "\n")
             if trainer.tokenizer is not None and hasattr(trainer.tokenizer, "save"):
                 trainer.tokenizer.save(self.out_dir / "tokenizer")
 
@@ -222,8 +221,7 @@ class SampleGenerator:
             logger.info("%s", text.rstrip("\n"))
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(text)
+            append_text(self.path, text)
 
     def on_step_end(self, trainer: Any, info: dict[str, Any]) -> None:
         if self.interval and info["step"] % self.interval == 0 and info["step"] < trainer.config.max_steps:

@@ -164,6 +164,7 @@ def _prepared(data_dir: Path) -> bool:
 def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> Any:
     """Tokenizer + ``data_dir/{train,val}.bin``; rank 0 builds them (unless already there), the others wait."""
     from ..data import build_tokenizer, prepare
+    from ..rundir import write_text
     from ..tokenizer import load_tokenizer
 
     stamp = data_dir / "source.json"
@@ -177,13 +178,13 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> An
         if fresh and (prepared := config.prepared_dir()) is not None:
             if prepared.resolve() != data_dir.resolve():
                 _link_prepared(prepared, data_dir)
-            stamp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+            write_text(stamp, json.dumps(wanted, indent=2) + "\n")
         elif fresh:
             paths = [Path(p) for p in config.data] if config.data else None
             tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
             tokenizer.save(data_dir / "tokenizer")
             prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction)
-            stamp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+            write_text(stamp, json.dumps(wanted, indent=2) + "\n")
     from . import distributed as dist
 
     dist.barrier(env)
@@ -243,11 +244,20 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and (differ := resume_data_differences(config, out / "data")):
         logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
                     "(%s) and are ignored.", out / "data", "; ".join(differ))
+    from ..rundir import claim_dir, lock_dir, unlock_dir
     from . import distributed as dist
 
     cls = architecture(config.arch)
     env = dist.detect()
-    env, created = dist.setup(dist.resolve_device(train_cfg.device, env), env)
+    if env.is_main:  # only rank 0 writes: it owns and locks the run directory before writing a byte
+        claim_dir(out, "llmcore train")
+        lock_dir(out)
+    try:
+        env, created = dist.setup(dist.resolve_device(train_cfg.device, env), env)
+    except BaseException:
+        if env.is_main:
+            unlock_dir(out)
+        raise
     try:
         tokenizer = prepare_run_data(config, out / "data", env)
         model_cfg = config.model_config(tokenizer.vocab_size)
@@ -259,6 +269,8 @@ def train(config: RunConfig) -> dict[str, Any]:
                           tokenizer=tokenizer).fit(resume=config.resume)
     finally:
         dist.cleanup(created)
+        if env.is_main:
+            unlock_dir(out)
     return {**summary, "out_dir": str(out), "is_main": env.is_main}
 
 

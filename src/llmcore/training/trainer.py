@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import rundir
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -166,6 +167,18 @@ class Trainer:
 
         ``resume=True`` continues the newest complete checkpoint in ``out_dir`` exactly where it stopped.
         """
+        cfg = self.config
+        owner = cfg.out_dir is not None and self.env.is_main  # only rank 0 writes, so only it locks
+        if owner:
+            rundir.claim_dir(cfg.out_dir, "llmcore Trainer.fit")
+            rundir.lock_dir(cfg.out_dir)
+        try:
+            return self._fit(resume)
+        finally:
+            if owner:
+                rundir.unlock_dir(cfg.out_dir)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.config
         self.env, created = dist.setup(self.device, self.env)
         try:
