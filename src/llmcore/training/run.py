@@ -248,6 +248,7 @@ def train(config: RunConfig) -> dict[str, Any]:
     from . import distributed as dist
 
     cls = architecture(config.arch)
+    _fingerprint(config)  # the data exist and a prepared directory's meta.json is valid, before a byte is written
     env = dist.detect()
     if env.is_main:  # only rank 0 writes: it owns and locks the run directory before writing a byte
         claim_dir(out, "llmcore train")
