@@ -348,3 +348,14 @@ def test_saved_model_still_loads_bit_identically(tmp_path):
         assert all(torch.equal(b, dict(loaded.named_buffers())[n]) for n, b in model.named_buffers())
         if model.config.tie_embeddings:
             assert loaded.lm_head.weight is loaded.tok_embeddings.weight
+
+
+def test_config_json_fifo_or_device_is_refused(tmp_path):
+    """config.json itself: a FIFO hung the reader, a link to /dev/zero read without bound."""
+    src = save_tiny(tmp_path / "m")
+    (src / "config.json").unlink()
+    os.mkfifo(src / "config.json")
+    convert_fails(src, tmp_path / "dst", "not a regular file", timeout=30)
+    (src / "config.json").unlink()
+    (src / "config.json").symlink_to("/dev/zero")
+    convert_fails(src, tmp_path / "dst", "not a regular file", timeout=30)
