@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,75 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
+MAX_JSON_BYTES = 256 * 2**20  # a config / settings / index file; tokenizer.json of a 250k vocabulary is ~20 MB
+MAX_BUFFER_BYTES = 256 * 2**20  # tables a config computes (RoPE cos/sin, ...) beyond which they must be paid by weights
+
+# safetensors header dtype -> torch dtype name (resolved lazily: this module imports no torch at import time)
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+              "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+              "U8": "uint8", "BOOL": "bool"}
+
+
+def _allowed_roots(root: Path) -> list[Path]:
+    """``root``, plus the Hugging Face cache's ``blobs/`` when ``root`` is a ``snapshots/<rev>`` directory
+    (the hub cache stores every file of a snapshot as a symlink to ``../../blobs/<hash>``)."""
+    roots = [root]
+    if root.parent.name == "snapshots":
+        roots.append(root.parent.parent / "blobs")
+    return roots
+
+
+def confined_file(directory: str | os.PathLike, name: Any, what: str, max_bytes: int | None = None,
+                  error: type[LLMCoreError] = CheckpointError) -> Path:
+    """The path of the file ``name`` inside ``directory``, checked before anything reads it.
+
+    ``name`` comes from a file in ``directory`` (a shard index's ``weight_map``, a tokenizer's ``model_file``)
+    and is untrusted: it must be a relative file name that, after resolving symlinks, stays inside
+    ``directory`` (or, for a Hugging Face cache snapshot, its ``blobs/``); the file must exist, be a regular
+    file (not a FIFO, device or directory) and, when ``max_bytes`` is given, hold at most that many bytes.
+    Anything else raises ``error`` naming the value, the rule and the fix. Returns the resolved path.
+    """
+    d = Path(directory)
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise error(f"{what} in {d} names {name!r}, which is not a file name; expected the name of a file "
+                    f"inside {d}.")
+    root = d.resolve()
+    resolved = (root / name).resolve()
+    if Path(name).is_absolute() or not any(resolved.is_relative_to(r) for r in _allowed_roots(root)):
+        raise error(f"{what} in {d} names {name!r}, which resolves to {resolved}, outside {d}; a model or "
+                    "tokenizer directory may only name files inside itself. Fix or re-download the directory.")
+    return _checked_regular(resolved, f"{what} {name!r} in {d}", max_bytes, error)
+
+
+def _checked_regular(path: Path, what: str, max_bytes: int | None, error: type[LLMCoreError]) -> Path:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        raise error(f"{path} not found; expected the {what} there.") from e
+    except OSError as e:
+        raise error(f"cannot stat {path} ({what}): {e.strerror or e}.") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path} ({what}) is not a regular file (a directory, FIFO or device); replace it with the "
+                    "file itself.")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise error(f"{path} ({what}) is {st.st_size} bytes, over the {max_bytes}-byte limit for it; it is not "
+                    "such a file, or is corrupt.")
+    return path
+
+
+def read_bounded(path: str | os.PathLike, what: str, max_bytes: int,
+                 error: type[LLMCoreError] = LLMCoreError) -> bytes:
+    """The bytes of the regular file ``path``, refusing a non-regular file or more than ``max_bytes``."""
+    p = _checked_regular(Path(path), what, max_bytes, error)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise error(f"cannot read {p} ({what}): {e.strerror or e}.") from e
+    if len(data) > max_bytes:
+        raise error(f"{p} ({what}) holds over {max_bytes} bytes, the limit for it; it is not such a file.")
+    return data
+
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[LLMCoreError] = LLMCoreError,
               expect: type = dict) -> Any:
@@ -35,9 +106,9 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[LLMC
     """
     p = Path(path)
     try:
-        value = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise error(f"{p} not found; expected the {what} there.") from e
+        value = json.loads(read_bounded(p, what, MAX_JSON_BYTES, error).decode("utf-8"))
+    except RecursionError as e:
+        raise error(f"{p} nests JSON too deeply; the {what} is corrupt — re-create it.") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{p} is not valid UTF-8 JSON ({e}); the {what} is corrupt — re-create it.") from e
     if not isinstance(value, expect):
@@ -83,31 +154,124 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
     os.replace(tmp, p)
 
 
+def weight_files(directory: str | os.PathLike) -> list[Path]:
+    """The safetensors files of a model directory: ``model.safetensors``, or the shards its index names.
+
+    Every shard name in ``model.safetensors.index.json`` is checked with :func:`confined_file` (inside the
+    directory, a regular file), and the index itself must map tensor names to file names.
+    """
+    d = Path(directory)
+    if (d / WEIGHTS_NAME).exists() or (d / WEIGHTS_NAME).is_symlink():
+        return [_checked_regular((d / WEIGHTS_NAME).resolve(), "model weights", None, CheckpointError)]
+    if (d / INDEX_NAME).exists():
+        index = read_json(d / INDEX_NAME, "safetensors shard index", CheckpointError)
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{d / INDEX_NAME}: 'weight_map' is {type(weight_map).__name__}, expected a "
+                                  "non-empty JSON object mapping tensor names to shard file names.")
+        bad = [(k, v) for k, v in weight_map.items() if not isinstance(v, str)]
+        if bad:
+            raise CheckpointError(f"{d / INDEX_NAME}: weight_map[{bad[0][0]!r}] is {bad[0][1]!r}, expected a shard "
+                                  "file name (a string).")
+        return [confined_file(d, name, f"shard listed in {INDEX_NAME}")
+                for name in sorted(set(weight_map.values()))]
+    raise CheckpointError(
+        f"No {WEIGHTS_NAME} or {INDEX_NAME} in {d}; only safetensors weights are read "
+        "(convert .bin/.pt checkpoints to safetensors first)."
+    )
+
+
+def _unreadable(f: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"Cannot read {f}: {e}. The file is truncated or corrupt; re-save or re-copy it.")
+
+
 def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    d = Path(directory)
-    if (d / WEIGHTS_NAME).exists():
-        files = [d / WEIGHTS_NAME]
-    elif (d / INDEX_NAME).exists():
-        index = read_json(d / INDEX_NAME, "safetensors shard index", CheckpointError)
-        files = [d / f for f in sorted(set(index.get("weight_map", {}).values()))]
-    else:
-        raise CheckpointError(
-            f"No {WEIGHTS_NAME} or {INDEX_NAME} in {d}; only safetensors weights are read "
-            "(convert .bin/.pt checkpoints to safetensors first)."
-        )
     state: dict[str, torch.Tensor] = {}
-    for f in files:
+    for f in weight_files(directory):
         try:
             state.update(load_file(str(f)))
-        except FileNotFoundError as e:
-            raise CheckpointError(f"Weight shard {f} listed in {INDEX_NAME} is missing.") from e
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"Cannot read {f}: {e}. The file is truncated or corrupt; re-save or re-copy it.") from e
+            raise _unreadable(f, e) from e
     return state
+
+
+def read_header(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int]:
+    """``({name: meta tensor of the stored shape and dtype}, bytes on disk)`` of a directory's weights.
+
+    Only the safetensors headers are read (no tensor data), so a config can be checked against what is on
+    disk before anything is allocated. A dtype torch has no name for reads as ``uint8`` (not a float: refused).
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    header: dict[str, torch.Tensor] = {}
+    size = 0
+    for f in weight_files(directory):
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():
+                    sl = sf.get_slice(k)
+                    dtype = getattr(torch, _ST_DTYPES.get(sl.get_dtype(), "uint8"), torch.uint8)
+                    header[k] = torch.empty(tuple(sl.get_shape()), dtype=dtype, device="meta")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise _unreadable(f, e) from e
+        size += f.stat().st_size
+    return header, size
+
+
+def check_layers(config: Any, header: dict[str, Any], source: str) -> None:
+    """Refuse a config with more layers than the weights hold tensors (every layer has one at least).
+
+    Checked before the model is built, since building costs time and memory per layer.
+    """
+    layers = sum(int(getattr(config, f, 0) or 0) for f in ("n_layers", "n_encoder_layers"))
+    if layers > len(header):
+        raise CheckpointError(f"config.json asks for {layers} layers but {source} holds only {len(header)} "
+                              "tensors; the config does not belong to these weights.")
+
+
+def check_against(model: nn.Module, state: dict[str, torch.Tensor], source: str, weights_bytes: int) -> None:
+    """Compare a (meta-device) ``model`` with ``state``: names, shapes, float dtypes and computed tables.
+
+    Raises one CheckpointError listing every missing, misshapen, non-float and unexpected tensor, or naming
+    the non-persistent buffers (RoPE / sinusoidal tables) when they would need far more memory than the
+    weights themselves (``max(MAX_BUFFER_BYTES, 2 x weights_bytes)``).
+    """
+    _raise_state_mismatch(model, state, source)
+    stored = set(model.state_dict())
+    tables = [(n, b.numel() * b.element_size()) for n, b in model.named_buffers() if n not in stored]
+    need = sum(n for _, n in tables)
+    limit = max(MAX_BUFFER_BYTES, 2 * weights_bytes)
+    if need > limit:
+        cfg = getattr(model, "config", None)
+        seq = f" max_seq_len={cfg.max_seq_len}" if hasattr(cfg, "max_seq_len") else ""
+        names = [n for n, _ in sorted(tables, key=lambda t: -t[1])[:3]]
+        raise CheckpointError(f"config.json{seq} needs {need / 2**20:.0f} MiB of computed tables ({', '.join(names)}) "
+                              f"for {weights_bytes / 2**20:.1f} MiB of weights in {source}, over the "
+                              f"{limit / 2**20:.0f} MiB limit; lower max_seq_len in config.json.")
+
+
+def build_checked(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str,
+                  weights_bytes: int) -> None:
+    """Build the model on the ``meta`` device (no memory) and :func:`check_against` it with ``state``.
+
+    A class whose ``__init__`` cannot run on ``meta`` (a user's architecture computing with tensor values)
+    is not checked here; its full-size build and the load that follows still compare every tensor.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build()
+    except LLMCoreError:
+        raise
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return
+    check_against(model, state, source, weights_bytes)
 
 
 def tied_duplicates(module: nn.Module) -> dict[str, str]:
@@ -122,30 +286,61 @@ def tied_duplicates(module: nn.Module) -> dict[str, str]:
     return dups
 
 
-def raise_mismatch(what: str, missing: list[str], wrong: list[str], unexpected: list[str], hint: str) -> None:
-    """CheckpointError ``"The <what>: N missing tensors (e.g. ...); ... <hint>"``, unless all three are empty.
+def raise_mismatch(what: str, missing: list[str], wrong: list[str], unexpected: list[str], hint: str,
+                   dtypes: list[str] = ()) -> None:
+    """CheckpointError ``"The <what>: N missing tensors (e.g. ...); ... <hint>"``, unless all are empty.
 
     One report for every tensor check (model loading here, the converters' ``StateReader``), listing all
-    three kinds of problem at once rather than the first.
+    kinds of problem at once rather than the first.
     """
-    parts = [f"{len(names)} {kind} (e.g. {names[:3]})" for kind, names in
-             (("missing tensors", missing), ("shape mismatches", wrong), ("unexpected tensors", unexpected)) if names]
+    parts = [f"{len(names)} {kind} (e.g. {list(names)[:3]})" for kind, names in
+             (("missing tensors", missing), ("shape mismatches", wrong), ("unexpected tensors", unexpected),
+              ("non-float tensors", dtypes)) if names]
     if parts:
         raise CheckpointError(f"The {what}: {'; '.join(parts)}. {hint}")
 
 
-def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Copy ``state`` into ``model`` after checking names and shapes; mismatches raise CheckpointError."""
+def _raise_state_mismatch(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     dups = tied_duplicates(model)
     expected = {k: v for k, v in model.state_dict().items() if k not in dups}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected) - set(dups))
     wrong = [f"{k}: {tuple(state[k].shape)} in {source} vs {tuple(v.shape)} in model"
              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    dtypes = [f"{k}: {state[k].dtype}" for k, v in expected.items()
+              if k in state and v.is_floating_point() and not state[k].is_floating_point()]
     raise_mismatch(f"{source} does not match the model config", missing, wrong, unexpected,
-                   "Check that config.json belongs to these weights.")
+                   "Check that config.json belongs to these weights (weights are stored as floats).", dtypes)
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy ``state`` into ``model`` after checking names, shapes and float dtypes; mismatches raise CheckpointError."""
+    _raise_state_mismatch(model, state, source)
+    dups = tied_duplicates(model)
     model.load_state_dict({k: v for k, v in state.items() if k not in dups}, strict=False)
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_json", "read_jsonl", "atomic_write_json",
-           "save_safetensors", "read_state_dict", "tied_duplicates", "raise_mismatch", "load_state_dict_checked"]
+def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, source: str,
+                 config: Any = None) -> nn.Module:
+    """``build()`` a model and load a directory's weights into it, checking the config against the weights
+    first, so that memory and time are bounded by what is on disk rather than by an untrusted config:
+
+    1. the safetensors headers give every stored name, shape and dtype (:func:`read_header`, no data);
+    2. a config with more layers than stored tensors is refused (:func:`check_layers`);
+    3. the model is built on the ``meta`` device and compared (:func:`build_checked`); one CheckpointError
+       lists every mismatch, and computed tables far larger than the weights are refused;
+    4. only then is the real model built and the weights copied in.
+    """
+    header, size = read_header(directory)
+    if config is not None:
+        check_layers(config, header, source)
+    build_checked(build, header, source, size)
+    model = build()
+    load_state_dict_checked(model, read_state_dict(directory), source=source)
+    return model
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "read_json",
+           "read_jsonl", "atomic_write_json", "confined_file", "read_bounded", "save_safetensors", "weight_files",
+           "read_state_dict", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
+           "raise_mismatch", "load_state_dict_checked", "load_checked"]

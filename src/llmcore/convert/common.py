@@ -26,8 +26,9 @@ class StateReader:
 
     Converters call :meth:`take` for every tensor they expect and :meth:`finish` once at the end, which raises
     :class:`CheckpointError` listing missing tensors, shape mismatches and leftover (unexpected) tensors.
-    A missing or misshapen tensor is replaced by a zero placeholder so the mapping runs to the end and the
-    error names all problems, not only the first.
+    A missing or misshapen tensor is replaced by a placeholder that holds no memory (on the ``meta`` device
+    when the state is a safetensors header, else one zero broadcast to the shape) so the mapping runs to the
+    end and the error names all problems, not only the first, without allocating what an untrusted config asks.
 
     Args:
         state: name -> tensor.
@@ -42,6 +43,8 @@ class StateReader:
         self.used: set[str] = set()
         self.missing: list[str] = []
         self.wrong: list[str] = []
+        self.dtypes: list[str] = []
+        self.meta = any(getattr(t, "is_meta", False) for t in list(state.values())[:1])
 
     def has(self, name: str) -> bool:
         return name in self.state
@@ -51,18 +54,26 @@ class StateReader:
         t = self.state.get(name)
         if t is None:
             self.missing.append(name)
-            return torch.zeros(shape)
+            return self._placeholder(shape, torch.float32)
         self.used.add(name)
         if tuple(t.shape) != shape:
             self.wrong.append(f"{name} is {tuple(t.shape)}, expected {shape}")
-            return torch.zeros(shape, dtype=t.dtype)
+            return self._placeholder(shape, t.dtype)
+        if not t.is_floating_point():
+            self.dtypes.append(f"{name}: {t.dtype}")
         return t.detach()
+
+    def _placeholder(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if self.meta:
+            return torch.empty(shape, dtype=dtype, device="meta")
+        return torch.zeros((), dtype=dtype).expand(shape)  # one element, whatever the shape
 
     def finish(self, hint: str) -> None:
         """Raise CheckpointError if anything was missing, misshapen or left over; ``hint`` says what to do."""
         unexpected = sorted(k for k in self.state if k not in self.used
                             and not any(p.search(k) for p in self.ignore))
-        raise_mismatch(f"{self.source} does not match its config", self.missing, self.wrong, unexpected, hint)
+        raise_mismatch(f"{self.source} does not match its config", self.missing, self.wrong, unexpected, hint,
+                       self.dtypes)
 
 
 def zeros_like_rows(weight: torch.Tensor) -> torch.Tensor:

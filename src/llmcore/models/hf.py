@@ -30,7 +30,9 @@ from ..io import (
     INDEX_NAME,
     WEIGHTS_NAME,
     atomic_write_json,
+    build_checked,
     load_state_dict_checked,
+    read_header,
     read_json,
     read_state_dict,
     save_safetensors,
@@ -61,7 +63,14 @@ def from_hf(hf_config: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor],
 def load_hf(directory: str | Path, cls: type[nn.Module] | None = None) -> nn.Module:
     """Load a HF directory (``config.json`` + ``model.safetensors`` or a sharded index) as ``cls``."""
     d = Path(directory)
-    return from_hf(read_json(d / CONFIG_NAME, "Hugging Face model config", CheckpointError), read_state_dict(d), cls)
+    hf_config = read_json(d / CONFIG_NAME, "Hugging Face model config", CheckpointError)
+    # Convert the safetensors header (meta tensors: shapes and dtypes, no data) first: a config that does not
+    # fit the weights fails here, before the model or any tensor is allocated.
+    header, size = read_header(d)
+    config, meta_state = hf_to_llmcore(hf_config, header)
+    source = f"converted {config.extra.get('hf_model_type')} checkpoint"
+    build_checked(lambda: _model_class(cls)(config), meta_state, source, size)
+    return from_hf(hf_config, read_state_dict(d), cls)
 
 
 def parse_size(size: int | str) -> int:

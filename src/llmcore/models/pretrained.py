@@ -132,8 +132,9 @@ class PreTrainedMixin:
         d, meta, kind = read_model_dir(directory)
         if kind == "llmcore":
             target = _resolve_architecture(cls, meta.get("architecture"), d)
-            model = target(target.config_from_meta(meta))
-            load_state_dict_checked(model, read_state_dict(d), source=str(d / WEIGHTS_NAME))
+            config = target.config_from_meta(meta)
+            # headers first, then a meta-device build: an untrusted config costs what the weights on disk cost
+            model = io.load_checked(lambda: target(config), d, str(d / WEIGHTS_NAME), config)
         else:
             from .hf import load_hf
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
+from ..io import MAX_JSON_BYTES, confined_file, read_bounded
 from .base import Tokenizer
 from .hf import (
     GPT2_FILES,
@@ -84,7 +85,7 @@ class HFTokenizer(Tokenizer):
         config = read_tokenizer_config(path)
         named = named_special_tokens(path)
         if (path / HF_TOKENIZER_FILE).is_file():
-            text = (path / HF_TOKENIZER_FILE).read_text(encoding="utf-8")
+            text = _read_text(path / HF_TOKENIZER_FILE)
         else:
             text = _gpt2_tokenizer_json(path, config, named)
         try:
@@ -163,12 +164,19 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def _from_dir(cls, directory: Path, settings: dict[str, Any]) -> HFTokenizer:
-        f = directory / settings.get("tokenizer_file", HF_TOKENIZER_FILE)
-        try:
-            text = f.read_text(encoding="utf-8")
-        except OSError as e:
-            raise TokenizerError(f"cannot read {f}: {e.strerror or e}") from e
+        f = confined_file(directory, settings.get("tokenizer_file", HF_TOKENIZER_FILE), "tokenizer_file",
+                          MAX_JSON_BYTES, TokenizerError)  # a name from the settings file: untrusted
+        text = _read_text(f)
         return cls(text, roles=settings.get("roles"), hf_config=settings.get("hf_config"))
+
+
+def _read_text(path: Path) -> str:
+    """A tokenizer.json's text: a regular file of at most ``MAX_JSON_BYTES``, UTF-8."""
+    data = read_bounded(path, "Hugging Face tokenizer.json", MAX_JSON_BYTES, TokenizerError)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path} is not UTF-8 ({e}); the tokenizer.json is corrupt.") from None
 
 
 def _gpt2_tokenizer_json(path: Path, config: dict[str, Any], named: dict[str, str | None]) -> str:

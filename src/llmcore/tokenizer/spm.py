@@ -27,11 +27,13 @@ from typing import Any
 import sentencepiece
 
 from ..errors import TokenizerError
+from ..io import confined_file, read_bounded
 from .base import Tokenizer
 from .corpus import CJK_HEAVY, TrainingCorpus, cjk_fraction, training_error
 from .hf import write_hf_configs
 
 MODEL_FILE = "tokenizer.model"
+MAX_MODEL_BYTES = 256 * 2**20  # a sentencepiece model of a 256k vocabulary is ~5 MB
 _SPACE = "\u2581"  # sentencepiece's visible space "▁"; a literal one in text would decode back to " "
 _HEAD_CHARS = 10_000_000  # characters read ahead to choose character_coverage
 _SPLIT_MIN_CHARS = 8192  # below this, one plain call beats starting a thread pool for the lines
@@ -264,11 +266,12 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def _from_dir(cls, directory: Path, settings: dict[str, Any]) -> SentencePieceTokenizer:
         """``directory`` is a saved directory, or a bare ``.model`` file (then ``settings`` is empty)."""
-        path = directory if directory.is_file() else directory / settings.get("model_file", MODEL_FILE)
-        try:
-            proto = path.read_bytes()
-        except OSError as e:
-            raise TokenizerError(f"cannot read sentencepiece model {path}: {e.strerror or e}") from e
+        if directory.is_file():
+            path = directory
+        else:  # a name from the settings file: untrusted, must stay inside the directory
+            path = confined_file(directory, settings.get("model_file", MODEL_FILE), "sentencepiece model_file",
+                                 MAX_MODEL_BYTES, TokenizerError)
+        proto = read_bounded(path, "sentencepiece model", MAX_MODEL_BYTES, TokenizerError)
         keys = ("enable_sampling", "alpha", "nbest_size", "newline_split", "training", "pad_token")
         return cls(proto, **{k: settings[k] for k in keys if k in settings})
 
