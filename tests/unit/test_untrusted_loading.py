@@ -10,6 +10,8 @@ Every CLI case asserts exit status 2, exactly one stderr line, no traceback, and
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import resource
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 import llmcore
+from llmcore.cli import main as cli_main
 from llmcore.errors import CheckpointError, TokenizerError
 from llmcore.models import TransformerLM, load_model
 from llmcore.tokenizer import load_tokenizer
@@ -63,9 +66,21 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
-def convert_fails(src: Path, dst: Path, *words: str, timeout: float = 60) -> str:
+def run_in_process(*argv: str) -> subprocess.CompletedProcess:
+    """``llmcore ARGV`` through the CLI's ``main()`` here (no interpreter start-up): for cases that neither
+    hang nor allocate on the old code, so no subprocess timeout or memory cap is needed to contain them."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main(list(argv))
+    return subprocess.CompletedProcess(argv, code, "", err.getvalue())
+
+
+def convert_fails(src: Path, dst: Path, *words: str, timeout: float | None = None) -> str:
+    """``llmcore convert SRC DST`` fails in one line and creates nothing; ``timeout`` runs it in a subprocess
+    (for a FIFO or a device, which hung the old code)."""
+    argv = ("convert", str(src), str(dst), "--no-tokenizer")
     try:
-        r = run_cli("convert", str(src), str(dst), "--no-tokenizer", timeout=timeout)
+        r = run_cli(*argv, timeout=timeout) if timeout else run_in_process(*argv)
     except subprocess.TimeoutExpired:
         pytest.fail(f"llmcore convert {src} hung for {timeout} s")
     line = assert_one_line_error(r, *words)
@@ -228,99 +243,99 @@ def test_tokenizer_error_through_the_cli(tmp_path):
     tok = spm_dir(tmp_path)
     tok.rename(src / "tokenizer")
     set_setting(src / "tokenizer", model_file="/dev/zero")
-    r = run_cli("convert", str(src), str(tmp_path / "dst"))
+    r = run_cli("convert", str(src), str(tmp_path / "dst"))  # a subprocess: the old code read /dev/zero unbounded
     assert_one_line_error(r, "/dev/zero", "outside")
     assert not (tmp_path / "dst").exists()
 
 
 # ------------------------------------------------------------------------------------------ 2. bounded memory
 CHILD = textwrap.dedent("""
-    import json, resource, sys, time
+    import contextlib, io, json, resource, sys, time
     import torch, llmcore.cli, llmcore.models  # baseline: the libraries loaded
     with open("/proc/self/status") as f:
         vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))  # address space: +1 GiB at most
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.time()
-    try:
-        rc = llmcore.cli.main(sys.argv[1:])
-    except BaseException as e:  # MemoryError before the fix
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        rc = 99
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rc": rc, "base_kb": base, "peak_kb": peak, "seconds": time.time() - t}))
+    results = {}
+    for name, src, dst in json.loads(sys.argv[1]):
+        err, t = io.StringIO(), time.time()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = llmcore.cli.main(["convert", src, dst, "--no-tokenizer"])
+            except BaseException as e:  # MemoryError before the fix
+                print(f"{type(e).__name__}: {e}", file=sys.stderr)
+                rc = 99
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # a high-water mark: cumulative over cases
+        results[name] = {"rc": rc, "err": err.getvalue(), "grown": (peak - base) * 1024, "seconds": time.time() - t}
+    print(json.dumps(results))
 """)
 
 
-def load_in_child(src: Path, dst: Path, timeout: float = 60) -> tuple[dict, str]:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    try:
-        r = subprocess.run([sys.executable, "-c", CHILD, "convert", str(src), str(dst), "--no-tokenizer"],
-                           capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"loading {src} took over {timeout} s")
-    assert r.stdout.strip(), r.stderr[-2000:]
-    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
-
-
-def assert_bounded(src: Path, tmp_path: Path, *words: str) -> dict:
-    weights = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-    out, err = load_in_child(src, tmp_path / "dst")
-    lines = err.strip().splitlines()
-    assert out["rc"] == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    for w in words:
-        assert w in lines[0], lines[0]
-    grown = (out["peak_kb"] - out["base_kb"]) * 1024
-    assert grown < 200 * 2**20 + 4 * weights, f"peak RSS grew {grown / 2**20:.0f} MiB for {weights} bytes of weights"
-    assert out["seconds"] < 20, out
-    assert not (tmp_path / "dst").exists()
-    print(f"\n{src.name}: weights {weights} B, peak RSS +{grown / 2**20:.1f} MiB, {out['seconds']:.2f} s")
-    return out
-
-
-def test_huge_vocab_size_costs_what_the_file_costs(tmp_path):
-    src = save_tiny(tmp_path / "vocab")
+def _hostile_cases(root: Path) -> dict[str, tuple[Path, tuple[str, ...]]]:
+    """name -> (a model directory whose config claims far more than its weights back, words of the error)."""
+    cases = {}
+    src = save_tiny(root / "vocab")
     edit_config(src, vocab_size=10**7)
-    assert_bounded(src, tmp_path, "shape mismatches", "tok_embeddings.weight")
-
-
-def test_huge_max_seq_len_rope_table_is_refused(tmp_path):
-    src = save_tiny(tmp_path / "seq")
+    cases["vocab_size 10**7"] = (src, ("shape mismatches", "tok_embeddings.weight"))
+    src = save_tiny(root / "seq")
     edit_config(src, max_seq_len=10**9)
-    assert_bounded(src, tmp_path, "max_seq_len=1000000000", "rotary.cos")
-
-
-def test_huge_max_seq_len_learned_positions(tmp_path):
-    src = save_tiny(tmp_path / "seqlearned", pos_encoding="learned")
+    cases["max_seq_len 10**9, RoPE"] = (src, ("max_seq_len=1000000000", "rotary.cos"))
+    src = save_tiny(root / "seqlearned", pos_encoding="learned")
     edit_config(src, max_seq_len=10**8)
-    assert_bounded(src, tmp_path, "shape mismatches", "pos_embeddings.weight")
-
-
-def test_huge_n_layers_fails_fast(tmp_path):
-    src = save_tiny(tmp_path / "layers")
+    cases["max_seq_len 10**8, learned"] = (src, ("shape mismatches", "pos_embeddings.weight"))
+    src = save_tiny(root / "layers")
     edit_config(src, n_layers=10**5)
-    assert_bounded(src, tmp_path, "100000 layers")
-
-
-def test_hf_config_with_missing_tensors_allocates_no_placeholders(tmp_path):
-    src = tmp_path / "hfmissing"
+    cases["n_layers 10**5"] = (src, ("100000 layers",))
+    src = root / "hfmissing"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({
         "model_type": "llama", "vocab_size": 10**7, "hidden_size": 256, "intermediate_size": 512,
         "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 128}))
     save_file({"lm_head.weight": torch.zeros(2, 2)}, str(src / "model.safetensors"))  # ~100 bytes
-    assert_bounded(src, tmp_path, "missing tensors")
-
-
-def test_hf_config_huge_vocab_against_real_weights(tmp_path):
-    lc = save_tiny(tmp_path / "lc")
+    cases["HF config, missing tensors"] = (src, ("missing tensors",))
     from llmcore.models.hf import save_hf
 
-    src = save_hf(load_model(lc), tmp_path / "hfvocab")
+    src = save_hf(load_model(save_tiny(root / "lc")), root / "hfvocab")
     cfg = json.loads((src / "config.json").read_text())
     cfg["vocab_size"] = 10**8  # 12.8 GB of placeholder before the fix
     (src / "config.json").write_text(json.dumps(cfg))
-    assert_bounded(src, tmp_path, "shape mismatches")
+    cases["HF config, vocab 10**8 over real weights"] = (src, ("shape mismatches",))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def hostile_loads(tmp_path_factory) -> dict[str, tuple[Path, tuple[str, ...], dict]]:
+    """Every hostile case loaded by ``llmcore convert`` in ONE child process (one interpreter start-up), with
+    its exit status, stderr, peak-RSS growth over the libraries' baseline and time."""
+    root = tmp_path_factory.mktemp("hostile")
+    cases = _hostile_cases(root)
+    plan = [(name, str(src), str(root / f"dst{i}")) for i, (name, (src, _)) in enumerate(cases.items())]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(plan)], capture_output=True, text=True,
+                           timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading the hostile directories took over 120 s")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    return {name: (src, words, {**results[name], "dst": Path(dst)})
+            for (name, (src, words)), (_, _, dst) in zip(cases.items(), plan)}
+
+
+@pytest.mark.parametrize("case", ["vocab_size 10**7", "max_seq_len 10**9, RoPE", "max_seq_len 10**8, learned",
+                                  "n_layers 10**5", "HF config, missing tensors",
+                                  "HF config, vocab 10**8 over real weights"])
+def test_hostile_config_costs_what_the_weights_file_costs(hostile_loads, case):
+    """One line, exit 2, nothing written; peak RSS within 200 MiB + 4 x the weights on disk; under 20 s."""
+    src, words, out = hostile_loads[case]
+    weights = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    lines = out["err"].strip().splitlines()
+    assert out["rc"] == 2 and len(lines) == 1 and "Traceback" not in out["err"], out["err"][-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert out["grown"] < 200 * 2**20 + 4 * weights, f"peak RSS grew {out['grown'] / 2**20:.0f} MiB"
+    assert out["seconds"] < 20, out
+    assert not out["dst"].exists()
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
