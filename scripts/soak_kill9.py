@@ -59,7 +59,7 @@ def main() -> int:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             resumes += bool(resume)
             if kills < budget:
-                time.sleep(rng.uniform(0.5, duration))
+                time.sleep(rng.uniform(0.35, 0.9) * duration)  # past start-up, before the end
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
