@@ -120,18 +120,28 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[LLMC
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines log (``metrics.jsonl``), in order; ``[]`` when the file is missing.
 
-    A line that is not a JSON object is skipped: logs are read while they are written, and a run killed
-    mid-write leaves its last line cut short. (User data files are read strictly instead, with the line.)
+    A line that is not JSON is skipped: logs are read while they are written, and a run killed mid-write
+    leaves its last line cut short. A line that is JSON but not an object (``42``, a list) was not written
+    by llmcore: it is skipped too, with one warning naming the file and the lines. (User data files are read
+    strictly instead, with the line.)
     """
     p = Path(path)
-    records = []
-    for line in p.read_text(encoding="utf-8").splitlines() if p.is_file() else []:
+    records, foreign = [], []
+    for number, line in enumerate(p.read_text(encoding="utf-8").splitlines() if p.is_file() else [], 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict):
             records.append(record)
+        else:
+            foreign.append(number)
+    if foreign:
+        import warnings
+
+        shown = ", ".join(map(str, foreign[:5])) + (", ..." if len(foreign) > 5 else "")
+        warnings.warn(f"{p}: skipped {len(foreign)} line(s) ({shown}) that are not JSON objects; each line of a "
+                      "metrics log is expected to be an object like {\"step\": ..., ...}.", stacklevel=2)
     return records
 
 

@@ -110,7 +110,7 @@ def plot_metrics(run_dir: str | Path, out: str | Path | None = None) -> Path:
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_xlabel("optimizer step")
     lr_ax.grid(alpha=0.3)
-    return _save(fig, out)
+    return _save(fig, out, "loss_curve.png")
 
 
 def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str = "val_loss") -> Path:
@@ -132,11 +132,17 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path, metric: str = "va
     ax.set_title(f"{what} of {len(curves)} runs (best value in brackets)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best")
-    return _save(fig, out)
+    return _save(fig, out, "val_loss.png")
 
 
-def _save(fig: Any, out: str | Path) -> Path:
+def _save(fig: Any, out: str | Path, name: str) -> Path:
+    """Save ``fig`` and return the path of the file actually written: ``out/name`` when ``out`` is a directory,
+    ``out.png`` when ``out`` has no extension (what matplotlib writes then)."""
     out = Path(out)
+    if out.is_dir():
+        out = out / name
+    elif not out.suffix:
+        out = out.with_name(out.name + ".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     return out
@@ -270,7 +276,7 @@ def plot_attention(model: Any, tokenizer: Any, text: str, out: str | Path, layer
     shown = text if len(text) <= 60 else text[:57] + "..."
     fig.suptitle(f"Attention maps of {type(model).__name__} ({T} tokens): {shown!r}",
                  fontfamily=family, fontsize=size + 6)
-    return _save(fig, out)
+    return _save(fig, out, "attention.png")
 
 
 def _params(fn: Any) -> Any:

@@ -90,7 +90,19 @@ def require(cfg: Mapping[str, Any], key: str, model_type: str) -> Any:
     value = cfg.get(key)
     if value is None:
         raise CheckpointError(f"Hugging Face {model_type} config has no {key!r}; the config.json is incomplete.")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:  # every required field is a size
+        raise CheckpointError(f"Hugging Face {model_type} config has {key}={value!r}; expected a positive integer.")
     return value
+
+
+def number(cfg: Mapping[str, Any], key: str, default: float, model_type: str) -> float:
+    """``cfg[key]`` (``default`` when absent or null) as a float, or a CheckpointError naming the field."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"Hugging Face {model_type} config has {key}={value!r}; expected a number.")
+    return float(value)
 
 
 def provenance(cfg: Mapping[str, Any], model_type: str, **more: Any) -> dict[str, Any]:

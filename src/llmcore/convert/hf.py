@@ -56,6 +56,12 @@ def hf_to_llmcore(hf_config: Mapping[str, Any], hf_state: Mapping[str, torch.Ten
     return _family(cfg.get("model_type")).from_hf(cfg, hf_state)
 
 
+def hf_config_to_llmcore(hf_config: Mapping[str, Any]) -> ModelConfig:
+    """The ModelConfig of a HF config dict alone (no tensors): the config's own checks, before any weight."""
+    cfg = _as_dict(hf_config)
+    return _family(cfg.get("model_type")).config_from_hf(cfg)
+
+
 def llmcore_to_hf(config: ModelConfig, state: Mapping[str, torch.Tensor]
                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Map a TransformerLM (config, state dict) to (HF config dict, HF state dict).

@@ -30,6 +30,7 @@ from .common import (
     is_zero,
     layout_problems,
     llmcore_reader,
+    number,
     provenance,
     require,
     zeros_like_rows,
@@ -56,6 +57,8 @@ def _rope_theta(cfg: Mapping[str, Any], model_type: str) -> float:
     params = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or {}
     for what, d in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if not isinstance(d, Mapping):
+            raise CheckpointError(f"{model_type} config has {what}={d!r}; expected an object (or null).")
         kind = d.get("rope_type", d.get("type", "default"))
         if kind != "default":
             raise CheckpointError(
@@ -92,7 +95,7 @@ def config_from_hf(cfg: Mapping[str, Any]) -> ModelConfig:
         pos_encoding="rope",
         rope_theta=_rope_theta(cfg, mt),
         norm="rmsnorm",
-        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        norm_eps=number(cfg, "rms_norm_eps", 1e-6, mt),
         activation="swiglu",
         bias=any(_bias_layout(mt, cfg)),
         tie_embeddings=cfg.get("tie_word_embeddings", False),

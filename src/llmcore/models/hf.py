@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import hf_to_llmcore, llmcore_to_hf
-from ..errors import CheckpointError
+from ..convert.hf import hf_config_to_llmcore, hf_to_llmcore, llmcore_to_hf
+from ..errors import CheckpointError, ConfigError
 from ..io import (
     CONFIG_NAME,
     INDEX_NAME,
@@ -64,6 +64,10 @@ def load_hf(directory: str | Path, cls: type[nn.Module] | None = None) -> nn.Mod
     """Load a HF directory (``config.json`` + ``model.safetensors`` or a sharded index) as ``cls``."""
     d = Path(directory)
     hf_config = read_json(d / CONFIG_NAME, "Hugging Face model config", CheckpointError)
+    try:  # a field of the wrong type or value: say which file it is in
+        hf_config_to_llmcore(hf_config)
+    except (CheckpointError, ConfigError) as e:
+        raise CheckpointError(f"{d / CONFIG_NAME}: {e}") from e
     # Convert the safetensors header (meta tensors: shapes and dtypes, no data) first: a config that does not
     # fit the weights fails here, before the model or any tensor is allocated.
     header, size = read_header(d)

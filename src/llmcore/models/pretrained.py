@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import io
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 # Re-exported: classifier.py, training/checkpoint.py, finetune/lora.py and the commands import them from here.
 from ..io import (  # noqa: F401
@@ -49,6 +49,9 @@ def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any], str]:
         raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
     meta = read_json(d / CONFIG_NAME)
     if meta.get("format") == "llmcore":
+        if not isinstance(meta.get("config"), dict):
+            raise CheckpointError(f"{d / CONFIG_NAME}: field 'config' is {type(meta.get('config')).__name__}, "
+                                  "expected an object of the model config's fields; re-save the model.")
         return d, meta, "llmcore"
     if "model_type" in meta:
         return d, meta, "hf"
@@ -132,7 +135,10 @@ class PreTrainedMixin:
         d, meta, kind = read_model_dir(directory)
         if kind == "llmcore":
             target = _resolve_architecture(cls, meta.get("architecture"), d)
-            config = target.config_from_meta(meta)
+            try:
+                config = target.config_from_meta(meta)
+            except ConfigError as e:  # a field of the wrong type or value: say which file it is in
+                raise CheckpointError(f"{d / CONFIG_NAME}: {e}") from e
             # headers first, then a meta-device build: an untrusted config costs what the weights on disk cost
             model = io.load_checked(lambda: target(config), d, str(d / WEIGHTS_NAME), config)
         else:

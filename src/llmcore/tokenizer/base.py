@@ -341,9 +341,17 @@ def read_settings(path: Path) -> dict[str, Any]:
 
 def _from_settings(path: Path, settings: dict[str, Any]) -> Tokenizer:
     kind = settings["kind"]
+    if not isinstance(kind, str):
+        raise TokenizerError(f"{path}: field 'kind' is {type(kind).__name__}, expected a string, one of "
+                             f"{sorted(_KINDS)}")
     if kind not in _KINDS:
         raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r}; known: {sorted(_KINDS)}")
-    return _KINDS[kind]._from_dir(path.parent, settings)
+    try:
+        return _KINDS[kind]._from_dir(path.parent, settings)
+    except TokenizerError as e:  # a setting of the wrong type or value: say which file it is in
+        if str(path.parent) in str(e):
+            raise
+        raise TokenizerError(f"{path}: {e}") from e
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:

@@ -202,6 +202,10 @@ class CharTokenizer(_TableTokenizer):
 
     @classmethod
     def _from_dir(cls, directory: Path, settings: dict[str, Any]) -> CharTokenizer:
+        for field in ("chars", "specials"):
+            if field in settings and not isinstance(settings[field], (list, str)):
+                raise TokenizerError(f"field {field!r} is {type(settings[field]).__name__}, expected a list of "
+                                     "strings")
         try:
             return cls(
                 settings["chars"], specials=settings.get("specials", ()), unk=settings.get("unk", "error")

@@ -272,6 +272,15 @@ class SentencePieceTokenizer(Tokenizer):
             path = confined_file(directory, settings.get("model_file", MODEL_FILE), "sentencepiece model_file",
                                  MAX_MODEL_BYTES, TokenizerError)
         proto = read_bounded(path, "sentencepiece model", MAX_MODEL_BYTES, TokenizerError)
+        if not proto:  # sentencepiece accepts b"" and fails later, on the first piece looked up
+            raise TokenizerError(f"{path} is empty (0 bytes); expected a sentencepiece model (a .model file).")
+        try:
+            return cls._build(proto, settings)
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from e
+
+    @classmethod
+    def _build(cls, proto: bytes, settings: dict[str, Any]) -> SentencePieceTokenizer:
         keys = ("enable_sampling", "alpha", "nbest_size", "newline_split", "training", "pad_token")
         return cls(proto, **{k: settings[k] for k in keys if k in settings})
 
