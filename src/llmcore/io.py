@@ -356,4 +356,4 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "read_json",
            "read_jsonl", "atomic_write_json", "confined_file", "read_bounded", "save_safetensors", "weight_files",
            "read_state_dict", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
-           "raise_mismatch", "load_state_dict_checked", "check_finite", "load_checked"]
+           "raise_mismatch", "load_state_dict_checked", "load_checked"]
