@@ -330,6 +330,17 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict({k: v for k, v in state.items() if k not in dups}, strict=False)
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse float tensors holding NaN or inf (one pass over the weights): such a model only produces NaN."""
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise CheckpointError(f"{source} holds NaN or inf values in {len(bad)} tensor(s) ({shown}); the weights are "
+                              "corrupt or the run that saved them diverged. Re-save or re-download the model.")
+
+
 def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, source: str,
                  config: Any = None) -> nn.Module:
     """``build()`` a model and load a directory's weights into it, checking the config against the weights
@@ -345,8 +356,10 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
     if config is not None:
         check_layers(config, header, source)
     build_checked(build, header, source, size)
+    state = read_state_dict(directory)
+    check_finite(state, source)
     model = build()
-    load_state_dict_checked(model, read_state_dict(directory), source=source)
+    load_state_dict_checked(model, state, source=source)
     return model
 
 

@@ -239,34 +239,65 @@ def save_adapter(model: nn.Module, directory: str | Path, lora: LoRA | None = No
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Apply the LoRA described in ``directory`` to ``model`` (a base model) and load its tensors.
 
-    Raises :class:`CheckpointError` when the adapter does not fit the model (missing or mis-shaped tensors).
+    All or nothing: when the adapter does not fit the model (missing or mis-shaped tensors, a wrong config)
+    :class:`CheckpointError` (or :class:`ConfigError`) is raised and ``model`` is left as it was: the layers
+    wrapped are unwrapped again, and parameter values and ``requires_grad`` flags restored.
     """
     from safetensors.torch import load_file
 
     d = Path(directory)
     cfg = read_json(d / ADAPTER_CONFIG)
-    if cfg.get("format") != "llmcore-lora":
+    if not isinstance(cfg, dict) or cfg.get("format") != "llmcore-lora":
         raise CheckpointError(f"{d / ADAPTER_CONFIG} is not an llmcore LoRA adapter config.")
-    lora = LoRA(cfg["rank"], cfg["alpha"], cfg.get("dropout", 0.0), cfg["targets"], cfg.get("modules_to_save", ()))
-    lora.apply(model)
-    if sorted(lora_modules(model)) != sorted(cfg.get("lora_modules", lora_modules(model))):
-        raise CheckpointError(f"The adapter in {d} was trained on layers {cfg['lora_modules'][:4]}..., but its "
-                              f"targets select {sorted(lora_modules(model))[:4]}... here; wrong base model?")
+    try:
+        lora = LoRA(cfg["rank"], cfg["alpha"], cfg.get("dropout", 0.0), cfg["targets"], cfg.get("modules_to_save", ()))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{d / ADAPTER_CONFIG} has no valid {e} field; an adapter config needs rank, alpha and "
+                              "targets (save the adapter with save_adapter()).") from e
     try:
         state = load_file(str(d / ADAPTER_WEIGHTS))
     except FileNotFoundError as e:
         raise CheckpointError(f"{d / ADAPTER_WEIGHTS} is missing; save the adapter with save_adapter().") from e
-    params = dict(model.named_parameters())
-    expected = set(adapter_state_dict(model, lora.modules_to_save))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    wrong = [k for k in state if k in params and state[k].shape != params[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"The adapter in {d} does not fit this model: missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}, shape mismatches {wrong[:3]}. Is it the same base architecture?")
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
+    modules = dict(model.named_modules())
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        lora.apply(model)
+        if sorted(lora_modules(model)) != sorted(cfg.get("lora_modules", lora_modules(model))):
+            raise CheckpointError(f"The adapter in {d} was trained on layers {cfg['lora_modules'][:4]}..., but its "
+                                  f"targets select {sorted(lora_modules(model))[:4]}... here; wrong base model?")
+        params = dict(model.named_parameters())
+        expected = set(adapter_state_dict(model, lora.modules_to_save))
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        wrong = [k for k in state if k in params and state[k].shape != params[k].shape]
+        if missing or unexpected or wrong:
+            raise CheckpointError(f"The adapter in {d} does not fit this model: missing {missing[:3]}, unexpected "
+                                  f"{unexpected[:3]}, shape mismatches {wrong[:3]}. Is it the same base architecture?")
+        with torch.no_grad():
+            for k, v in state.items():
+                if k in grads:  # a base parameter (modules_to_save): keep its value until every copy succeeded
+                    saved[k] = params[k].detach().clone()
+                params[k].copy_(v)
+    except BaseException:
+        _restore(model, modules, grads, saved)
+        raise
     return model
+
+
+def _restore(model: nn.Module, modules: dict[str, nn.Module], grads: dict[str, bool],
+             saved: dict[str, torch.Tensor]) -> None:
+    """Undo a partial :func:`load_adapter`: unwrap new LoRA layers, restore copied values and requires_grad."""
+    for name in sorted(lora_modules(model), key=len, reverse=True):
+        original = modules.get(name)
+        if original is not None and not isinstance(original, LoRALinear):
+            _replace(model, name, original)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in saved.items():
+            params[k].copy_(v)
+    for n, p in model.named_parameters():
+        if n in grads:
+            p.requires_grad_(grads[n])
 
 
 # ---------------------------------------------------------------------------------------------- adapter directories

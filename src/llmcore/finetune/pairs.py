@@ -103,11 +103,19 @@ def read_pairs(source: str | Path | Sequence[Mapping[str, Any]] | Sequence[Seque
             if not lines:
                 raise DataError(f"Pair file {path} is empty; a TSV needs a header row naming the columns.")
             header = lines[0].split("\t")
-            rows = [(i, dict(zip(header, line.split("\t")))) for i, line in enumerate(lines[1:], 2) if line.strip()]
             for col in (src_col, tgt_col):
                 if col not in header:
                     raise DataError(f"{path} has no column {col!r}; its header has {header}. "
                                     "Pass src_col=/tgt_col= (CLI: --src-col/--tgt-col) naming existing columns.")
+            rows = []
+            for i, line in enumerate(lines[1:], 2):
+                if not line.strip():
+                    continue
+                fields = line.split("\t")
+                if len(fields) > len(header):  # usually a stray tab inside the text: refuse rather than drop
+                    raise DataError(f"{path}:{i} has {len(fields)} tab-separated fields but the header has "
+                                    f"{len(header)}; a tab inside the text? Replace it (TSV fields cannot hold tabs).")
+                rows.append((i, dict(zip(header, fields))))
     else:
         rows, where = list(enumerate(source, 1)), "rows"
     pairs = []

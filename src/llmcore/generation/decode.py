@@ -41,7 +41,14 @@ from ..errors import GenerationError
 from ..modules import eval_mode
 from .beam import beam_search
 from .config import GenerationConfig
-from .processors import Processor, apply_processors, build_processors, sample_next
+from .processors import (
+    Processor,
+    apply_processors,
+    build_processors,
+    nonfinite_error,
+    nonfinite_rows,
+    sample_next,
+)
 from .runner import ModelRunner, Request, grow, hits_stop_string, prepare, resolve_config, room
 
 
@@ -219,11 +226,15 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
     runner = ModelRunner(model, B, T + N, cfg.use_cache, window, req.model_kwargs)
 
     cur = T
-    for _ in range(N):
+    # greedy: the first step with NaN / +inf logits, kept on the device and read where the loop syncs anyway
+    first_bad = None if sampling else torch.full((), -1, dtype=torch.long, device=device)
+    for step in range(N):
         logits = runner.logits(seq, cur, mask)  # (B, V)
         if procs:
             logits = apply_processors(procs, seq[:, :cur], logits)
-        tok = sample_next(logits, sampling, generator)  # (B,)
+        if first_bad is not None:
+            first_bad = torch.where((first_bad < 0) & nonfinite_rows(logits).any(), step, first_bad)
+        tok = sample_next(logits, sampling, generator, step=step)  # (B,)
         if cur >= seq.shape[1]:
             seq = grow(seq, cur + 1, T + N, req.pad_id)
             mask = grow(mask, cur + 1, T + N, 1) if mask is not None else None
@@ -240,7 +251,17 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
         yield tok, live
         if can_stop and not bool(unfinished.any()):
             break
+        if can_stop and first_bad is not None:  # the line above synced already: one more scalar read
+            _check_finite(first_bad)
+    if first_bad is not None:
+        _check_finite(first_bad)
     return seq[:, :cur]
+
+
+def _check_finite(first_bad: torch.Tensor) -> None:
+    step = int(first_bad)
+    if step >= 0:
+        raise nonfinite_error(step)
 
 
 class _StopStrings:

@@ -32,6 +32,7 @@ from functools import partial
 
 import torch
 
+from ..errors import GenerationError
 from .config import GenerationConfig
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -170,9 +171,28 @@ def apply_processors(processors: Sequence[Processor], input_ids: torch.Tensor, l
     return logits
 
 
-def sample_next(logits: torch.Tensor, sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token per row from processed logits (B, V) -> (B,): argmax, or a draw from softmax(logits)."""
+def sample_next(logits: torch.Tensor, sample: bool, generator: torch.Generator | None = None,
+                step: int | None = None) -> torch.Tensor:
+    """Pick one token per row from processed logits (B, V) -> (B,): argmax, or a draw from softmax(logits).
+
+    When sampling, probabilities that are not finite (NaN or inf logits from the model) raise
+    :class:`GenerationError` naming ``step`` (one ``isfinite`` check per step; the greedy path adds no host
+    sync here: the decode loop checks its logits with :func:`nonfinite_rows` at the points it syncs anyway).
+    """
     if not sample:
         return logits.argmax(dim=-1)
     probs = logits.softmax(dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        raise nonfinite_error(step)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) bool on the logits' device, True where a row holds NaN or +inf (no host sync)."""
+    return torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1)
+
+
+def nonfinite_error(step: int | None) -> GenerationError:
+    at = f" at generation step {step}" if step is not None else ""
+    return GenerationError(f"The model produced non-finite logits (NaN or inf){at}: its weights are NaN/inf or it "
+                           "diverged; check the checkpoint (re-save or re-train it) or use a lower learning rate.")

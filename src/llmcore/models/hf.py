@@ -31,6 +31,7 @@ from ..io import (
     WEIGHTS_NAME,
     atomic_write_json,
     build_checked,
+    check_finite,
     load_state_dict_checked,
     read_header,
     read_json,
@@ -74,7 +75,9 @@ def load_hf(directory: str | Path, cls: type[nn.Module] | None = None) -> nn.Mod
     config, meta_state = hf_to_llmcore(hf_config, header)
     source = f"converted {config.extra.get('hf_model_type')} checkpoint"
     build_checked(lambda: _model_class(cls)(config), meta_state, source, size)
-    return from_hf(hf_config, read_state_dict(d), cls)
+    state = read_state_dict(d)
+    check_finite(state, str(d))
+    return from_hf(hf_config, state, cls)
 
 
 def parse_size(size: int | str) -> int:
