@@ -37,3 +37,15 @@ def tiny_gpt2_config() -> ModelConfig:
     """2 layers, d_model 32, GPT-2 style (learned positions, LayerNorm, GELU, tied head), vocab 128."""
     return ModelConfig(vocab_size=128, max_seq_len=64, d_model=32, n_layers=2, n_heads=4,
                        activation="gelu_tanh", pos_encoding="learned", norm="layernorm", bias=True)
+
+
+@pytest.fixture
+def clean_registry():
+    """Architectures registered inside the test are gone after it (the table is restored as it was)."""
+    from llmcore.registry import ARCHITECTURES
+
+    ARCHITECTURES.load_builtins()  # first, so the snapshot holds the built-ins
+    before = dict(ARCHITECTURES._table)
+    yield
+    ARCHITECTURES._table.clear()
+    ARCHITECTURES._table.update(before)

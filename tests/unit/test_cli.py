@@ -18,7 +18,6 @@ from llmcore.config import ModelConfig
 from llmcore.errors import ConfigError
 from llmcore.generation.config import GenerationConfig
 from llmcore.models import TransformerLM
-from llmcore.registry import ARCHITECTURES
 from llmcore.tokenizer import ByteTokenizer
 from llmcore.training import TrainConfig
 from llmcore.training.run import RunConfig
@@ -114,14 +113,6 @@ class PluginLM(TransformerLM):
 
 ARCHITECTURES.register("PluginLM", PluginLM)
 '''
-
-
-@pytest.fixture
-def clean_registry():
-    before = dict(ARCHITECTURES._table)
-    yield
-    ARCHITECTURES._table.clear()
-    ARCHITECTURES._table.update(before)
 
 
 def test_import_plugin_file_makes_arch_known_to_train(tmp_path, clean_registry, capsys):

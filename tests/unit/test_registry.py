@@ -95,14 +95,6 @@ def test_same_name_is_not_same_definition():
     assert not same_definition(make(1), make(2))
 
 
-@pytest.fixture
-def clean_registry():
-    before = dict(ARCHITECTURES._table)
-    yield
-    ARCHITECTURES._table.clear()
-    ARCHITECTURES._table.update(before)
-
-
 def test_plugins_of_one_file_name_in_two_folders_do_not_shadow(tmp_path, clean_registry):
     from llmcore.cli.common import import_plugin
 

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
+from helpers import one_line_error
 from llmcore import ModelConfig
-from llmcore.cli import main
 from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from llmcore.models.transformer import TransformerLM
 from llmcore.tokenizer import CharTokenizer
@@ -34,21 +34,6 @@ def models(tmp_path_factory):
     hostile = cfg.replace(extra={"translation": {"template": "{src:>2000000000}"}})
     TransformerLM(hostile).save_pretrained(root / "template", tokenizer=tok)
     return root
-
-
-def one_line_error(capsys, argv: list[str], command: str) -> str:
-    """Run ``llmcore argv``; assert exit status 2 and exactly one stderr line without a traceback."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse exits; the command's own errors return 2
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"llmcore {command}: error: "), lines[0]
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------- argparse

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import helpers
 from llmcore import ModelConfig
-from llmcore.cli import main
 from llmcore.errors import CheckpointError, DataError, GenerationError
 from llmcore.finetune.lora import LoRA, LoRALinear, load_adapter, save_adapter
 from llmcore.finetune.pairs import read_pairs
@@ -40,17 +40,7 @@ def models(tmp_path_factory):
 
 
 def one_line_error(capsys, argv: list[str], command: str) -> str:
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"llmcore {command}: "), lines[0]
-    return lines[0]
+    return helpers.one_line_error(capsys, argv, command, prefix="")
 
 
 # ------------------------------------------------------------------------------------------- 1. NaN logits
