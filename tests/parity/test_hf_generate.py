@@ -21,12 +21,6 @@ pytestmark = pytest.mark.parity
 VOCAB = 96
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: thread start-up costs more than it saves (conftest restores the count afterwards)."""
-    torch.set_num_threads(1)
-
-
 def _hf_model(kind: str):
     torch.manual_seed(0)
     if kind == "gpt2":

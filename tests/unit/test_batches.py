@@ -17,12 +17,6 @@ from llmcore.training import TrainConfig, Trainer
 from llmcore.training import checkpoint as ckpt
 from llmcore.translation.data import Seq2SeqPairs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 TOK = ByteTokenizer(specials=("<bos>", "<eos>", "<pad>", "<2zh>"))
 ROWS = [("a" * n, "好" * (n % 5 + 1)) for n in range(1, 30)]
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40

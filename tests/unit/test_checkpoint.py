@@ -23,11 +23,6 @@ from llmcore.training import TrainConfig, Trainer
 from llmcore.training import checkpoint as ckpt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def data(seed=0, n=600, V=32):
     g = torch.Generator().manual_seed(seed)
     return TokenDataset(torch.randint(0, V, (n,), generator=g), 8)

@@ -27,12 +27,6 @@ from llmcore.generation import (
 INF = float("inf")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: thread start-up costs more than it saves (conftest restores the count afterwards)."""
-    torch.set_num_threads(1)
-
-
 # ---------------------------------------------------------------------- mock models
 class MockCache:
     def __init__(self) -> None:

@@ -25,11 +25,6 @@ from llmcore.tokenizer import ByteTokenizer
 CTX = 16  # the tiny model's context: every test below runs past it
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def fresh_warning(monkeypatch):
     """The once-per-process warning, re-armed for one test (and restored afterwards)."""

@@ -13,7 +13,6 @@ from llmcore.models.lstm import LSTMLM, LSTMState
 
 @pytest.fixture
 def lstm() -> LSTMLM:
-    torch.set_num_threads(1)  # tiny ops: extra threads only spin (conftest restores the setting)
     return LSTMLM(ModelConfig(vocab_size=64, max_seq_len=32, d_model=32, n_layers=2, n_heads=4)).eval()
 
 
@@ -95,7 +94,6 @@ def test_save_load_round_trip(lstm, tmp_path):
 
 def test_learns_a_repeating_sequence():
     torch.manual_seed(0)
-    torch.set_num_threads(1)  # tiny ops: extra threads only spin (conftest restores the setting)
     model = LSTMLM(ModelConfig(vocab_size=16, max_seq_len=32, d_model=32, n_layers=1, n_heads=4))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     seq = torch.arange(16).repeat(3)[None]  # 0..15 0..15 ...

@@ -15,11 +15,6 @@ from llmcore.training import TrainConfig, Trainer
 from llmcore.training.checkpoint import latest_checkpoint, load_model_weights, read_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # tiny models: threads only add contention (conftest restores the count)
-
-
 class Rows:
     """A fixed set of (x, y) rows; sample_batch draws rows with the generator, iter_eval walks them in order."""
 

@@ -42,7 +42,6 @@ def tok() -> CharTokenizer:
 
 
 def tiny_seq2seq(tok) -> Seq2SeqTransformer:
-    torch.set_num_threads(1)
     return Seq2SeqTransformer(Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=24, d_model=32, n_layers=1,
                                             n_heads=4, pos_encoding="learned")).eval()
 
