@@ -137,8 +137,9 @@ def _fingerprint(config: RunConfig) -> dict[str, Any]:
             "val_fraction": config.val_fraction}
 
 
-def resume_data_differences(config: RunConfig, data_dir: Path) -> list[str]:
-    """What the command's data flags say differently from what ``data_dir`` was prepared from (empty: same).
+def resume_data_differences(wanted: dict[str, Any], data_dir: Path) -> list[str]:
+    """What the command's data fingerprint ``wanted`` (:func:`_fingerprint`) says differently from what
+    ``data_dir`` was prepared from (empty: the same).
 
     A resumed run continues on its own prepared data whatever the flags say (that is what "the same run"
     means); the differences are only reported. Without this rule ``--resume`` with the data flags left out
@@ -148,7 +149,7 @@ def resume_data_differences(config: RunConfig, data_dir: Path) -> list[str]:
     stamp = data_dir / "source.json"
     if not stamp.is_file():
         return []
-    saved, wanted = read_json(stamp, "data fingerprint"), _fingerprint(config)
+    saved = read_json(stamp, "data fingerprint")
 
     def show(key: str, value: Any) -> str:  # files as their paths (size and mtime are in source.json)
         return ", ".join(f[0] for f in value) if key == "files" and isinstance(value, list) else repr(value)
@@ -161,15 +162,16 @@ def _prepared(data_dir: Path) -> bool:
     return (data_dir / "tokenizer").is_dir() and (data_dir / "meta.json").is_file()
 
 
-def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv) -> Any:
-    """Tokenizer + ``data_dir/{train,val}.bin``; rank 0 builds them (unless already there), the others wait."""
+def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv, wanted: dict[str, Any]) -> Any:
+    """Tokenizer + ``data_dir/{train,val}.bin``; rank 0 builds them (unless already there), the others wait.
+
+    ``wanted`` is the command's data fingerprint (:func:`_fingerprint`), stamped as ``source.json``."""
     from ..data import build_tokenizer, prepare
     from ..rundir import write_text
     from ..tokenizer import load_tokenizer
 
     stamp = data_dir / "source.json"
     if env.is_main:
-        wanted = _fingerprint(config)
         if config.resume and _prepared(data_dir):
             fresh = False  # a resumed run continues on its own data (see resume_data_differences)
         else:
@@ -241,14 +243,15 @@ def train(config: RunConfig) -> dict[str, Any]:
         from . import checkpoint as ckpt
 
         ckpt.read_checkpoint(ckpt.find_resume_checkpoint(out))
-    if config.resume and (differ := resume_data_differences(config, out / "data")):
+    # the data exist and a prepared directory's meta.json is valid, before a byte is written
+    wanted = _fingerprint(config)
+    if config.resume and (differ := resume_data_differences(wanted, out / "data")):
         logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
                     "(%s) and are ignored.", out / "data", "; ".join(differ))
     from ..rundir import claim_dir, lock_dir, unlock_dir
     from . import distributed as dist
 
     cls = architecture(config.arch)
-    _fingerprint(config)  # the data exist and a prepared directory's meta.json is valid, before a byte is written
     env = dist.detect()
     if env.is_main:  # only rank 0 writes: it owns and locks the run directory before writing a byte
         claim_dir(out, "llmcore train")
@@ -260,7 +263,7 @@ def train(config: RunConfig) -> dict[str, Any]:
             unlock_dir(out)
         raise
     try:
-        tokenizer = prepare_run_data(config, out / "data", env)
+        tokenizer = prepare_run_data(config, out / "data", env, wanted)
         model_cfg = config.model_config(tokenizer.vocab_size)
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank and every run
         model = cls(model_cfg)
