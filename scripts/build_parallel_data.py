@@ -3,10 +3,11 @@
     python scripts/build_parallel_data.py /path/to/shared/data [src/llmcore/translation/data]
 
 An offline step run by maintainers, not part of the installed library: it reads the project's shared data
-folder (``bible-parallel/verses.tsv``, ``hsk-sentences/hsk_en_zh.tsv``, ``cc-cedict/cedict.tsv``), applies the
-cleaning rules described in :mod:`llmcore.translation.data` (Bible: empty sides, merged and flagged verses,
-length-ratio outliers, verses over ``MAX_EN_CHARS``; HSK: exact duplicates) and writes the three xz files that
-``load_parallel`` / ``load_cuv_text`` / ``load_dictionary`` read. The same inputs give the same bytes.
+folder (``bible-parallel/verses.tsv``, ``hsk-sentences/hsk_en_zh.tsv``, ``tatoeba-cmn/tatoeba_en_zh.tsv``,
+``cc-cedict/cedict.tsv``), applies the cleaning rules described in :mod:`llmcore.translation.data` (Bible: empty
+sides, merged and flagged verses, length-ratio outliers, verses over ``MAX_EN_CHARS``; HSK and Tatoeba: exact
+duplicates) and writes the four xz files that ``load_parallel`` / ``load_cuv_text`` / ``load_dictionary`` /
+``load_attribution`` read. The same inputs give the same bytes.
 Prints the statistics (pairs per source and split, rows dropped per rule) as JSON.
 """
 
@@ -25,12 +26,14 @@ from typing import Any
 
 from llmcore.errors import DataError, LLMCoreError
 from llmcore.translation.data import (
+    ATTRIBUTION_FILE,
     CUV_FILE,
     DATA_DIR,
     DICT_FILE,
     FLAGGED,
     MAX_EN_CHARS,
     PAIRS_FILE,
+    SOURCES,
     SPLITS,
     Pair,
     split_of,
@@ -91,6 +94,20 @@ def hsk_pairs(hsk_tsv: Path) -> list[Pair]:
     return pairs
 
 
+def tatoeba_pairs(tatoeba_tsv: Path) -> tuple[list[Pair], dict[str, str]]:
+    """All Tatoeba pairs (the Simplified-character column), exact (en, zh) duplicates removed, and each kept
+    pair's attribution (Tatoeba sentence numbers and contributors, which CC BY 2.0 FR asks to keep)."""
+    seen, pairs, credit = set(), [], {}
+    for i, r in enumerate(_read_tsv(tatoeba_tsv), start=1):
+        en, zh = r["en"].lstrip("\ufeff").strip(), r["zh_hans"].strip()  # the export starts with a BOM
+        if en and zh and (en, zh) not in seen:
+            seen.add((en, zh))
+            pair = Pair(f"tatoeba:{i}", "tatoeba", en, zh)
+            pairs.append(pair)
+            credit[pair.id] = r["attribution"].strip()
+    return pairs, credit
+
+
 def _write_xz(path: Path, text: str) -> None:
     with lzma.open(path, "wt", encoding="utf-8", preset=9 | lzma.PRESET_EXTREME) as f:
         f.write(text)
@@ -106,18 +123,20 @@ def build_parallel_data(shared_dir: str | Path, out_dir: str | Path = DATA_DIR) 
     out.mkdir(parents=True, exist_ok=True)
     bible, dropped = bible_pairs(shared / "bible-parallel" / "verses.tsv")
     hsk = hsk_pairs(shared / "hsk-sentences" / "hsk_en_zh.tsv")
-    pairs = bible + hsk
+    tatoeba, credit = tatoeba_pairs(shared / "tatoeba-cmn" / "tatoeba_en_zh.tsv")
+    pairs = bible + hsk + tatoeba
     bad = [p.id for p in pairs if "\t" in p.en + p.zh or "\n" in p.en + p.zh]
     if bad:
         raise DataError(f"Pairs {bad[:3]} contain tabs or newlines, which the TSV format cannot hold.")
     _write_xz(out / PAIRS_FILE, "id\tsource\ten\tzh\n" + "".join("\t".join(p) + "\n" for p in pairs))
+    _write_xz(out / ATTRIBUTION_FILE, "id\tattribution\n" + "".join(f"{k}\t{v}\n" for k, v in credit.items()))
     cuv = [r["zh_cuv"].strip() for r in _read_tsv(shared / "bible-parallel" / "verses.tsv")]
     _write_xz(out / CUV_FILE, "".join(v + "\n" for v in cuv if v))
     train = [p for p in pairs if split_of(p) == "train"]
     dictionary = build_dictionary(shared / "cc-cedict" / "cedict.tsv", train)
     _write_xz(out / DICT_FILE, "en\tzh\n" + "".join(f"{w}\t{z}\n" for w, z in sorted(dictionary.items())))
     stats: dict[str, Any] = {"dropped": dropped, "dictionary_words": len(dictionary)}
-    for source in ("bible", "hsk"):
+    for source in SOURCES:
         for split in SPLITS:
             stats[f"{source}_{split}"] = sum(p.source == source and split_of(p) == split for p in pairs)
     stats["bytes"] = {f.name: f.stat().st_size for f in sorted(out.glob("*.xz"))}
@@ -192,7 +211,8 @@ def build_dictionary(cedict_tsv: str | Path, train_pairs: Sequence[Any], min_cou
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shared_dir", help="the shared data folder (holds bible-parallel/, hsk-sentences/, cc-cedict/)")
+    p.add_argument("shared_dir", help="the shared data folder (holds bible-parallel/, hsk-sentences/, tatoeba-cmn/, "
+                   "cc-cedict/)")
     p.add_argument("out_dir", nargs="?", default=str(DATA_DIR), help="where to write (default: the package data)")
     args = p.parse_args(argv)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcore.translation import Pair, load_parallel
+from llmcore.translation import Pair, load_attribution, load_parallel
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_parallel_data.py"
 
@@ -40,6 +40,9 @@ def test_build_parallel_data_applies_the_cleaning_rules(build, tmp_path, capsys)
     _write(shared / "bible-parallel" / "verses.tsv", cols, verses)
     _write(shared / "hsk-sentences" / "hsk_en_zh.tsv", ["id", "hsk_level", "topic", "en", "zh_hans", "zh_hant", "pinyin"],
            [["hsk1-1", "1", "g", "Hello!", "你好！", "", ""], ["hsk1-2", "1", "g", "Hello!", "你好！", "", ""]])
+    _write(shared / "tatoeba-cmn" / "tatoeba_en_zh.tsv", ["en", "zh_hans", "zh_orig", "attribution"],
+           [["\ufeffHi.", "嗨。", "嗨。", "#1 (a) & #2 (b)"], ["Hi.", "嗨。", "嗨。", "#1 (a) & #3 (c)"],
+            ["Hi.", "你好。", "你好。", "#1 (a) & #4 (d)"]])
     _write(shared / "cc-cedict" / "cedict.tsv", ["traditional", "simplified", "pinyin", "english"],
            [["神", "神", "shen2", "God,deity"], ["天地", "天地", "tian1 di4", "heaven and earth,world"]])
     stats = build.build_parallel_data(shared, tmp_path / "out")
@@ -49,6 +52,9 @@ def test_build_parallel_data_applies_the_cleaning_rules(build, tmp_path, capsys)
                      "bible:Gen.1.10", "bible:John.8.2"}
     assert stats["dropped"] == {"empty_zh": 2, "merged_verse": 2, "empty_en": 1, "length_ratio": 1}
     assert {i for i in kept if i.startswith("hsk")} == {"hsk:hsk1-1"}  # duplicate pair removed
+    tatoeba = [p for p in load_parallel(None, data_dir=tmp_path / "out") if p.source == "tatoeba"]
+    assert [(p.id, p.en, p.zh) for p in tatoeba] == [("tatoeba:1", "Hi.", "嗨。"), ("tatoeba:3", "Hi.", "你好。")]
+    assert load_attribution(tmp_path / "out") == {"tatoeba:1": "#1 (a) & #2 (b)", "tatoeba:3": "#1 (a) & #4 (d)"}
     assert (tmp_path / "out" / "en_zh_dict.tsv.xz").is_file()
     # Same inputs, same bytes.
     first = (tmp_path / "out" / "en_zh_pairs.tsv.xz").read_bytes()

@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # root ``llmcore`` itself is the public-API facade, just below the command line).
 LAYERS: list[set[str]] = [
     {"errors", "lazy"},
-    {"config", "registry", "io", "inputs", "rundir"},
+    {"config", "registry", "io", "inputs", "rundir", "bundled"},
     {"tokenizer"},
     {"modules"},
     {"generation"},

@@ -27,6 +27,7 @@ from llmcore.translation import (
     chrf,
     copy_source,
     evaluate_translations,
+    load_attribution,
     load_parallel,
     split_of,
 )
@@ -49,17 +50,20 @@ def tiny_seq2seq(tok) -> Seq2SeqTransformer:
 # ------------------------------------------------------------------------------------------- data
 def test_shipped_splits_are_deterministic_and_disjoint():
     splits = {s: load_parallel(s) for s in ("train", "validation", "test")}
-    assert [len(v) for v in splits.values()] == [31700, 656, 889]  # the README's table; changes are deliberate
+    assert [len(v) for v in splits.values()] == [55695, 1324, 2340]  # the README's table; changes are deliberate
     ids = [p.id for v in splits.values() for p in v]
     assert len(ids) == len(set(ids)) == len(load_parallel(None))
     assert load_parallel("test") == splits["test"]  # same call, same answer
-    test_hsk = [p for p in splits["test"] if p.source == "hsk"]
-    assert len(test_hsk) == 387
-    # Whole Bible chapters and whole English HSK sentences stay on one side.
+    counts = {s: sum(p.source == s for p in splits["test"]) for s in ("bible", "hsk", "tatoeba")}
+    assert counts == {"bible": 502, "hsk": 223, "tatoeba": 1615}
+    # Whole Bible chapters, and every translation of one English sentence (from HSK or Tatoeba), on one side.
     side = {}
     for name, pairs in splits.items():
         for p in pairs:
             assert side.setdefault(p.split_key, name) == name
+    assert Pair("hsk:1", "hsk", "How are  you?", "a").split_key == Pair("tatoeba:9", "tatoeba", "how are you?", "b").split_key
+    assert len(load_attribution()) == sum(p.source == "tatoeba" for p in load_parallel(None))
+    assert "tatoeba.org" in load_attribution()["tatoeba:1"]
     # The rule is a pure function of the key, independent of file order or of the rest of the data.
     assert split_of(Pair("bible:Gen.1.1", "bible", "x", "y")) == split_of(Pair("bible:Gen.1.31", "bible", "a", "b"))
     with pytest.raises(DataError, match="Unknown split"):
@@ -186,9 +190,14 @@ def test_cli_translate(tok, tmp_path, capsys):
     assert "target-language tag '<2zh>'" in capsys.readouterr().err
 
 
-def test_cli_eval_translate(tok, tmp_path, capsys):
+def test_cli_eval_translate(tok, tmp_path, capsys, monkeypatch):
     import json
 
+    import llmcore.translation.data as data
+
+    # The memory baselines index the shipped training split (10 s); a fiftieth of it shows the same wiring.
+    full = data.load_parallel
+    monkeypatch.setattr(data, "load_parallel", lambda split, **kw: full(split, **kw)[::50])
     model = tiny_seq2seq(tok)
     model.save_pretrained(tmp_path / "m", tokenizer=tok)
     pairs = tmp_path / "pairs.tsv"
@@ -199,7 +208,9 @@ def test_cli_eval_translate(tok, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{pairs}: 4 pairs")
     rows = [json.loads(line) for line in lines[1:]]
-    assert [r["system"] for r in rows] == [str(tmp_path / "m"), "copy source", "CC-CEDICT word lookup"]
+    assert [r["system"] for r in rows[:4]] == [str(tmp_path / "m"), "copy source", "CC-CEDICT word lookup",
+                                               "translation memory"]
+    assert rows[4]["system"].startswith("memory + dictionary (cosine >= ")
     # The printed scores are those of the model's own translations, which were written to --hypotheses.
     hyps = hyp_file.read_text(encoding="utf-8").splitlines()
     assert hyps == Translator(model, tok).translate([s for s, _ in PAIRS], num_beams=2, no_repeat_ngram_size=2)

@@ -35,6 +35,7 @@ COMMANDS = [
     "llmcore.cli.classify",  # classify
     "llmcore.cli.generate",  # generate
     "llmcore.cli.translate",  # translate
+    "llmcore.cli.models",  # models (the bundled ready-trained ones)
     "llmcore.cli.convert",  # convert
     "llmcore.cli.sweep",  # sweep
     "llmcore.cli.plot",  # plot

@@ -316,10 +316,11 @@ def load_model_dir(directory: str | Path, device: Any = "cpu", merge: bool = Fal
     A LoRA adapter directory (``llmcore finetune --strategy lora``) loads as its base model with the adapter
     applied (:func:`llmcore.finetune.load_adapter_model`); ``merge`` folds it into plain linear layers.
     """
+    from ..bundled import resolve_model_dir
     from ..finetune.lora import is_adapter_dir, load_adapter_model
     from ..models import load_model
 
-    d = Path(directory)
+    d = resolve_model_dir(directory)
     if is_adapter_dir(d) and not (d / "config.json").is_file():
         return load_adapter_model(d, device=device, merge=merge)
     if not (d / "config.json").is_file():

@@ -18,6 +18,7 @@ from ..errors import DataError
 from ..generation.config import GenerationConfig
 from ..training.config import TrainConfig
 from .common import add_dataclass_args, add_model_command, given, make_config
+from .translate import TRANSLATE_DEFAULTS
 
 
 @dataclass
@@ -58,12 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "label_col"],
                        help=EVAL_HELP)
     add_dataclass_args(p, TrainConfig, ["batch_size", "device", "dtype"])
-    add_dataclass_args(p, GenerationConfig, ["num_beams", "no_repeat_ngram_size"],
+    add_dataclass_args(p, GenerationConfig, ["num_beams", "no_repeat_ngram_size"], defaults=TRANSLATE_DEFAULTS,
                        help={"num_beams": "translate: beam width (1 = greedy)",
                              "no_repeat_ngram_size": "translate: never repeat an n-gram of this many tokens in a "
                                                      "translation (0 = off)"})
     p.add_argument("--baselines", action="store_true",
-                   help="translate: also score copying the source and word-by-word CC-CEDICT lookup (en->zh)")
+                   help="translate: also score copying the source, word-by-word CC-CEDICT lookup, a translation "
+                        "memory (nearest training source by TF-IDF) and memory + dictionary (en->zh)")
     p.add_argument("--hypotheses", metavar="FILE", help="translate: write the translations here, one per line")
     p.set_defaults(func=run_eval)
 
@@ -71,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     opts = make_config(EvalConfig, given(args, EvalConfig))
     train = make_config(TrainConfig, given(args, TrainConfig, ["batch_size", "device", "dtype"]))
-    decoding = make_config(GenerationConfig, given(args, GenerationConfig, ["num_beams", "no_repeat_ngram_size"]))
+    decoding = make_config(GenerationConfig, given(args, GenerationConfig, ["num_beams", "no_repeat_ngram_size"],
+                                                   TRANSLATE_DEFAULTS))
     if args.task == "translate":
         return _translate(args, opts, train, decoding)
     if args.task == "classify":
@@ -145,8 +148,9 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
 
     from ..finetune.pairs import read_pairs
     from ..generation.config import check_decoding_memory
+    from ..translation.baselines import baseline_systems
     from ..translation.data import load_parallel
-    from ..translation.metrics import DictionaryBaseline, copy_source, evaluate_translations
+    from ..translation.metrics import evaluate_translations
     from ..translation.translator import Translator
     from .common import resolve_device
 
@@ -154,10 +158,13 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
         raise DataError(f"--task translate takes one pair file, got {len(args.data)}; concatenate them first.")
     if args.data:
         pairs, where = read_pairs(args.data[0], opts.src_col, opts.tgt_col), args.data[0]
+        subsets = [None] * len(pairs)
     else:
-        pairs, where = [(p.en, p.zh) for p in load_parallel(opts.split)], f"shipped en-zh {opts.split} split"
+        shipped = load_parallel(opts.split)
+        pairs, where = [(p.en, p.zh) for p in shipped], f"shipped en-zh {opts.split} split"
+        subsets = [p.source for p in shipped]  # scored per source (bible, hsk, tatoeba) as well as overall
     if opts.max_batches:
-        pairs = pairs[:opts.max_batches * train.batch_size]
+        pairs, subsets = pairs[:opts.max_batches * train.batch_size], subsets[:opts.max_batches * train.batch_size]
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     translator = Translator.from_pretrained(args.model, device=resolve_device(train.device))
     check_decoding_memory(decoding.replace(max_new_tokens=0), min(train.batch_size, max(len(sources), 1)),
@@ -168,11 +175,16 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
         Path(args.hypotheses).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     systems = {str(args.model): hyps}
     if args.baselines:
-        systems.update({"copy source": copy_source(sources), "CC-CEDICT word lookup": DictionaryBaseline()(sources)})
+        systems.update({name: f(sources) for name, f in baseline_systems().items()})
     print(f"{where}: {len(pairs)} pairs, sacrebleu tokenize={opts.bleu_tokenize!r}, beams={decoding.num_beams}, "
           f"no-repeat n-gram={decoding.no_repeat_ngram_size or 'off'}")
+    names = sorted({s for s in subsets if s is not None})
     for name, out in systems.items():
-        m = evaluate_translations(out, refs, tokenize=opts.bleu_tokenize)
-        print(json.dumps({"system": name, "bleu": round(m["bleu"], 2), "chrf": round(m["chrf"], 2)},
-                         ensure_ascii=False))
+        row = {"system": name}
+        for subset in ["all", *names] if len(names) > 1 else ["all"]:
+            idx = [i for i, s in enumerate(subsets) if subset in ("all", s)]
+            m = evaluate_translations([out[i] for i in idx], [refs[i] for i in idx], tokenize=opts.bleu_tokenize)
+            key = "" if subset == "all" else f"_{subset}"
+            row.update({f"bleu{key}": round(m["bleu"], 2), f"chrf{key}": round(m["chrf"], 2)})
+        print(json.dumps(row, ensure_ascii=False))
     return 0

@@ -1,6 +1,7 @@
 """``llmcore generate --model DIR --prompt TEXT``: continue a prompt with a saved model.
 
-DIR is a model directory (llmcore or Hugging Face format, any registered architecture) with its tokenizer in
+DIR is a model directory (llmcore or Hugging Face format, any registered architecture), or the name of a
+bundled model (``llmcore models``: ``shakespeare``, ``zh-lm``), with its tokenizer in
 ``DIR/tokenizer`` (or DIR itself).
 
 decoding:
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_model_command(subparsers, "generate", help="continue a prompt with a saved model", description=__doc__)
-    p.add_argument("--model", required=True, help="model directory (llmcore or Hugging Face format)")
+    p.add_argument("--model", required=True, help="model directory (llmcore or Hugging Face format) or bundled model "
+                   "name (llmcore models)")
     p.add_argument("--prompt", default="", help="text to continue (default: empty, start from the BOS token)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     p.add_argument("--do-sample", "--sample", dest="sample", action="store_true",

@@ -30,6 +30,7 @@ from ..io import (  # noqa: F401
     save_safetensors,
     tied_duplicates,
 )
+from ..bundled import missing_hint, resolve_model_dir
 from ..registry import ARCHITECTURES, same_definition
 
 
@@ -44,9 +45,10 @@ def read_model_dir(directory: str | Path) -> tuple[Path, dict[str, Any], str]:
 
     Raises CheckpointError for a missing directory, a missing or corrupt config.json, or one of neither kind.
     """
-    d = Path(directory)
+    d = resolve_model_dir(directory)
     if not d.is_dir():
-        raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained.")
+        raise CheckpointError(f"Model directory {d} does not exist; pass a directory written by save_pretrained."
+                              + missing_hint())
     meta = read_json(d / CONFIG_NAME)
     if meta.get("format") == "llmcore":
         if not isinstance(meta.get("config"), dict):

@@ -54,7 +54,9 @@ def generate_text(model_or_dir: nn.Module | str | os.PathLike, prompt: str | lis
     if isinstance(model_or_dir, (str, os.PathLike)):
         from .pretrained import load_model
 
-        directory = Path(model_or_dir)
+        from ..bundled import resolve_model_dir
+
+        directory = resolve_model_dir(model_or_dir)  # a bundled name ("zh-lm") or a directory
         model = load_model(directory, device=device or "cpu")
         tokenizer = tokenizer if tokenizer is not None else _tokenizer_for(directory)
     else:

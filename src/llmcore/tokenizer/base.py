@@ -361,9 +361,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     directory written by older llmcore versions (``tokenizer.json`` with a ``kind``), a model run directory
     containing a ``tokenizer/`` subdirectory, a Hugging Face directory (``tokenizer.json`` read by `tokenizers`
     when installed, else ``tokenizer.model``, else ``vocab.json`` + ``merges.txt``; see ``tokenizer/hf.py``),
-    one of those settings files, or a sentencepiece ``.model`` file trained elsewhere.
+    one of those settings files, a sentencepiece ``.model`` file trained elsewhere, or the name of a bundled
+    model (``llmcore models``) when no such path exists.
     """
-    path = Path(path)
+    from ..bundled import resolve_model_dir
+
+    path = resolve_model_dir(path)
     if not path.exists():
         raise TokenizerError(f"no tokenizer at {path}: the path does not exist")
     if path.is_file():

@@ -6,6 +6,8 @@
   ``scripts/build_parallel_data.py``.
 - :mod:`.metrics` — :func:`bleu` and :func:`chrf` (sacrebleu, optional), :class:`DictionaryBaseline` and
   :func:`copy_source`.
+- :mod:`.baselines` — :class:`TranslationMemory` (nearest training source by TF-IDF cosine) and
+  :class:`MemoryDictionaryBaseline` (memory above a threshold chosen on validation, else the dictionary).
 - ``llmcore translate`` (in :mod:`llmcore.cli.translate`) runs it from the command line (encoder-decoder or decoder-only models).
 
 The models live in :mod:`llmcore.models` (:class:`~llmcore.models.seq2seq.Seq2SeqTransformer`); decoding in
@@ -22,16 +24,20 @@ if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): imp
     from .data import (
         Pair,
         Seq2SeqPairs,
+        load_attribution,
         load_cuv_text,
         load_dictionary,
         load_parallel,
+        load_zh_text,
         split_of,
     )
+    from .baselines import MemoryDictionaryBaseline, TranslationMemory, baseline_systems
     from .metrics import DictionaryBaseline, bleu, chrf, copy_source, evaluate_translations
 
 __all__ = [
-    "Pair", "Seq2SeqPairs", "load_parallel", "load_cuv_text", "load_dictionary", "split_of",
+    "Pair", "Seq2SeqPairs", "load_parallel", "load_cuv_text", "load_zh_text", "load_dictionary", "load_attribution", "split_of",
     "bleu", "chrf", "evaluate_translations", "DictionaryBaseline", "copy_source",
+    "TranslationMemory", "MemoryDictionaryBaseline", "baseline_systems",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -1,6 +1,6 @@
 """The English→Chinese parallel corpus shipped with llmcore, its splits, and batches for the Trainer.
 
-Two sources, assembled once by ``scripts/build_parallel_data.py`` from the project's shared data folder into
+Three sources, assembled once by ``scripts/build_parallel_data.py`` from the project's shared data folder into
 ``llmcore/translation/data/`` (see the README there for sources and licences):
 
 * Bible verses, World English Bible (derived text) → Chinese Union Version 1919 (Simplified); public domain.
@@ -10,12 +10,15 @@ Two sources, assembled once by ``scripts/build_parallel_data.py`` from the proje
   Chinese/English character ratio lies outside [median/2, 2·median] are dropped as misaligned; and verses
   longer than :data:`MAX_EN_CHARS` English characters are left out to keep the examples CPU-sized.
 * HSK everyday sentences (CC-BY-SA-4.0, "hsk-sentences-audio contributors"): all pairs, exact duplicates removed.
+* Tatoeba everyday sentences (CC BY 2.0 FR, "Tatoeba (tatoeba.org)"): all pairs in Simplified characters, exact
+  duplicates removed; the contributors of every row are listed in ``tatoeba_attribution.tsv.xz`` beside it.
 
 Splits are a pure function of an example's *split key* (:func:`split_of`), never of file order, so they are
 stable across rebuilds and machines: SHA-1 of the key, modulo 1000. Bible verses are split by **chapter**
-(key ``bible:Gen.1``), so near-identical neighbouring verses never straddle train and test; HSK sentences
-by their lower-cased English text (``hsk:<text>``), so repeated English sentences with different Chinese
-stay on one side. Test takes 15‰ of Bible chapters and 100‰ of HSK keys; validation the next 15‰ / 50‰.
+(key ``bible:Gen.1``), so near-identical neighbouring verses never straddle train and test; the everyday
+sentences (HSK and Tatoeba alike) by their normalised English text (``everyday:<lower-cased, single-spaced
+English>``), so all translations of one English sentence, from either source, stay on one side. Test takes
+15‰ of Bible chapters and 60‰ of everyday keys; validation the next 15‰ / 30‰.
 
 At run time :func:`load_parallel` reads only the shipped files. :class:`Seq2SeqPairs` turns pairs into the
 dict batches (``tgt_ids``, ``src_ids``, ``src_mask``, ``labels``) on which a
@@ -42,17 +45,21 @@ DATA_DIR = Path(__file__).parent / "data"
 PAIRS_FILE = "en_zh_pairs.tsv.xz"  # id, source, en, zh
 CUV_FILE = "cuv_zh.txt.xz"  # the whole CUV (Simplified), one verse per line, book order
 DICT_FILE = "en_zh_dict.tsv.xz"  # English word -> Chinese word, for the dictionary baseline
+ATTRIBUTION_FILE = "tatoeba_attribution.tsv.xz"  # id, attribution (the CC BY 2.0 FR credit of each Tatoeba row)
 SPLITS = ("train", "validation", "test")
+SOURCES = ("bible", "hsk", "tatoeba")
 MAX_EN_CHARS = 240  # longest English verse kept (~95% of verses)
 # (test, validation) upper bounds in per-mille of the SHA-1 bucket, per source.
-SPLIT_PERMILLE = {"bible": (15, 30), "hsk": (100, 150)}
+# HSK and Tatoeba share one key space and so must share their bounds: one English sentence, one side.
+SPLIT_PERMILLE = {"bible": (15, 30), "hsk": (60, 90), "tatoeba": (60, 90)}
 # Rows whose alignment the source README flags: CUV versification differs (3 John 1:14, Rev 12:17, 13:1,
 # Rom 16:23-24) or the WEB moved the Romans doxology to the end of Rom 14:23.
 FLAGGED = {"3John.1.14", "Rev.12.17", "Rev.13.1", "Rom.16.23", "Rom.16.24", "Rom.14.23"}
 
 
 class Pair(NamedTuple):
-    """One parallel example: ``id`` (``bible:Gen.1.1`` / ``hsk:hsk1-0001``), ``source`` (bible|hsk), en, zh."""
+    """One parallel example: ``id`` (``bible:Gen.1.1`` / ``hsk:hsk1-0001`` / ``tatoeba:17``), ``source``
+    (bible|hsk|tatoeba), en, zh."""
 
     id: str
     source: str
@@ -63,7 +70,7 @@ class Pair(NamedTuple):
     def split_key(self) -> str:
         if self.source == "bible":
             return "bible:" + self.id.split(":", 1)[1].rsplit(".", 1)[0]  # the chapter
-        return "hsk:" + self.en.strip().lower()
+        return "everyday:" + " ".join(self.en.lower().split())
 
 
 def split_of(pair: Pair) -> str:
@@ -83,13 +90,13 @@ def _read_xz_lines(name: str, data_dir: Path | None) -> list[str]:
         return f.read().split("\n")
 
 
-def load_parallel(split: str | None = "train", sources: Sequence[str] = ("bible", "hsk"),
+def load_parallel(split: str | None = "train", sources: Sequence[str] = SOURCES,
                   data_dir: str | Path | None = None) -> list[Pair]:
     """The shipped English→Chinese pairs of one split (``None``: all), in file order.
 
     Args:
         split: ``"train"``, ``"validation"``, ``"test"`` or None.
-        sources: any of ``"bible"``, ``"hsk"``.
+        sources: any of ``"bible"``, ``"hsk"``, ``"tatoeba"`` (default: all three).
         data_dir: read from here instead of the package (e.g. a fresh ``scripts/build_parallel_data.py`` output).
     """
     if split is not None and split not in SPLITS:
@@ -114,6 +121,23 @@ def _pairs_with_splits(path: str, stamp: int | None) -> tuple[tuple[Pair, str], 
 def load_cuv_text(data_dir: str | Path | None = None) -> str:
     """The Chinese Union Version (1919, Simplified), one verse per line: ~1.05 M characters of Chinese text."""
     return "\n".join(line for line in _read_xz_lines(CUV_FILE, data_dir) if line) + "\n"
+
+
+def load_zh_text(split: str = "train", data_dir: str | Path | None = None) -> str:
+    """Chinese text for a Chinese language model: the Chinese side of every pair of ``split``, everyday
+    sentences (HSK, Tatoeba; each distinct sentence once) first, then the Bible verses, one per line.
+
+    Built from the pairs rather than the whole CUV so a model trained on ``"train"`` has seen no verse of a
+    validation or test chapter (about 1.2 M characters for ``"train"``)."""
+    everyday = dict.fromkeys(p.zh for p in load_parallel(split, sources=("hsk", "tatoeba"), data_dir=data_dir))
+    bible = [p.zh for p in load_parallel(split, sources=("bible",), data_dir=data_dir)]
+    return "\n".join([*everyday, *bible]) + "\n"
+
+
+def load_attribution(data_dir: str | Path | None = None) -> dict[str, str]:
+    """Pair id (``tatoeba:N``) → its Tatoeba credit (sentence numbers and contributors), as CC BY 2.0 FR asks."""
+    lines = _read_xz_lines(ATTRIBUTION_FILE, data_dir)
+    return dict(line.split("\t") for line in lines[1:] if line)
 
 
 def load_dictionary(data_dir: str | Path | None = None) -> dict[str, str]:

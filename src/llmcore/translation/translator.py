@@ -39,11 +39,12 @@ DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}
 def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The translator model in ``directory``: a Seq2SeqTransformer, or a decoder-only LM (any registered
     architecture, e.g. a TransformerLM or LSTMLM fine-tuned on translation pairs)."""
+    from ..bundled import resolve_model_dir
     from ..finetune.lora import is_adapter_dir, load_adapter_model
     from ..models import load_model
     from ..models.classifier import SequenceClassifier
 
-    d = Path(directory)
+    d = resolve_model_dir(directory)
     if is_adapter_dir(d) and not (d / CONFIG_NAME).is_file():  # a LoRA fine-tune: its base plus the adapter
         model = load_adapter_model(d, device=device)
     elif not (d / CONFIG_NAME).is_file():
@@ -96,9 +97,11 @@ class Translator:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu", **kwargs: Any) -> Translator:
         """Load model and tokenizer (``DIR/tokenizer``) from a saved directory."""
+        from ..bundled import resolve_model_dir
         from ..tokenizer import load_tokenizer
 
-        return cls(load_translation_model(directory, device), load_tokenizer(directory), **kwargs)
+        d = resolve_model_dir(directory)  # a bundled name ("en-zh") or a directory
+        return cls(load_translation_model(d, device), load_tokenizer(d), **kwargs)
 
     def _source_ids(self, text: str, index: int, budget: int, too_long: str) -> list[int]:
         """Token ids of one source (prompt, for a decoder-only model), cut to ``budget`` tokens if allowed."""
