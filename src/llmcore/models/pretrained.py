@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import io
+from ..bundled import missing_hint, resolve_model_dir
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
 
@@ -30,7 +31,6 @@ from ..io import (  # noqa: F401
     save_safetensors,
     tied_duplicates,
 )
-from ..bundled import missing_hint, resolve_model_dir
 from ..registry import ARCHITECTURES, same_definition
 
 

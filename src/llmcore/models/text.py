@@ -52,9 +52,8 @@ def generate_text(model_or_dir: nn.Module | str | os.PathLike, prompt: str | lis
     from ..generation.runner import continuations
 
     if isinstance(model_or_dir, (str, os.PathLike)):
-        from .pretrained import load_model
-
         from ..bundled import resolve_model_dir
+        from .pretrained import load_model
 
         directory = resolve_model_dir(model_or_dir)  # a bundled name ("zh-lm") or a directory
         model = load_model(directory, device=device or "cpu")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): importing the package loads no torch
+    from .baselines import MemoryDictionaryBaseline, TranslationMemory, baseline_systems
     from .data import (
         Pair,
         Seq2SeqPairs,
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): imp
         load_zh_text,
         split_of,
     )
-    from .baselines import MemoryDictionaryBaseline, TranslationMemory, baseline_systems
     from .metrics import DictionaryBaseline, bleu, chrf, copy_source, evaluate_translations
 
 __all__ = [
