@@ -79,7 +79,7 @@ def pair_rows(split: str) -> list[tuple[str, str]]:
 def translator_data(arch: str, tok: Any, max_len: int) -> tuple[Any, Any]:
     """The same pairs, encoded for the encoder-decoder or as prompt-masked sequences for a decoder-only LM."""
     train, val = pair_rows("train"), pair_rows("validation")
-    if arch == "seq2seq":
+    if arch == "seq2seq":  # (the LSTM and the decoder-only Transformer both read prompt-masked sequences)
         kw = dict(src_len=max_len, tgt_len=max_len, tgt_lang_tag=TAGS["tgt_lang_tag"])
         return Seq2SeqPairs(train, tok, bucket=8, **kw), Seq2SeqPairs(val, tok, **kw)
     kw = dict(template=TAGS["template"], src_lang_tag=TAGS["src_lang_tag"], tgt_lang_tag=TAGS["tgt_lang_tag"],
@@ -100,6 +100,12 @@ def build(name: str, r: dict[str, Any], arch: str, tok: Any, out: Path) -> tuple
                                 decoder_start_token_id=tok.token_to_id(TAGS["tgt_lang_tag"]),
                                 extra={"translation": TAGS})
             return Seq2SeqTransformer(cfg), train, val
+        if arch == "lstm":  # the recurrent baseline on the decoder-only route; d_model sets its width
+            from llmcore.models.lstm import LSTMLM
+
+            cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=2 * r["max_len"], d_model=r["d_model"],
+                              n_heads=1, n_layers=r["n_layers"], dropout=r["dropout"], extra={"translation": TAGS})
+            return LSTMLM(cfg), train, val
         # decoder-only: twice the blocks of one encoder-decoder stack, so about the same parameters
         cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=2 * r["max_len"], d_model=r["d_model"],
                           n_heads=r["n_heads"], n_layers=2 * r["n_layers"], **MODERN, dropout=r["dropout"],
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=sorted(RECIPES))
     ap.add_argument("--out", required=True, help="output directory (tokenizer/, run/, model/, result.json)")
-    ap.add_argument("--arch", choices=("seq2seq", "decoder"), default="seq2seq", help="en-zh only")
+    ap.add_argument("--arch", choices=("seq2seq", "decoder", "lstm"), default="seq2seq", help="en-zh only")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     ap.add_argument("--threads", type=int, default=1)

@@ -62,6 +62,38 @@ def test_nan_logits_raise_a_generation_error(models, diverged, sample):
         generate(model, ids, config=cfg)
 
 
+def test_nan_logits_in_beam_search_and_streaming_raise_before_any_token(models, diverged):
+    from llmcore.generation import stream
+
+    model = load_model(models[0] / "lm")
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(GenerationError, match="non-finite logits .* step 0"):
+        generate(model, ids, config=GenerationConfig(max_new_tokens=4, num_beams=3))
+    got = []
+    with pytest.raises(GenerationError, match="non-finite logits .* step 0"):
+        for tok in stream(model, ids, config=GenerationConfig(max_new_tokens=4)):  # greedy, no stop condition
+            got.append(tok)
+    assert got == []  # nothing chosen from NaN logits was handed out
+
+
+def test_nan_logits_mid_stream_stop_the_stream_at_that_step(models, monkeypatch):
+    from llmcore.generation import decode, stream
+
+    real, calls = decode.ModelRunner.logits, []
+
+    def nan_from_step_2(self, *a, **k):
+        calls.append(1)
+        out = real(self, *a, **k)
+        return out * float("nan") if len(calls) > 2 else out
+
+    monkeypatch.setattr(decode.ModelRunner, "logits", nan_from_step_2)
+    got = []
+    with pytest.raises(GenerationError, match="non-finite logits .* step 2"):
+        for tok in stream(load_model(models[0] / "lm"), torch.tensor([[1, 2, 3]]), config=GenerationConfig(max_new_tokens=6)):
+            got.append(tok)
+    assert len(got) == 2
+
+
 def test_nan_logits_through_the_cli(models, diverged, capsys):
     line = one_line_error(capsys, ["generate", "--model", str(models[0] / "lm"), "--prompt", "hello",
                                    "--max-new-tokens", "3", "--do-sample", "--seed", "0"], "generate")

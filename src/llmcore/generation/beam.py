@@ -30,7 +30,7 @@ import torch
 
 from ..modules import eval_mode
 from .config import GenerationConfig
-from .processors import Processor, apply_processors, build_processors
+from .processors import Processor, apply_processors, build_processors, nonfinite_error, nonfinite_rows
 from .runner import ModelRunner, grow, hits_stop_string, prepare, resolve_config, room
 
 _NEG = -1.0e9  # "impossible" score; finite so sums and comparisons stay well defined
@@ -97,7 +97,10 @@ def _search(model: torch.nn.Module, req: Any, B: int, K: int, tokenizer: Any,
             fin_seqs = grow(fin_seqs, cur + 1, L, req.pad_id)
             mask = grow(mask, cur + 1, L, 1) if mask is not None else None
         flat = running.view(B * K, running.shape[-1])
-        logp = torch.log_softmax(runner.logits(flat, cur, mask), dim=-1)  # (B*K, V)
+        logits = runner.logits(flat, cur, mask)  # (B*K, V)
+        if bool(nonfinite_rows(logits).any()):  # beam search syncs every step anyway: one more scalar read
+            raise nonfinite_error(cur - T)
+        logp = torch.log_softmax(logits, dim=-1)
         if procs:
             logp = apply_processors(procs, flat[:, :cur], logp)
         V = logp.shape[-1]

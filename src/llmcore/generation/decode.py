@@ -101,7 +101,10 @@ def stream(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     if config.num_beams > 1:
         raise GenerationError(f"stream() does not support beam search (num_beams={config.num_beams}): the best "
                               "hypothesis is only known at the end. Use generate() or num_beams=1.")
-    steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs)
+    # Streaming reads every token on the host anyway, so each step's finiteness check costs nothing extra and a
+    # token chosen from NaN logits is never yielded.
+    steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs,
+                    check_each_step=True)
     if tokenizer is None or text is False:
         for tok, _ in steps:
             yield tok
@@ -182,8 +185,8 @@ class TextDeltas:
 @torch.no_grad()
 def _decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
             config: GenerationConfig, tokenizer: Any, logits_processors: Sequence[Processor] | None,
-            model_kwargs: dict[str, Any] | None):
-    """The greedy / sampling loop as a generator.
+            model_kwargs: dict[str, Any] | None, check_each_step: bool = False):
+    """The greedy / sampling loop as a generator (``check_each_step``: see :func:`_decode_loop`).
 
     Yields ``(ids (B,), live)`` per step, ``live`` (B,) bool marking rows whose id is a real token (None
     when nothing can stop a row), and returns the full sequences (B, T + n).
@@ -191,11 +194,14 @@ def _decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: tor
     expand = config.num_return_sequences if config.is_sampling else 1
     req = prepare(model, input_ids, attention_mask, config, tokenizer, model_kwargs, expand=expand)
     with eval_mode(model):
-        return (yield from _decode_loop(model, req, tokenizer, logits_processors))
+        return (yield from _decode_loop(model, req, tokenizer, logits_processors, check_each_step))
 
 
 def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
-                 logits_processors: Sequence[Processor] | None):
+                 logits_processors: Sequence[Processor] | None, check_each_step: bool = False):
+    """Greedy decoding checks its logits for NaN / +inf on the device and reads the result where the loop
+    syncs anyway: at the first step (a broken model fails before any token is out), after each step's stop
+    check, at the end, and, with ``check_each_step`` (streaming), before every token is yielded."""
     cfg = req.config
     B, T = req.input_ids.shape
     N = cfg.max_new_tokens
@@ -244,6 +250,8 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
             tok = torch.where(unfinished, tok, req.pad_id)
         seq[:, cur] = tok
         cur += 1
+        if first_bad is not None and (check_each_step or step == 0):
+            _check_finite(first_bad)
         if eos is not None:  # out of place, so ``live`` keeps this step's state
             unfinished = unfinished & ~(tok == eos if eos.dim() == 0 else torch.isin(tok, eos))
         if stop_text is not None:
