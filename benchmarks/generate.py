@@ -107,7 +107,7 @@ def main() -> None:
           "|---|---|---|---|---|---|")
     from llmcore import ModelConfig
 
-    char = ModelConfig.from_preset("char-small", max_seq_len=272)
+    char = ModelConfig.from_preset("nanogpt", max_seq_len=272)
     for batch in (1, 8):
         print(cached_vs_uncached("char-small (4L, 128d)", char, batch, 16, 256, args.repeats), flush=True)
     if not args.quick:  # wider layers: compute, not per-call overhead, dominates a step

@@ -1,4 +1,4 @@
-"""Training-step wall time: llmcore's char-small vs an equivalent Hugging Face GPT2LMHeadModel.
+"""Training-step wall time: llmcore's nanogpt preset (char-small shapes, GPT-2 layout) vs an equivalent Hugging Face GPT2LMHeadModel.
 
     python benchmarks/train.py                 # 50 measured steps each, after 10 warm-up steps
     python benchmarks/train.py --steps 100 --threads 1
@@ -9,7 +9,7 @@ gradient clipping at 1.0, the loss computed outside the model with ``training.lm
 interleaved (ours, theirs, theirs, ours, ...) so background load hits both alike; the table reports medians.
 A third row times a full ``Trainer`` step (data sampling, accumulation bookkeeping, logging sync included).
 
-Differences that remain: char-small has no biases and uses exact GELU (nanoGPT's shakespeare-char setting,
+Differences that remain: the preset has no biases and uses exact GELU (nanoGPT's shakespeare-char setting,
 ``bias=False``); GPT-2 has biases and tanh-GELU. Needs ``transformers`` (the ``dev`` extra).
 """
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     B, T, V = args.batch_size, 64, 65
     torch.manual_seed(0)
-    ours = TransformerLM(ModelConfig.from_preset("char-small", vocab_size=V, max_seq_len=T))
+    ours = TransformerLM(ModelConfig.from_preset("nanogpt", vocab_size=V, max_seq_len=T))
     theirs = GPT2LMHeadModel(GPT2Config(n_layer=4, n_head=4, n_embd=128, n_positions=T, vocab_size=V,
                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
                                         eos_token_id=0))
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             return {"input_ids": data[idx, :-1], "labels": data[idx, 1:]}
 
     torch.manual_seed(0)
-    trainer_model = TransformerLM(ModelConfig.from_preset("char-small", vocab_size=V, max_seq_len=T))
+    trainer_model = TransformerLM(ModelConfig.from_preset("nanogpt", vocab_size=V, max_seq_len=T))
     trainer = Trainer(trainer_model, TrainConfig(max_steps=1, batch_size=B, progress=False, num_samples=0,
                                                  device="cpu"), Windows())
     trainer.fit()  # builds the optimizer; then time its step directly
     runs = {
-        "llmcore TransformerLM (char-small)": stepper(ours, lambda m, x: m(x)),
+        "llmcore TransformerLM (nanogpt preset)": stepper(ours, lambda m, x: m(x)),
         "HF GPT2LMHeadModel": stepper(theirs, lambda m, x: m(x).logits),
         "llmcore Trainer step (incl. data)": lambda i: trainer._train_step(i),
     }

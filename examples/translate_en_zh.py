@@ -9,7 +9,7 @@
    for ``--lm-minutes``; with ``--lm-pretrain-minutes`` it is first pretrained as a plain language model on
    both sides of the training pairs (ULMFiT's order: general LM, then the task). ``--decoder lstm`` trains
    the :class:`LSTMLM` baseline with the same recipe and budget instead.
-4. Each translates the test split (Bible chapters never seen in training + HSK everyday sentences) with beam
+4. Each translates the test split (Bible chapters never seen in training, HSK and Tatoeba everyday sentences) with beam
    search (``--num-beams``, 4 by default; no repeated token trigram, ``--no-repeat-ngram-size``);
    corpus BLEU (character-tokenized) and chrF are reported next to a word-by-word CC-CEDICT dictionary
    baseline and the copy-the-source baseline, plus sample translations including "Hello, how are you?".
@@ -101,7 +101,7 @@ def train(model: torch.nn.Module, data, val, minutes: float, lr: float, batch_si
 
 def score(name: str, hyps: list[str], test) -> dict:
     row = {"system": name}
-    for subset in ("all", "bible", "hsk"):
+    for subset in ("all", "bible", "hsk", "tatoeba"):
         idx = [i for i, p in enumerate(test) if subset in ("all", p.source)]
         m = evaluate_translations([hyps[i] for i in idx], [test[i].zh for i in idx])
         row[f"bleu_{subset}"], row[f"chrf_{subset}"] = round(m["bleu"], 2), round(m["chrf"], 2)
@@ -237,8 +237,8 @@ def main() -> None:
     results.append(score("dictionary (CC-CEDICT)", DictionaryBaseline()(sources), test))
     results.append(score("copy source", copy_source(sources), test))
 
-    cols = ["system", "bleu_all", "chrf_all", "bleu_bible", "chrf_bible", "bleu_hsk", "chrf_hsk", "train_min", "steps",
-            "val_loss"]
+    cols = ["system", "bleu_all", "chrf_all", "bleu_bible", "chrf_bible", "bleu_hsk", "chrf_hsk", "bleu_tatoeba",
+            "chrf_tatoeba", "train_min", "steps", "val_loss"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in results:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")

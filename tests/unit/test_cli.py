@@ -23,7 +23,7 @@ from llmcore.training import TrainConfig
 from llmcore.training.run import RunConfig
 
 COMMANDS = ["tokenizer", "prepare", "train", "eval", "finetune", "merge", "classify", "generate", "translate",
-            "convert", "sweep", "plot"]
+            "models", "convert", "sweep", "plot"]
 
 
 def help_text(capsys, *argv: str) -> str:
@@ -62,9 +62,9 @@ def shown_default(text: str, flag: str) -> str:
     ("train", "--val-fraction X", RunConfig, "val_fraction"),
     ("train", "--preset NAME", RunConfig, "preset"),
     ("eval", "--batch-size N", TrainConfig, "batch_size"),
-    ("eval", "--no-repeat-ngram-size N", GenerationConfig, "no_repeat_ngram_size"),
+    ("generate", "--no-repeat-ngram-size N", GenerationConfig, "no_repeat_ngram_size"),
     ("translate", "--batch-size N", TrainConfig, "batch_size"),
-    ("translate", "--num-beams N", GenerationConfig, "num_beams"),
+    ("generate", "--num-beams N", GenerationConfig, "num_beams"),
     ("generate", "--max-new-tokens N", GenerationConfig, "max_new_tokens"),
     ("generate", "--temperature X", GenerationConfig, "temperature"),
     ("finetune", "--batch-size N", TrainConfig, "batch_size"),
@@ -81,6 +81,16 @@ def test_finetune_defaults_are_the_named_overrides(capsys):
     assert shown_default(text, "--lr X") == str(FINETUNE_DEFAULTS["lr"]) != str(TrainConfig.lr)
     assert shown_default(text, "--max-steps N") == str(FINETUNE_DEFAULTS["max_steps"])
     assert shown_default(text, "--seed N") == str(TrainConfig.seed)
+
+
+def test_translate_and_eval_default_to_the_examples_decoding(capsys):
+    from llmcore.cli.translate import TRANSLATE_DEFAULTS
+
+    assert TRANSLATE_DEFAULTS == {"num_beams": 4, "no_repeat_ngram_size": 3}
+    for command in ("translate", "eval"):
+        text = help_text(capsys, command)
+        assert shown_default(text, "--num-beams N") == "4" != str(GenerationConfig.num_beams)
+        assert shown_default(text, "--no-repeat-ngram-size N") == "3"
 
 
 def test_one_flag_name_per_concept(capsys):

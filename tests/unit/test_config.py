@@ -15,9 +15,16 @@ def test_presets_build_and_round_trip(tmp_path):
         assert ModelConfig.from_json(path) == cfg
 
 
-def test_char_small_is_the_nanogpt_baby_gpt():
-    cfg = ModelConfig.from_preset("char-small")
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.max_seq_len) == (4, 4, 128, 64)
+def test_char_small_has_the_nanogpt_baby_gpt_shapes_and_parameter_count():
+    from llmcore import TransformerLM
+
+    modern, reference = ModelConfig.from_preset("char-small"), ModelConfig.from_preset("nanogpt")
+    for cfg in (modern, reference):
+        assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.max_seq_len) == (4, 4, 128, 64)
+    assert (modern.pos_encoding, modern.norm, modern.activation) == ("rope", "rmsnorm", "swiglu")
+    assert (reference.pos_encoding, reference.norm, reference.activation) == ("learned", "layernorm", "gelu")
+    sizes = [TransformerLM(c).num_parameters() for c in (modern, reference)]
+    assert sizes == [800_000, 804_096]  # the same budget: the modern default is not bigger
 
 
 def test_overrides_and_derived_fields():
