@@ -1,9 +1,10 @@
 """docs/guides/first-hour.md, executed: its code blocks run in order in one directory, as a reader would.
 
 The page's commands run as written except for the budget: step counts shrink and the ``small`` preset becomes
-``debug`` (``TINY`` below), so the walk-through checks that every step works and hands its output to the
-next, not what a trained model says. Python blocks run as they are; shell lines run through the CLI's
-``main()`` in this process (the same parser and code as the console script) and must exit 0.
+``debug`` (``TINY`` below), and evaluation and end-of-run samples shrink (``BUDGET``), so the walk-through
+checks that every step works and hands its output to the next, not what a trained model says. Python blocks
+run as they are; shell lines run through the CLI's ``main()`` in this process (the same parser and code as
+the console script) and must exit 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "first-hour.md"
 BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.S | re.M)
 TINY = [(r"--max-steps \d+", "--max-steps 2"), (r"--eval-interval \d+", "--eval-interval 2"),
         (r"--preset small", "--preset debug")]
+# Appended to a command by its verb. Budget only, every code path still runs: 2 eval batches instead of 20
+# (finetune evaluates 3 times), 8-token end-of-training samples instead of 200, `eval` over 2 batches instead
+# of the whole split. Together they took about 6 s of the 15 s the walk-through took here.
+BUDGET = {"train": ["--no-progress", "--set", "eval_batches=2", "--set", "sample_tokens=8"],
+          "finetune": ["--no-progress", "--set", "eval_batches=2"],
+          "eval": ["--max-batches", "2"]}
 
 
 def blocks() -> list[tuple[str, str]]:
@@ -57,7 +64,7 @@ def test_first_hour_walk_through(tmp_path, monkeypatch, capsys):
             exec(compile(code, str(PAGE), "exec"), {"__name__": "__first_hour__"})
             continue
         for argv in commands(code):
-            rc = main([*argv, "--no-progress"] if argv[0] in ("train", "finetune") else argv)
+            rc = main([*argv, *BUDGET.get(argv[0], [])])
             out, err = capsys.readouterr()
             assert rc == 0, f"llmcore {shlex.join(argv)} exited {rc}:\n{err}"
             if argv[0] in ("translate", "classify", "generate"):

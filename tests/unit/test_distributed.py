@@ -7,10 +7,12 @@ and builds only its own rows (``sample_batch(..., rows=)``), so 2 ranks x batch 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,45 +45,56 @@ def _train(batch_size: int, out_dir: str | None = None, unfreeze: bool = False) 
     return {"losses": losses, "val": vals, "params": [p.detach().flatten()[:50].tolist() for p in model.parameters()]}
 
 
-def _worker(rank: int, world: int, port: int, out: str, unfreeze: bool = False) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    result = _train(batch_size=2, out_dir=os.path.join(out, "run"), unfreeze=unfreeze)
+def _worker(rank: int, world: int, ports: dict[str, int], out: str) -> None:
+    """Both 2-process runs, one after the other (each Trainer joins and leaves its own process group)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    results = {}
+    for name, port in ports.items():  # a port per run: the first run's store may linger on its port
+        os.environ["MASTER_PORT"] = str(port)
+        results[name] = _train(batch_size=2, out_dir=os.path.join(out, name), unfreeze=name == "unfreeze")
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump(result, f)
+        json.dump(results, f)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all bound at once, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
-def _spawn(tmp_path, unfreeze: bool = False) -> list[dict]:
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """(the output root, each rank's results) of ONE 2-process launch that runs both DDP cases, "plain" and
+    "unfreeze" (GradualUnfreeze): starting two spawned interpreters costs seconds, the runs themselves less."""
+    out = tmp_path_factory.mktemp("ddp")
     # spawn, not fork: the parent has just run torch ops, and a child forked from a process whose OpenMP
     # thread pool is live can deadlock (a full-suite run hung here in this test). A spawned interpreter
     # re-imports torch, a few seconds. The join has a deadline so a hang fails the test instead of CI.
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), unfreeze), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 180
+    ports = dict(zip(("plain", "unfreeze"), _free_ports(2)))
+    ctx = mp.start_processes(_worker, args=(2, ports, str(out)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail("the 2-process gloo run did not finish in 180 s")
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+            pytest.fail("the 2-process gloo runs did not finish in 240 s")
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-def test_two_process_gloo_equals_one_process(tmp_path):
+def test_two_process_gloo_equals_one_process(ddp):
     single = _train(batch_size=4)
-    ranks = _spawn(tmp_path)
+    out, ranks = ddp
+    ranks = [r["plain"] for r in ranks]
     for r in ranks:
         assert r["losses"] == pytest.approx(single["losses"], abs=1e-5)
         assert r["val"] == pytest.approx(single["val"], abs=1e-5)
         for a, b in zip(r["params"], single["params"]):
             assert a == pytest.approx(b, abs=1e-5)
     assert ranks[0]["params"] == ranks[1]["params"]  # DDP keeps the replicas identical
-    run = tmp_path / "run"  # only rank 0 wrote, and the checkpoint loads in a single process
+    run = out / "plain"  # only rank 0 wrote, and the checkpoint loads in a single process
     assert (run / "trainer_state" / "ckpt-000004" / "trainer_state.json").is_file()
     assert TransformerLM.from_pretrained(run).config.vocab_size == 32
 
@@ -117,9 +130,9 @@ def test_device_resolution_and_unwrap():
     assert float(dist.all_reduce_sum(torch.tensor(2.0), env)) == 2.0
 
 
-def test_gradual_unfreeze_under_two_process_ddp_equals_one_process(tmp_path):
+def test_gradual_unfreeze_under_two_process_ddp_equals_one_process(ddp):
     single = _train(batch_size=4, unfreeze=True)
-    ranks = _spawn(tmp_path, unfreeze=True)
+    ranks = [r["unfreeze"] for r in ddp[1]]
     frozen_start = _train(batch_size=4)  # without the strategy the weights end elsewhere: the test can fail
     flat = [v for p in single["params"] for v in p]
     assert [v for p in frozen_start["params"] for v in p] != pytest.approx(flat, abs=1e-3)

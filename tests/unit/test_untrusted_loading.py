@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -47,16 +49,6 @@ def edit_config(d: Path, **fields) -> None:
     (d / "config.json").write_text(json.dumps(meta))
 
 
-def _limit_memory() -> None:  # before the fix some cases read /dev/zero: fail with MemoryError, not swap
-    resource.setrlimit(resource.RLIMIT_AS, (12 * 2**30, resource.RLIM_INFINITY))
-
-
-def run_cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "llmcore", *argv], capture_output=True, text=True,
-                          timeout=timeout, env=env, preexec_fn=_limit_memory)
-
-
 def assert_one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2, r.stderr[-2000:]
@@ -75,15 +67,9 @@ def run_in_process(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, code, "", err.getvalue())
 
 
-def convert_fails(src: Path, dst: Path, *words: str, timeout: float | None = None) -> str:
-    """``llmcore convert SRC DST`` fails in one line and creates nothing; ``timeout`` runs it in a subprocess
-    (for a FIFO or a device, which hung the old code)."""
-    argv = ("convert", str(src), str(dst), "--no-tokenizer")
-    try:
-        r = run_cli(*argv, timeout=timeout) if timeout else run_in_process(*argv)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"llmcore convert {src} hung for {timeout} s")
-    line = assert_one_line_error(r, *words)
+def convert_fails(src: Path, dst: Path, *words: str) -> str:
+    """``llmcore convert SRC DST`` (in-process) fails in one line and creates nothing."""
+    line = assert_one_line_error(run_in_process("convert", str(src), str(dst), "--no-tokenizer"), *words)
     assert not dst.exists()
     return line
 
@@ -139,12 +125,8 @@ def test_symlinked_shard_pointing_outside_is_refused(tmp_path):
         load_model(d)
 
 
-def test_weight_map_fifo_does_not_hang(tmp_path):
-    d = sharded(tmp_path, {})
-    shard = first_shard(d)
-    (d / shard).unlink()
-    os.mkfifo(d / shard)
-    convert_fails(d, tmp_path / "dst", "not a regular file", timeout=30)
+def test_weight_map_fifo_does_not_hang(in_child):
+    child_fails(in_child["a shard is a FIFO"], "not a regular file")
 
 
 @pytest.mark.parametrize("weight_map, words", [([["a", "b"]], "weight_map"), ({"w": 3}, "weight_map['w'] is 3")])
@@ -194,22 +176,9 @@ def test_tokenizer_model_file_outside_is_refused(tmp_path, name):
         load_tokenizer(d)
 
 
-def encode_fails(d: Path, *words: str) -> None:
-    try:
-        r = run_cli("tokenizer", "encode", "--tokenizer", str(d), "--text", "the fox", timeout=30)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"loading the tokenizer in {d} hung")
-    assert_one_line_error(r, *words)
-
-
-def test_tokenizer_model_file_symlink_to_dev_zero_and_fifo(tmp_path):
-    d = spm_dir(tmp_path)
-    (d / "tokenizer.model").unlink()
-    (d / "tokenizer.model").symlink_to("/dev/zero")
-    encode_fails(d, "outside")
-    (d / "tokenizer.model").unlink()
-    os.mkfifo(d / "tokenizer.model")
-    encode_fails(d, "not a regular file")
+def test_tokenizer_model_file_symlink_to_dev_zero_and_fifo(in_child):
+    child_fails(in_child["tokenizer.model links to /dev/zero"], "outside")
+    child_fails(in_child["tokenizer.model is a FIFO"], "not a regular file")
 
 
 def test_tokenizer_model_file_over_the_size_bound(tmp_path):
@@ -238,104 +207,58 @@ def test_hf_tokenizer_file_outside_is_refused(tmp_path):
         load_tokenizer(d)
 
 
-def test_tokenizer_error_through_the_cli(tmp_path):
-    src = save_tiny(tmp_path / "m")
-    tok = spm_dir(tmp_path)
-    tok.rename(src / "tokenizer")
-    set_setting(src / "tokenizer", model_file="/dev/zero")
-    r = run_cli("convert", str(src), str(tmp_path / "dst"))  # a subprocess: the old code read /dev/zero unbounded
-    assert_one_line_error(r, "/dev/zero", "outside")
-    assert not (tmp_path / "dst").exists()
+def test_tokenizer_error_through_the_cli(in_child):
+    child_fails(in_child["convert: the tokenizer's model_file is /dev/zero"], "/dev/zero", "outside")
 
 
 # ------------------------------------------------------------------------------------------ 2. bounded memory
-CHILD = textwrap.dedent("""
-    import contextlib, io, json, resource, sys, time
-    import torch, llmcore.cli, llmcore.models  # baseline: the libraries loaded
-    with open("/proc/self/status") as f:
-        vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))  # address space: +1 GiB at most
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    results = {}
-    for name, src, dst in json.loads(sys.argv[1]):
-        err, t = io.StringIO(), time.time()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                rc = llmcore.cli.main(["convert", src, dst, "--no-tokenizer"])
-            except BaseException as e:  # MemoryError before the fix
-                print(f"{type(e).__name__}: {e}", file=sys.stderr)
-                rc = 99
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # a high-water mark: cumulative over cases
-        results[name] = {"rc": rc, "err": err.getvalue(), "grown": (peak - base) * 1024, "seconds": time.time() - t}
-    print(json.dumps(results))
-""")
-
-
-def _hostile_cases(root: Path) -> dict[str, tuple[Path, tuple[str, ...]]]:
-    """name -> (a model directory whose config claims far more than its weights back, words of the error)."""
+def _hostile_cases(root: Path) -> dict[str, Path]:
+    """name -> a model directory whose config claims far more than its weights back."""
     cases = {}
     src = save_tiny(root / "vocab")
     edit_config(src, vocab_size=10**7)
-    cases["vocab_size 10**7"] = (src, ("shape mismatches", "tok_embeddings.weight"))
+    cases["vocab_size 10**7"] = src
     src = save_tiny(root / "seq")
     edit_config(src, max_seq_len=10**9)
-    cases["max_seq_len 10**9, RoPE"] = (src, ("max_seq_len=1000000000", "rotary.cos"))
+    cases["max_seq_len 10**9, RoPE"] = src
     src = save_tiny(root / "seqlearned", pos_encoding="learned")
     edit_config(src, max_seq_len=10**8)
-    cases["max_seq_len 10**8, learned"] = (src, ("shape mismatches", "pos_embeddings.weight"))
+    cases["max_seq_len 10**8, learned"] = src
     src = save_tiny(root / "layers")
     edit_config(src, n_layers=10**5)
-    cases["n_layers 10**5"] = (src, ("100000 layers",))
+    cases["n_layers 10**5"] = src
     src = root / "hfmissing"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({
         "model_type": "llama", "vocab_size": 10**7, "hidden_size": 256, "intermediate_size": 512,
         "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 128}))
     save_file({"lm_head.weight": torch.zeros(2, 2)}, str(src / "model.safetensors"))  # ~100 bytes
-    cases["HF config, missing tensors"] = (src, ("missing tensors",))
+    cases["HF config, missing tensors"] = src
     from llmcore.models.hf import save_hf
 
     src = save_hf(load_model(save_tiny(root / "lc")), root / "hfvocab")
     cfg = json.loads((src / "config.json").read_text())
     cfg["vocab_size"] = 10**8  # 12.8 GB of placeholder before the fix
     (src / "config.json").write_text(json.dumps(cfg))
-    cases["HF config, vocab 10**8 over real weights"] = (src, ("shape mismatches",))
+    cases["HF config, vocab 10**8 over real weights"] = src
     return cases
 
 
-@pytest.fixture(scope="module")
-def hostile_loads(tmp_path_factory) -> dict[str, tuple[Path, tuple[str, ...], dict]]:
-    """Every hostile case loaded by ``llmcore convert`` in ONE child process (one interpreter start-up), with
-    its exit status, stderr, peak-RSS growth over the libraries' baseline and time."""
-    root = tmp_path_factory.mktemp("hostile")
-    cases = _hostile_cases(root)
-    plan = [(name, str(src), str(root / f"dst{i}")) for i, (name, (src, _)) in enumerate(cases.items())]
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    try:
-        r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(plan)], capture_output=True, text=True,
-                           timeout=120, env=env)
-    except subprocess.TimeoutExpired:
-        pytest.fail("loading the hostile directories took over 120 s")
-    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
-    results = json.loads(r.stdout.strip().splitlines()[-1])
-    return {name: (src, words, {**results[name], "dst": Path(dst)})
-            for (name, (src, words)), (_, _, dst) in zip(cases.items(), plan)}
-
-
-@pytest.mark.parametrize("case", ["vocab_size 10**7", "max_seq_len 10**9, RoPE", "max_seq_len 10**8, learned",
-                                  "n_layers 10**5", "HF config, missing tensors",
-                                  "HF config, vocab 10**8 over real weights"])
-def test_hostile_config_costs_what_the_weights_file_costs(hostile_loads, case):
+@pytest.mark.parametrize("case, words", [pytest.param(case, words, id=case) for case, words in [
+    ("vocab_size 10**7", ("shape mismatches", "tok_embeddings.weight")),
+    ("max_seq_len 10**9, RoPE", ("max_seq_len=1000000000", "rotary.cos")),
+    ("max_seq_len 10**8, learned", ("shape mismatches", "pos_embeddings.weight")),
+    ("n_layers 10**5", ("100000 layers",)),
+    ("HF config, missing tensors", ("missing tensors",)),
+    ("HF config, vocab 10**8 over real weights", ("shape mismatches",)),
+]])
+def test_hostile_config_costs_what_the_weights_file_costs(in_child, case, words):
     """One line, exit 2, nothing written; peak RSS within 200 MiB + 4 x the weights on disk; under 20 s."""
-    src, words, out = hostile_loads[case]
-    weights = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-    lines = out["err"].strip().splitlines()
-    assert out["rc"] == 2 and len(lines) == 1 and "Traceback" not in out["err"], out["err"][-2000:]
-    for w in words:
-        assert w in lines[0], lines[0]
+    out = in_child[case]
+    weights = sum(f.stat().st_size for f in out["src"].glob("*.safetensors"))
+    child_fails(out, *words)
     assert out["grown"] < 200 * 2**20 + 4 * weights, f"peak RSS grew {out['grown'] / 2**20:.0f} MiB"
     assert out["seconds"] < 20, out
-    assert not out["dst"].exists()
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
@@ -365,12 +288,157 @@ def test_saved_model_still_loads_bit_identically(tmp_path):
             assert loaded.lm_head.weight is loaded.tok_embeddings.weight
 
 
-def test_config_json_fifo_or_device_is_refused(tmp_path):
+def test_config_json_fifo_or_device_is_refused(in_child):
     """config.json itself: a FIFO hung the reader, a link to /dev/zero read without bound."""
-    src = save_tiny(tmp_path / "m")
-    (src / "config.json").unlink()
-    os.mkfifo(src / "config.json")
-    convert_fails(src, tmp_path / "dst", "not a regular file", timeout=30)
-    (src / "config.json").unlink()
-    (src / "config.json").symlink_to("/dev/zero")
-    convert_fails(src, tmp_path / "dst", "not a regular file", timeout=30)
+    child_fails(in_child["config.json is a FIFO"], "not a regular file")
+    child_fails(in_child["config.json links to /dev/zero"], "not a regular file")
+
+
+# ----------------------------------------------------------------------------------- the cases run in a child
+# Cases that hung the old code (a FIFO), read /dev/zero without bound or allocated what a hostile config claims
+# run in a child process, under a deadline and an address-space cap, so they fail instead of hanging or
+# swapping. A fresh interpreter costs a torch import (2-3 s), so they all share ONE child: it runs each case's
+# ``llmcore`` argv through ``main()`` in turn, with its own stdout / stderr (the file descriptors, so output
+# from C++ counts too), and reports when each case begins and how it ended. The parent is the watchdog (a
+# FIFO blocks inside Rust / C++ code, where no signal handler runs): a case that runs past CASE_DEADLINE or
+# kills the child fails on its own, and a fresh child carries on with the cases after it.
+CASE_DEADLINE = 30  # seconds for one case; the child's start-up (imports) gets START_DEADLINE
+START_DEADLINE = 120
+CHILD = textwrap.dedent("""
+    import json, os, resource, sys, tempfile, time
+    import torch, llmcore.cli, llmcore.models  # baseline: the libraries loaded
+    with open("/proc/self/status") as f:
+        vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))  # address space: +1 GiB at most
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    plan, report = json.loads(sys.argv[1]), open(sys.argv[2], "w")
+
+    def say(**record):
+        report.write(json.dumps(record) + "\\n")
+        report.flush()
+
+    for name, argv in plan:
+        say(begin=name)
+        t = time.time()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            saved = os.dup(1), os.dup(2)
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            try:
+                rc = llmcore.cli.main(argv)
+            except SystemExit as e:  # argparse
+                rc = e.code
+            except BaseException as e:  # MemoryError before the fix
+                print(f"{type(e).__name__}: {e}", file=sys.stderr)
+                rc = 99
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for fd, copy in zip((1, 2), saved):
+                    os.dup2(copy, fd)
+                    os.close(copy)
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # a high-water mark: cumulative over cases
+        say(name=name, rc=rc, err=text, grown=(peak - base) * 1024, seconds=time.time() - t)
+""")
+
+
+def _child_cases(root: Path) -> dict[str, tuple[Path, Path | None, list[str]]]:
+    """name -> (the directory loaded, the DST that must not appear or None, the ``llmcore`` argv). The hostile
+    configs come first, so the cases after them cannot raise the peak RSS they are measured by."""
+    def convert(src: Path, *flags: str) -> tuple[Path, Path, list[str]]:
+        dst = src.with_name(src.name + "-dst")
+        return src, dst, ["convert", str(src), str(dst), *flags]
+
+    cases = {name: convert(src, "--no-tokenizer") for name, src in _hostile_cases(root / "hostile").items()}
+
+    d = sharded(root / "fifo-shard", {})  # test_weight_map_fifo_does_not_hang
+    shard = first_shard(d)
+    (d / shard).unlink()
+    os.mkfifo(d / shard)
+    cases["a shard is a FIFO"] = convert(d, "--no-tokenizer")
+
+    tok = spm_dir(root / "spm")  # test_tokenizer_model_file_symlink_to_dev_zero_and_fifo
+    for name, where, make in [("tokenizer.model links to /dev/zero", "tok-zero", lambda f: f.symlink_to("/dev/zero")),
+                              ("tokenizer.model is a FIFO", "tok-fifo", os.mkfifo)]:
+        d = Path(shutil.copytree(tok, root / where))
+        (d / "tokenizer.model").unlink()
+        make(d / "tokenizer.model")
+        cases[name] = d, None, ["tokenizer", "encode", "--tokenizer", str(d), "--text", "the fox"]
+
+    src = save_tiny(root / "tokzero" / "m")  # test_tokenizer_error_through_the_cli
+    shutil.copytree(tok, src / "tokenizer")
+    set_setting(src / "tokenizer", model_file="/dev/zero")
+    cases["convert: the tokenizer's model_file is /dev/zero"] = convert(src)  # with the tokenizer
+
+    for name, where, make in [("config.json is a FIFO", "cfg-fifo", os.mkfifo),  # test_config_json_fifo_or_...
+                              ("config.json links to /dev/zero", "cfg-zero", lambda f: f.symlink_to("/dev/zero"))]:
+        src = save_tiny(root / where / "m")
+        (src / "config.json").unlink()
+        make(src / "config.json")
+        cases[name] = convert(src, "--no-tokenizer")
+    return cases
+
+
+def _records(report: Path) -> list[dict]:
+    """The complete JSON lines the child has written to ``report`` so far."""
+    text = report.read_text() if report.exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
+def run_in_child(plan: list[tuple[str, list[str]]], root: Path) -> dict[str, dict]:
+    """name -> how ``llmcore ARGV`` ended in the shared child (see CHILD), or {"problem": why it has no end}."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    results: dict[str, dict] = {}
+    for attempt in itertools.count():  # one child, unless a case hangs or kills it
+        report, log = root / f"report{attempt}.jsonl", root / f"stderr{attempt}.txt"
+        with open(log, "w") as stderr:
+            child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(plan), str(report)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=stderr)
+        seen, current, since, hung = 0, None, time.monotonic(), False
+        while not hung:
+            exited = child.poll() is not None  # before reading the report, so an exit's last lines are read
+            records = _records(report)
+            for record in records[seen:]:
+                current = record.get("begin")  # None once the case that began last has ended
+                if current is None:
+                    results[record["name"]] = record
+                since = time.monotonic()
+            seen = len(records)
+            if exited:
+                break
+            hung = time.monotonic() - since > (CASE_DEADLINE if current else START_DEADLINE)
+            if hung:
+                child.kill()
+                child.wait()
+            time.sleep(0.05)
+        names = [name for name, _ in plan]
+        if current is None:  # every case it began has ended: the plan is done, or the child died between cases
+            why = f"the child exited {child.returncode} before this case: {log.read_text()[-2000:]}"
+            return {**results, **{name: {"problem": why} for name in names if name not in results}}
+        results[current] = {"problem": f"hung for {CASE_DEADLINE} s (the child was killed)" if hung else
+                            f"killed the child (exit {child.returncode}): {log.read_text()[-2000:]}"}
+        plan = plan[names.index(current) + 1:]
+        if not plan:
+            return results
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def in_child(tmp_path_factory) -> dict[str, dict]:
+    """name -> that case's outcome in the shared child: rc, err (its whole stderr), grown (peak-RSS growth
+    over the libraries' baseline), seconds, or instead a ``problem``; with its argv, src and dst."""
+    root = tmp_path_factory.mktemp("child")
+    cases = _child_cases(root)
+    results = run_in_child([(name, argv) for name, (_, _, argv) in cases.items()], root)
+    return {name: {**results[name], "argv": argv, "src": src, "dst": dst} for name, (src, dst, argv) in cases.items()}
+
+
+def child_fails(out: dict, *words: str) -> str:
+    """The case ``out`` of the shared child exited 2 with one stderr line (no traceback) holding ``words``,
+    within its deadline, and created no DST."""
+    assert "problem" not in out, f"llmcore {' '.join(out['argv'])}: {out['problem']}"
+    line = assert_one_line_error(subprocess.CompletedProcess(out["argv"], out["rc"], "", out["err"]), *words)
+    assert out["dst"] is None or not out["dst"].exists()
+    return line
