@@ -2,7 +2,6 @@
 
     python scripts/train_bundled.py en-zh --out runs/bundled/en-zh            # English→Chinese translator
     python scripts/train_bundled.py zh-lm --out runs/bundled/zh-lm            # everyday Chinese LM
-    python scripts/train_bundled.py shakespeare --out runs/bundled/shakespeare
     python scripts/train_bundled.py en-zh --out runs/bundled/en-zh --resume   # continue after a kill
     python scripts/export_bundled.py runs/bundled/en-zh/model en-zh           # into the package, fp16
 
@@ -10,8 +9,7 @@ A maintainer's script, not part of the installed library. Every recipe trains fo
 steps (never a wall-clock budget, so a rerun gives the same model), on one thread by default, with the
 Trainer's atomic checkpoints under ``OUT/run`` so ``--resume`` continues a killed run exactly. The trained
 model is written to ``OUT/model`` (``save_pretrained`` with its tokenizer) and its validation figures to
-``OUT/result.json``. The data is what ships in the package: the English–Chinese pairs and the bundled
-Shakespeare, training splits only.
+``OUT/result.json``. The data is what ships in the package (the English–Chinese pairs), training split only.
 
 ``--arch`` and ``--steps`` / ``--scale`` exist for the architecture comparison in docs/benchmarks.md
 (encoder-decoder vs decoder-only on the same tokens); the bundled models use the defaults.
@@ -31,7 +29,6 @@ import torch
 
 from llmcore import ModelConfig, TransformerLM
 from llmcore.data import TokenDataset
-from llmcore.data.corpora import read_text
 from llmcore.finetune import PairDataset
 from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from llmcore.tokenizer import SentencePieceTokenizer, load_tokenizer
@@ -45,11 +42,10 @@ MODERN = dict(pos_encoding="rope", norm="rmsnorm", activation="swiglu", bias=Fal
 RECIPES: dict[str, dict[str, Any]] = {
     "en-zh": dict(vocab_size=6000, d_model=256, n_layers=3, n_heads=4, dropout=0.1, steps=2000, batch=48,
                   lr=1e-3, warmup=200, label_smoothing=0.1, max_len=96),
-    "zh-lm": dict(vocab_size=4000, d_model=256, n_layers=4, n_heads=4, dropout=0.1, steps=1200, batch=16,
+    "zh-lm": dict(vocab_size=4000, d_model=256, n_layers=4, n_heads=4, dropout=0.1, steps=650, batch=16,
                   lr=2e-3, warmup=100, block=128),
-    "shakespeare": dict(vocab_size=2048, d_model=256, n_layers=4, n_heads=4, dropout=0.1, steps=1200, batch=32,
-                        lr=2e-3, warmup=100, block=128),
 }
+# The third bundled model, shakespeare, is a plain `llmcore train` run; its command is in models.json.
 
 
 class Log:
@@ -111,19 +107,11 @@ def build(name: str, r: dict[str, Any], arch: str, tok: Any, out: Path) -> tuple
                           n_heads=r["n_heads"], n_layers=2 * r["n_layers"], **MODERN, dropout=r["dropout"],
                           extra={"translation": TAGS})
         return TransformerLM(cfg), train, val
-    text = {"zh-lm": lambda s: load_zh_text(s), "shakespeare": shakespeare_split}[name]
-    train, val = (TokenDataset(np.asarray(tok.encode(text(s)), dtype=np.int64), block_size=r["block"])
+    train, val = (TokenDataset(np.asarray(tok.encode(load_zh_text(s)), dtype=np.int64), block_size=r["block"])
                   for s in ("train", "validation"))
     cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=r["block"], d_model=r["d_model"], n_heads=r["n_heads"],
                       n_layers=r["n_layers"], **MODERN, dropout=r["dropout"])
     return TransformerLM(cfg), train, val
-
-
-def shakespeare_split(split: str) -> str:
-    """The bundled complete works, the last tenth held out (the same split as ``llmcore train``'s default)."""
-    text = read_text(None)
-    cut = int(len(text) * 0.9)
-    return text[:cut] if split == "train" else text[cut:]
 
 
 def tokenizer(name: str, r: dict[str, Any], out: Path) -> Any:
@@ -135,10 +123,8 @@ def tokenizer(name: str, r: dict[str, Any], out: Path) -> Any:
         rows = pair_rows("train")
         texts, extra = [s for row in rows for s in row], dict(user_defined_symbols=[TAGS["src_lang_tag"],
                                                                                     TAGS["tgt_lang_tag"]])
-    elif name == "zh-lm":
-        texts, extra = load_zh_text("train").splitlines(), {}
     else:
-        texts, extra = shakespeare_split("train").splitlines(), {}
+        texts, extra = load_zh_text("train").splitlines(), {}
     tok = SentencePieceTokenizer.train(texts, vocab_size=r["vocab_size"], model_type="bpe", **extra)
     tok.save(path)
     return tok

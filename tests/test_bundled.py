@@ -76,3 +76,13 @@ def test_llmcore_models_lists_the_bundle(bundle, capsys):
     assert "en-zh  (translation)" in out and "listed-but-missing" not in out
     assert main(["models", "--json"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"tiny-lm", "en-zh"}
+
+
+def test_finetuning_a_bundled_model_by_name_records_where_its_base_lies(bundle, tmp_path, capsys):
+    (tmp_path / "text.txt").write_text("hello world, how are you? " * 40, encoding="utf-8")
+    assert main(["finetune", "--model", "tiny-lm", "--task", "lm", "--data", "text.txt", "--strategy", "lora",
+                 "--max-steps", "2", "--block-size", "16", "--out", "ft"]) == 0
+    saved = json.loads((tmp_path / "ft" / "adapter_config.json").read_text())["base_model"]
+    assert saved == str((bundle["root"] / "tiny-lm").resolve())  # the packaged directory, not ./tiny-lm
+    capsys.readouterr()
+    assert main(["generate", "--model", "ft", "--prompt", "hello", "--max-new-tokens", "3"]) == 0

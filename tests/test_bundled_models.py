@@ -35,7 +35,7 @@ def test_the_bundle_is_complete_and_within_its_size_budget():
         files = [p for p in (BUNDLED_DIR / name).rglob("*") if p.is_file()]
         sizes[name] = sum(p.stat().st_size for p in files)
         assert sizes[name] == entry["bytes"], name  # the index describes what is on disk
-        assert entry["metrics"] and entry["command"].startswith("python scripts/train_bundled.py"), name
+        assert entry["metrics"] and entry["command"].startswith(("python scripts/train_bundled.py", "llmcore train")), name
     assert max(sizes.values()) <= 15 * 2**20 and sum(sizes.values()) <= 40 * 2**20, sizes
 
 

@@ -48,7 +48,7 @@ EVAL_HELP = {"max_batches": "stop after N batches (default: all)",
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_model_command(subparsers, "eval", description=__doc__,
                           help="loss / perplexity / token accuracy, or BLEU / chrF of a translator")
-    p.add_argument("--model", required=True, metavar="DIR", help="model (run) directory")
+    p.add_argument("--model", required=True, metavar="DIR", help="model (run) directory or bundled model name")
     p.add_argument("--task", choices=["lm", "translate", "classify"], default="lm",
                    help="what to measure (default: lm)")
     p.add_argument("--data", nargs="+", action="extend", metavar="PATH",

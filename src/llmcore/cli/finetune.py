@@ -45,7 +45,8 @@ TASKS = ("lm", "pairs", "classify")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_model_command(subparsers, "finetune", help="fine-tune a saved model (full, frozen, ULMFiT, LoRA)",
                           description=__doc__)
-    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer/)")
+    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer/) or "
+                   "bundled model name (llmcore models)")
     p.add_argument("--data", required=True, help="text file (lm) or TSV/JSONL file (pairs, classify)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
@@ -170,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = train_config(args)  # bad flags fail before the model loads
     val_fraction = getattr(args, "val_fraction", field_default(RunConfig, "val_fraction"))
     _check_fraction(val_fraction)
-    model_dir, out = Path(args.model), Path(args.out)
+    from ..bundled import resolve_model_dir
+
+    model_dir, out = resolve_model_dir(args.model), Path(args.out)  # a bundled name resolves to its package dir
     lm = load_model_dir(model_dir, merge=True)  # an adapter directory fine-tunes as its merged model
     try:
         tok = load_tokenizer(model_dir)
