@@ -12,18 +12,13 @@ import pytest
 from llmcore import TransformerLM, generate_text
 from llmcore.bundled import BUNDLED_DIR, bundled_models
 from llmcore.cli import main
-from llmcore.translation.translator import Translator
 
-NAMES = {"en-zh", "zh-lm", "shakespeare"}
+# en-zh is not bundled yet: the first training run (2000 steps) lost to word-by-word dictionary lookup, so it
+# was not shipped (issue 14). The name resolution of a bundled translator is tested in tests/test_bundled.py.
+NAMES = {"zh-lm", "shakespeare"}
 GREEDY = {  # name -> (prompt, the first 24 new tokens, greedy)
-    "shakespeare": ("ROMEO:", None),
-    "zh-lm": ("我今天去了", None),
-}
-TRANSLATIONS = {  # 4 beams, no repeated trigram: what `llmcore translate` does by default
-    "Hello, how are you?": None,
-    "Thank you very much.": None,
-    "Where is the train station?": None,
-    "I went to the park today.": None,
+    "shakespeare": ("ROMEO:", "\n\n[Enter CORSON.]\n\nSUFFOLK.\nI am a man, and I"),
+    "zh-lm": ("我今天去了", "。\n我喜欢我去看看。\n我喜欢我的房间。\n我喜欢我的房间。\n我喜欢"),
 }
 
 
@@ -42,16 +37,14 @@ def test_the_bundle_is_complete_and_within_its_size_budget():
 @pytest.mark.parametrize("name", sorted(GREEDY))
 def test_a_bundled_language_model_generates_its_fixed_greedy_text(name):
     prompt, expected = GREEDY[name]
-    model = TransformerLM.from_pretrained(name)
-    assert generate_text(model if False else name, prompt, max_new_tokens=24) == expected
+    assert isinstance(TransformerLM.from_pretrained(name), TransformerLM)
+    assert generate_text(name, prompt, max_new_tokens=24) == expected
 
 
-def test_the_bundled_translator_gives_its_fixed_translations(capsys):
-    translator = Translator.from_pretrained("en-zh")
-    sources = list(TRANSLATIONS)
-    assert translator.translate(sources, num_beams=4, no_repeat_ngram_size=3) == list(TRANSLATIONS.values())
-    assert main(["translate", sources[0]]) == 0  # no --model: the bundled en-zh, with the same decoding
-    assert capsys.readouterr().out == TRANSLATIONS[sources[0]] + "\n"
+def test_translate_without_a_model_says_what_to_pass(capsys):
+    assert main(["translate", "Hello, how are you?"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no bundled en-zh translator" in err and "--model DIR" in err
 
 
 def test_llmcore_models_lists_the_bundle(capsys):

@@ -87,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-new-tokens {args.max_new_tokens} is invalid: it must be in [1, "
                           f"{MAX_NEW_TOKENS_LIMIT:,}] (omit it for the default budget, 2 x source + 10 tokens).")
     lines = read_inputs(args)
+    if args.model == DEFAULT_MODEL:
+        from ..bundled import resolve_model_dir
+
+        if not resolve_model_dir(args.model).is_dir():
+            raise ConfigError(f"This installation has no bundled {DEFAULT_MODEL} translator (llmcore models lists "
+                              "what it has); pass --model DIR, a translator you trained (docs/guides/translate.md).")
     translator = Translator.from_pretrained(args.model, device=resolve_device(train.device),
                                             src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag)
     # Sources and outputs both fit the model's context: a bound on the tokens of every row.
