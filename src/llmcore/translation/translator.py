@@ -39,7 +39,7 @@ DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}
 def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The translator model in ``directory``: a Seq2SeqTransformer, or a decoder-only LM (any registered
     architecture, e.g. a TransformerLM or LSTMLM fine-tuned on translation pairs)."""
-    from ..bundled import resolve_model_dir
+    from ..bundled import missing_hint, resolve_model_dir
     from ..finetune.lora import is_adapter_dir, load_adapter_model
     from ..models import load_model
     from ..models.classifier import SequenceClassifier
@@ -48,7 +48,8 @@ def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.
     if is_adapter_dir(d) and not (d / CONFIG_NAME).is_file():  # a LoRA fine-tune: its base plus the adapter
         model = load_adapter_model(d, device=device)
     elif not (d / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{d} has no {CONFIG_NAME}; pass a model directory written by save_pretrained.")
+        raise CheckpointError(f"{d} has no {CONFIG_NAME}; pass a model directory written by save_pretrained."
+                              + missing_hint())
     else:
         model = load_model(d, device=device)
     if isinstance(model, SequenceClassifier):
