@@ -11,9 +11,11 @@ checkpointing all share one reader and one writer without importing each other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,12 +147,43 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def _write_beside(path: Path, write: Callable[[int, str], None]) -> None:
+    """Write ``path`` atomically: ``write(fd, temp_name)`` fills a fresh temporary file in the same directory,
+    which then replaces ``path``.
+
+    The temporary file gets an unpredictable name, created with ``O_EXCL | O_NOFOLLOW`` (``tempfile.mkstemp``),
+    so a symlink planted in the directory (``model.safetensors.tmp -> ~/.bashrc``) is never written through;
+    ``os.replace`` replaces a symlink at ``path`` itself rather than its target. A failed write (disk full)
+    removes the temporary file and re-raises.
+    """
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make saved models unreadable to other users
+        write(fd, name)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never through a planted symlink)."""
+
+    def write(fd: int, name: str) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    _write_beside(Path(path), write)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON through a temporary file and a rename."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -158,10 +191,9 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
     """Write tensors to ``path`` via a temporary file and rename, so a crash never leaves a half file."""
     from safetensors.torch import save_file
 
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {})
-    os.replace(tmp, p)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    # save_file opens the name it is given; that name was just created by this process (see _write_beside).
+    _write_beside(Path(path), lambda fd, name: save_file(tensors, name, metadata=metadata or {}))
 
 
 def weight_files(directory: str | os.PathLike) -> list[Path]:

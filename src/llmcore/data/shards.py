@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError, TokenizerError
-from ..io import read_json
+from ..io import atomic_write_bytes, read_json
 from . import corpora
 
 META_FILE = "meta.json"
@@ -318,9 +318,7 @@ def prepare(
         "sources": source.names,
         "chunk_chars": chunk_chars,
     }
-    tmp_meta = out / (META_FILE + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp_meta, out / META_FILE)
+    atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return meta
 
 

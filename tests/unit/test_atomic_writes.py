@@ -1,0 +1,43 @@
+"""Atomic writes never go through a planted symlink and leave nothing behind when they fail (issue 16: "never
+write through a symlink"; save_pretrained called directly, outside a run directory's own checks)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from llmcore import ModelConfig, TransformerLM
+from llmcore.io import atomic_write_json, save_safetensors
+
+
+def test_planted_temporary_and_target_symlinks_are_not_written_through(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep me", encoding="utf-8")
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    # The names the old code wrote its temporary files to, and the final names, all pointing at the secret.
+    for name in ("config.json.tmp", "model.safetensors.tmp", "model.safetensors"):
+        (model_dir / name).symlink_to(secret)
+    TransformerLM(ModelConfig.from_preset("debug")).save_pretrained(model_dir)
+    assert secret.read_text(encoding="utf-8") == "keep me"
+    assert not (model_dir / "model.safetensors").is_symlink()  # the link itself was replaced by the real file
+    assert TransformerLM.from_pretrained(model_dir).config.d_model == 32
+    assert oct((model_dir / "config.json").stat().st_mode & 0o777) == "0o644"  # readable, as before
+
+
+def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def disk_full(tensors, name, metadata=None):  # half a file written, then the disk is full
+        with open(name, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_safetensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    assert os.listdir(tmp_path) == []
+    atomic_write_json(tmp_path / "a.json", {"b": 1})
+    assert os.listdir(tmp_path) == ["a.json"]
