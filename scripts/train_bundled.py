@@ -3,7 +3,8 @@
     python scripts/train_bundled.py en-zh --out runs/bundled/en-zh            # English→Chinese translator
     python scripts/train_bundled.py zh-lm --out runs/bundled/zh-lm            # everyday Chinese LM
     python scripts/train_bundled.py en-zh --out runs/bundled/en-zh --resume   # continue after a kill
-    python scripts/export_bundled.py runs/bundled/en-zh/model en-zh           # into the package, fp16
+    python scripts/eval_bundled.py en-zh runs/bundled/en-zh                   # test split, baselines
+    python scripts/export_bundled.py en-zh runs/bundled/en-zh --trained "..." # into the package, fp16
 
 A maintainer's script, not part of the installed library. Every recipe trains for a fixed number of optimizer
 steps (never a wall-clock budget, so a rerun gives the same model), on one thread by default, with the
@@ -11,8 +12,9 @@ Trainer's atomic checkpoints under ``OUT/run`` so ``--resume`` continues a kille
 model is written to ``OUT/model`` (``save_pretrained`` with its tokenizer) and its validation figures to
 ``OUT/result.json``. The data is what ships in the package (the English–Chinese pairs), training split only.
 
-``--arch`` and ``--steps`` / ``--scale`` exist for the architecture comparison in docs/benchmarks.md
-(encoder-decoder vs decoder-only on the same tokens); the bundled models use the defaults.
+``--arch``, ``--steps`` and ``--set KEY=VALUE`` (a recipe value, e.g. ``--set d_model=128``) exist for the
+architecture comparison in docs/benchmarks.md (encoder-decoder vs decoder-only vs LSTM on the same tokens); the
+bundled models use the defaults.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     with curve_file.open("a", encoding="utf-8") as f:
         for row in log.curve:
             f.write(json.dumps(row) + "\n")
-    result = {"name": args.name, "arch": args.arch, "recipe": r, "parameters": model.num_parameters(),
+    result = {"name": args.name, "arch": args.arch if args.name == "en-zh" else "lm", "recipe": r, "parameters": model.num_parameters(),
               "steps": summary["steps"], "val_loss": round(full["val_loss"], 4),
               "train_seconds_this_process": round(time.perf_counter() - log.start, 1)}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
