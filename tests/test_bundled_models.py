@@ -52,3 +52,14 @@ def test_llmcore_models_lists_the_bundle(capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert f"\n{name}  (" in "\n" + out, name
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_listing_quietly():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "llmcore", "models"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # like `llmcore models | head -0`: nobody reads what it prints
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 141 and err == "", err

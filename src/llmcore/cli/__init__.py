@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 import typing
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "imports"):  # a command that builds or loads a model: make user architectures known
             load_plugins(args.imports)
         result = args.func(args)
+        sys.stdout.flush()  # here, so a reader that closed the pipe early is handled below, not at exit
     except LLMCoreError as e:
         if args.debug:
             raise
@@ -131,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"llmcore {args.command}: {interrupted_message(args, e)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `llmcore models | head`: the reader left; stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     return int(result or 0)
 
 

@@ -364,11 +364,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     one of those settings files, a sentencepiece ``.model`` file trained elsewhere, or the name of a bundled
     model (``llmcore models``) when no such path exists.
     """
-    from ..bundled import resolve_model_dir
+    from ..bundled import missing_hint, resolve_model_dir
 
     path = resolve_model_dir(path)
     if not path.exists():
-        raise TokenizerError(f"no tokenizer at {path}: the path does not exist")
+        raise TokenizerError(f"no tokenizer at {path}: the path does not exist." + missing_hint())
     if path.is_file():
         if path.name in (TOKENIZER_FILE, LEGACY_TOKENIZER_FILE):
             return load_tokenizer(path.parent)
