@@ -138,7 +138,9 @@ class ModelConfig:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            from .io import atomic_write_bytes  # same layer; imported here so config loads without io
+
+            atomic_write_bytes(path, (text + "\n").encode("utf-8"))
         return text
 
     @classmethod

@@ -41,3 +41,23 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
     atomic_write_json(tmp_path / "a.json", {"b": 1})
     assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_a_saved_tokenizer_replaces_planted_links_instead_of_following_them(tmp_path):
+    from llmcore.tokenizer import SentencePieceTokenizer, load_tokenizer
+
+    text = [f"line {i} of some text to train on, with words and more words" for i in range(200)]
+    tok = SentencePieceTokenizer.train(text, vocab_size=320)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep me", encoding="utf-8")
+    d = tmp_path / "m" / "tokenizer"
+    d.mkdir(parents=True)
+    for name in ("tokenizer.model", "llmcore_tokenizer.json"):
+        (d / name).symlink_to(secret)
+    TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size)).save_pretrained(tmp_path / "m",
+                                                                                              tokenizer=tok)
+    assert secret.read_text(encoding="utf-8") == "keep me"
+    assert load_tokenizer(tmp_path / "m").encode("line 3") == tok.encode("line 3")
+    tok.save_hf(tmp_path / "hf")  # the Hugging Face files go the same way
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["special_tokens_map.json", "tokenizer.model",
+                                                                   "tokenizer_config.json"]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import TokenizerError
-from ..io import read_json
+from ..io import atomic_write_bytes, read_json
 from .hf import GPT2_FILES, INSTALL_HINT, SPM_MODEL_FILE, hf_sentencepiece, tokenizers_available
 
 if TYPE_CHECKING:  # torch is imported lazily: ``llmcore tokenizer --help`` should not pay for it
@@ -279,9 +279,8 @@ class Tokenizer(abc.ABC):
         directory.mkdir(parents=True, exist_ok=True)
         self._save_files(directory)
         meta = {"kind": self.kind, "format_version": FORMAT_VERSION, **self._settings()}
-        with open(directory / TOKENIZER_FILE, "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+        # atomic, and never through a symlink planted in the directory (see llmcore.io)
+        atomic_write_bytes(directory / TOKENIZER_FILE, (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode())
         return directory
 
     @classmethod

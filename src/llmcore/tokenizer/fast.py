@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
-from ..io import MAX_JSON_BYTES, confined_file, read_bounded
+from ..io import MAX_JSON_BYTES, atomic_write_bytes, confined_file, read_bounded
 from .base import Tokenizer
 from .hf import (
     GPT2_FILES,
@@ -156,7 +156,7 @@ class HFTokenizer(Tokenizer):
         """Write ``tokenizer.json`` (as read) + ``tokenizer_config.json`` + ``special_tokens_map.json``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / HF_TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")
+        atomic_write_bytes(d / HF_TOKENIZER_FILE, self.tokenizer_json.encode("utf-8"))
         config = dict(self.hf_config)
         config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
         write_hf_configs(d, config, dict(self.roles))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
-from ..io import read_json
+from ..io import atomic_write_bytes, read_json
 
 HF_CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # read in this order, later ones win
 SPM_MODEL_FILE = "tokenizer.model"
@@ -75,9 +75,7 @@ def write_hf_configs(directory: Path, config: dict[str, Any], roles: dict[str, s
     specials = {f"{role}_token": token for role, token in roles.items() if token is not None}
     config.update({f"{role}_token": roles.get(role) for role in ROLES if f"{role}_token" in config or roles.get(role)})
     for name, data in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
-        with open(directory / name, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+        atomic_write_bytes(directory / name, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode())
 
 
 def _token_text(value: Any) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 import sentencepiece
 
 from ..errors import TokenizerError
-from ..io import confined_file, read_bounded
+from ..io import atomic_write_bytes, confined_file, read_bounded
 from .base import Tokenizer
 from .corpus import CJK_HEAVY, TrainingCorpus, cjk_fraction, training_error
 from .hf import write_hf_configs
@@ -241,7 +241,7 @@ class SentencePieceTokenizer(Tokenizer):
         }
 
     def _save_files(self, directory: Path) -> None:
-        (directory / MODEL_FILE).write_bytes(self.model_proto)
+        atomic_write_bytes(directory / MODEL_FILE, self.model_proto)
 
     def save_hf(self, directory: str | os.PathLike) -> Path:
         """Write ``tokenizer.model`` + ``tokenizer_config.json`` (``LlamaTokenizer``) + ``special_tokens_map.json``.
@@ -253,7 +253,7 @@ class SentencePieceTokenizer(Tokenizer):
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        (d / MODEL_FILE).write_bytes(self.model_proto)
+        atomic_write_bytes(d / MODEL_FILE, self.model_proto)
         roles = {role: self.sp.id_to_piece(i) for role, i in self._role_ids.items() if i is not None}
         # A model with sentencepiece's dummy prefix (e.g. Llama's own) encodes "a" as "▁a": tell transformers.
         first = self.sp.encode("a", out_type=str)[:1]
