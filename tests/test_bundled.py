@@ -52,6 +52,10 @@ def test_a_bundled_name_loads_everywhere_a_directory_does(bundle, capsys):
     text = generate_text("tiny-lm", "hello", max_new_tokens=5)
     assert main(["generate", "--model", "tiny-lm", "--prompt", "hello", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out == "hello" + text + "\n"
+    assert TransformerLM.from_pretrained(bundled.Path("tiny-lm")).config.d_model == 32  # a bare Path name too
+    bundled.Path("text.txt").write_text("hello world, how are you? " * 20, encoding="utf-8")
+    assert main(["eval", "--model", "tiny-lm", "--data", "text.txt"]) == 0
+    assert capsys.readouterr().out.startswith("text.txt: loss ")
     # The translator: by name, and by default when `llmcore translate` gets no --model.
     expected = Translator(bundle["s2s"].eval(), tok).translate(["hello"], num_beams=4, no_repeat_ngram_size=3)
     assert Translator.from_pretrained("en-zh").translate(["hello"], num_beams=4, no_repeat_ngram_size=3) == expected

@@ -47,7 +47,7 @@ def resolve_model_dir(name_or_dir: str | os.PathLike) -> Path:
     path = Path(name_or_dir)
     if path.exists():
         return path
-    found = bundled_path(str(name_or_dir)) if isinstance(name_or_dir, str) else None
+    found = bundled_path(str(path)) if len(path.parts) == 1 else None  # a bare name, never a longer path
     return found if found is not None else path
 
 

@@ -117,7 +117,9 @@ def _lm(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig) -> int:
     from ..training.run import val_split
     from .common import load_model_dir, resolve_device
 
-    model_dir = Path(args.model)
+    from ..bundled import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)  # a bundled name evaluates too (on --data: it has no data/)
     device = resolve_device(train.device)
     model = load_model_dir(model_dir, device=device)
     block = getattr(getattr(model, "config", None), "max_seq_len", 256)
