@@ -111,13 +111,12 @@ def _lm(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig) -> int:
     import numpy as np
     import torch
 
+    from ..bundled import resolve_model_dir
     from ..data import TokenDataset, read_text
     from ..tokenizer import load_tokenizer
     from ..training.loss import eval_metrics, eval_sums
     from ..training.run import val_split
     from .common import load_model_dir, resolve_device
-
-    from ..bundled import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)  # a bundled name evaluates too (on --data: it has no data/)
     device = resolve_device(train.device)
