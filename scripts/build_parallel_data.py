@@ -126,6 +126,7 @@ def build_parallel_data(shared_dir: str | Path, out_dir: str | Path = DATA_DIR) 
     tatoeba, credit = tatoeba_pairs(shared / "tatoeba-cmn" / "tatoeba_en_zh.tsv")
     pairs = bible + hsk + tatoeba
     bad = [p.id for p in pairs if "\t" in p.en + p.zh or "\n" in p.en + p.zh]
+    bad += [k for k, v in credit.items() if "\t" in v or "\n" in v]  # the attribution file is TSV too
     if bad:
         raise DataError(f"Pairs {bad[:3]} contain tabs or newlines, which the TSV format cannot hold.")
     _write_xz(out / PAIRS_FILE, "id\tsource\ten\tzh\n" + "".join("\t".join(p) + "\n" for p in pairs))

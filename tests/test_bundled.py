@@ -68,6 +68,8 @@ def test_a_local_directory_shadows_a_bundled_name(bundle, tmp_path, capsys):
     other.save_pretrained(tmp_path / "tiny-lm", tokenizer=bundle["tok"])  # ./tiny-lm, the cwd of the test
     assert TransformerLM.from_pretrained("tiny-lm").config.d_model == 64
     assert bundled.resolve_model_dir("tiny-lm") == bundled.Path("tiny-lm")
+    for spelled_as_a_path in ("./en-zh", "en-zh/"):  # a path that does not exist stays a path
+        assert bundled.resolve_model_dir(spelled_as_a_path) == bundled.Path(spelled_as_a_path)
     # An unknown name says which names exist.
     with pytest.raises(CheckpointError, match=r"does not exist.*Bundled models: en-zh, tiny-lm \(llmcore models\)"):
         TransformerLM.from_pretrained("no-such-model")
@@ -82,11 +84,14 @@ def test_llmcore_models_lists_the_bundle(bundle, capsys):
     assert set(json.loads(capsys.readouterr().out)) == {"tiny-lm", "en-zh"}
 
 
-def test_finetuning_a_bundled_model_by_name_records_where_its_base_lies(bundle, tmp_path, capsys):
+def test_a_bundled_base_is_recorded_by_name_and_merge_and_convert_resolve_it(bundle, tmp_path, capsys):
     (tmp_path / "text.txt").write_text("hello world, how are you? " * 40, encoding="utf-8")
     assert main(["finetune", "--model", "tiny-lm", "--task", "lm", "--data", "text.txt", "--strategy", "lora",
                  "--max-steps", "2", "--block-size", "16", "--out", "ft"]) == 0
     saved = json.loads((tmp_path / "ft" / "adapter_config.json").read_text())["base_model"]
-    assert saved == str((bundle["root"] / "tiny-lm").resolve())  # the packaged directory, not ./tiny-lm
+    assert saved == "tiny-lm"  # by name: it resolves wherever llmcore is installed next
     capsys.readouterr()
     assert main(["generate", "--model", "ft", "--prompt", "hello", "--max-new-tokens", "3"]) == 0
+    assert main(["merge", "--adapter", "ft", "--out", "merged"]) == 0  # the base found by its name
+    assert main(["convert", "tiny-lm", "lc-out", "--to", "llmcore"]) == 0  # SRC by name, tokenizer included
+    assert (tmp_path / "lc-out" / "tokenizer").is_dir()

@@ -147,18 +147,40 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once, at import, before any thread could race on it
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a rewritten file keeps (an existing regular file's), else what ``open()`` would give
+    a new one under the process's umask (0644 under the usual 022, 0600 under 077)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~UMASK
+
+
 def _write_beside(path: Path, write: Callable[[int, str], None]) -> None:
     """Write ``path`` atomically: ``write(fd, temp_name)`` fills a fresh temporary file in the same directory,
     which then replaces ``path``.
 
     The temporary file gets an unpredictable name, created with ``O_EXCL | O_NOFOLLOW`` (``tempfile.mkstemp``),
-    so a symlink planted in the directory (``model.safetensors.tmp -> ~/.bashrc``) is never written through;
+    so a symlink planted in the directory beforehand (``model.safetensors.tmp -> ~/.bashrc``) is not written
+    through (someone who can write to the directory *during* the save can still race it: that is not defended);
     ``os.replace`` replaces a symlink at ``path`` itself rather than its target. A failed write (disk full)
     removes the temporary file and re-raises.
     """
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make saved models unreadable to other users
+        os.fchmod(fd, _mode_for(path))  # not mkstemp's 0600: what a plain open() would have given
         write(fd, name)
         os.replace(name, path)
     except BaseException:

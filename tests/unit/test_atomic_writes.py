@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llmcore import ModelConfig, TransformerLM
+import llmcore.io
 from llmcore.io import atomic_write_json, save_safetensors
 
 
@@ -24,7 +25,7 @@ def test_planted_temporary_and_target_symlinks_are_not_written_through(tmp_path)
     assert secret.read_text(encoding="utf-8") == "keep me"
     assert not (model_dir / "model.safetensors").is_symlink()  # the link itself was replaced by the real file
     assert TransformerLM.from_pretrained(model_dir).config.d_model == 32
-    assert oct((model_dir / "config.json").stat().st_mode & 0o777) == "0o644"  # readable, as before
+    assert (model_dir / "config.json").stat().st_mode & 0o777 == 0o666 & ~llmcore.io.UMASK  # as open() would give
 
 
 def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch):
@@ -61,3 +62,11 @@ def test_a_saved_tokenizer_replaces_planted_links_instead_of_following_them(tmp_
     tok.save_hf(tmp_path / "hf")  # the Hugging Face files go the same way
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["special_tokens_map.json", "tokenizer.model",
                                                                    "tokenizer_config.json"]
+
+
+def test_a_rewritten_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "private.json"
+    target.write_text("{}", encoding="utf-8")
+    target.chmod(0o600)
+    atomic_write_json(target, {"a": 1})
+    assert target.stat().st_mode & 0o777 == 0o600 and target.read_text(encoding="utf-8").startswith("{")

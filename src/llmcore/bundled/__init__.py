@@ -47,7 +47,9 @@ def resolve_model_dir(name_or_dir: str | os.PathLike) -> Path:
     path = Path(name_or_dir)
     if path.exists():
         return path
-    found = bundled_path(str(path)) if len(path.parts) == 1 else None  # a bare name, never a longer path
+    text = os.fspath(name_or_dir)
+    bare = len(path.parts) == 1 and "/" not in text and os.sep not in text and not text.startswith(".")
+    found = bundled_path(str(path)) if bare else None  # "shakespeare", never "./shakespeare" or "runs/x"
     return found if found is not None else path
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 import textwrap
 import typing
@@ -114,6 +115,16 @@ def finish_help(parser: argparse.ArgumentParser) -> None:
                            help="show full tracebacks instead of one-line errors")
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll, or stdout is no real file
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmcore {args.command}: {interrupted_message(args, e)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `llmcore models | head`: the reader left; stop quietly, as other tools do
+        if args.debug or not _stdout_closed():
+            raise  # a broken pipe of something else (a worker process) is a real error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe

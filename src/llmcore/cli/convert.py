@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from ..models.pretrained import read_model_dir
     from .common import load_model_dir
 
-    src, dst = Path(args.src), Path(args.dst)
+    from ..bundled import resolve_model_dir
+
+    src, dst = resolve_model_dir(args.src), Path(args.dst)  # SRC may be a bundled model's name
     _, _, src_format = read_model_dir(src)  # CheckpointError for a bad SRC
     model = load_model_dir(src)
     tokenizer = None if args.no_tokenizer else _source_tokenizer(src)

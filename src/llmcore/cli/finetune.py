@@ -222,7 +222,11 @@ def run(args: argparse.Namespace) -> int:
         # the run directory keeps the adapter (plus the checkpoints that --resume needs) instead.
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             (out / name).unlink(missing_ok=True)
-        extra: dict[str, Any] = {"base_model": str(model_dir.resolve()), "task": args.task,
+        from ..bundled import bundled_path
+
+        # A bundled base is recorded by name, which still resolves after llmcore is reinstalled elsewhere.
+        base = args.model if bundled_path(str(args.model)) == model_dir else str(model_dir.resolve())
+        extra: dict[str, Any] = {"base_model": base, "task": args.task,
                                  "config_extra": model.config.extra}  # what load_adapter_model puts back
         if args.task == "classify":
             extra["classifier"] = {"num_classes": model.num_classes, "pooling": model.pooling}

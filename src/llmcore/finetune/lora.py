@@ -309,13 +309,16 @@ def is_adapter_dir(directory: str | Path) -> bool:
 def resolve_base(directory: str | Path, base: str | Path | None = None) -> Path:
     """The base model directory of the adapter in ``directory``: ``base`` if given, else its ``base_model``
     (absolute, or relative to the working directory or to the adapter's parent directory)."""
+    from ..bundled import resolve_model_dir
+
     d = Path(directory)
     if base is not None:
-        return Path(base)
+        return resolve_model_dir(base)
     saved = read_json(d / ADAPTER_CONFIG).get("base_model")
     if not saved:
         raise CheckpointError(f"{d / ADAPTER_CONFIG} names no base_model; pass the base model directory explicitly.")
-    candidates = [Path(saved)] if Path(saved).is_absolute() else [Path(saved), d.parent / saved, d / saved]
+    candidates = [Path(saved)] if Path(saved).is_absolute() else [Path(saved), d.parent / saved, d / saved,
+                                                                   resolve_model_dir(saved)]  # a bundled name
     for c in candidates:
         if (c / "config.json").is_file():
             return c
