@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from llmcore import ModelConfig, TransformerLM
 import llmcore.io
+from llmcore import ModelConfig, TransformerLM
 from llmcore.io import atomic_write_json, save_safetensors
 
 

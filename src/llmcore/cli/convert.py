@@ -35,12 +35,11 @@ def _skip_symlinks(directory: str, names: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bundled import resolve_model_dir
     from ..io import CONFIG_NAME, read_json
     from ..models.hf import save_hf
     from ..models.pretrained import read_model_dir
     from .common import load_model_dir
-
-    from ..bundled import resolve_model_dir
 
     src, dst = resolve_model_dir(args.src), Path(args.dst)  # SRC may be a bundled model's name
     _, _, src_format = read_model_dir(src)  # CheckpointError for a bad SRC
