@@ -228,3 +228,20 @@ def test_cli_eval_translate(tok, tmp_path, capsys, monkeypatch):
     assert "one pair file" in capsys.readouterr().err
     assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--no-repeat-ngram-size", "-1"]) == 2
     assert "--no-repeat-ngram-size -1 is invalid: it must be an integer >= 0" in capsys.readouterr().err
+
+
+def test_cli_eval_marks_baselines_scored_on_the_split_they_were_fitted_on(tmp_path, capsys, monkeypatch):
+    import json
+
+    import llmcore.translation.data as data
+
+    full = data.load_parallel
+    monkeypatch.setattr(data, "load_parallel", lambda split, **kw: full(split, **kw)[::50])
+    val = data.load_parallel("validation")
+    chars = CharTokenizer.from_text("".join(p.en + p.zh for p in val), specials=TAGS)  # covers what is scored
+    tiny_seq2seq(chars).save_pretrained(tmp_path / "m", tokenizer=chars)
+    assert main(["eval", "--task", "translate", "--model", str(tmp_path / "m"), "--split", "validation",
+                 "--max-batches", "1", "--batch-size", "2", "--num-beams", "1", "--baselines"]) == 0
+    names = [json.loads(line)["system"] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert names[1:3] == ["copy source", "CC-CEDICT word lookup"]  # nothing fitted: no mark
+    assert all(n.endswith("[fitted on the validation split: not held out]") for n in names[3:]), names

@@ -176,7 +176,11 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
         Path(args.hypotheses).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     systems = {str(args.model): hyps}
     if args.baselines:
-        systems.update({name: f(sources) for name, f in baseline_systems().items()})
+        # The memory's threshold is chosen on the validation split (and the memory is the training split):
+        # scored on either of those, say so next to the figure rather than let it pass for a held-out one.
+        own = None if args.data or opts.split == "test" else f" [fitted on the {opts.split} split: not held out]"
+        systems.update({name + (own if own and name.startswith(("memory", "translation memory")) else ""): f(sources)
+                        for name, f in baseline_systems().items()})
     print(f"{where}: {len(pairs)} pairs, sacrebleu tokenize={opts.bleu_tokenize!r}, beams={decoding.num_beams}, "
           f"no-repeat n-gram={decoding.no_repeat_ngram_size or 'off'}")
     names = sorted({s for s in subsets if s is not None})
