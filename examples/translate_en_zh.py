@@ -47,7 +47,7 @@ from llmcore.translation import (
     DictionaryBaseline,
     Seq2SeqPairs,
     copy_source,
-    evaluate_translations,
+    evaluate_by_source,
     load_dictionary,
     load_parallel,
 )
@@ -101,9 +101,8 @@ def train(model: torch.nn.Module, data, val, minutes: float, lr: float, batch_si
 
 def score(name: str, hyps: list[str], test) -> dict:
     row = {"system": name}
-    for subset in ("all", "bible", "hsk", "tatoeba"):
-        idx = [i for i, p in enumerate(test) if subset in ("all", p.source)]
-        m = evaluate_translations([hyps[i] for i in idx], [test[i].zh for i in idx])
+    scores = evaluate_by_source(hyps, [p.zh for p in test], [p.source for p in test])
+    for subset, m in scores.items():
         row[f"bleu_{subset}"], row[f"chrf_{subset}"] = round(m["bleu"], 2), round(m["chrf"], 2)
     return row
 

@@ -29,7 +29,7 @@ from llmcore.data import TokenDataset
 from llmcore.models import load_model
 from llmcore.tokenizer import load_tokenizer
 from llmcore.training import TrainConfig, Trainer
-from llmcore.translation import baseline_systems, evaluate_translations, load_parallel, load_zh_text
+from llmcore.translation import baseline_systems, evaluate_by_source, load_parallel, load_zh_text
 from llmcore.translation.translator import Translator
 
 SEED_SENTENCES = ["Hello, how are you?", "Thank you very much.", "Where is the train station?",
@@ -40,9 +40,8 @@ DECODE = dict(num_beams=4, no_repeat_ngram_size=3)
 
 def score(hyps: list[str], test: list) -> dict[str, float]:
     row = {}
-    for subset in ("all", "bible", "hsk", "tatoeba"):
-        idx = [i for i, p in enumerate(test) if subset in ("all", p.source)]
-        m = evaluate_translations([hyps[i] for i in idx], [test[i].zh for i in idx])
+    scores = evaluate_by_source(hyps, [p.zh for p in test], [p.source for p in test])
+    for subset, m in scores.items():
         row[f"bleu_{subset}"], row[f"chrf_{subset}"] = round(m["bleu"], 2), round(m["chrf"], 2)
     return row
 

@@ -151,7 +151,7 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
     from ..generation.config import check_decoding_memory
     from ..translation.baselines import baseline_systems
     from ..translation.data import load_parallel
-    from ..translation.metrics import evaluate_translations
+    from ..translation.metrics import evaluate_by_source
     from ..translation.translator import Translator
     from .common import resolve_device
 
@@ -175,20 +175,14 @@ def _translate(args: argparse.Namespace, opts: EvalConfig, train: TrainConfig, d
     if args.hypotheses:
         Path(args.hypotheses).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     systems = {str(args.model): hyps}
-    if args.baselines:
-        # The memory's threshold is chosen on the validation split (and the memory is the training split):
-        # scored on either of those, say so next to the figure rather than let it pass for a held-out one.
-        own = None if args.data or opts.split == "test" else f" [fitted on the {opts.split} split: not held out]"
-        systems.update({name + (own if own and name.startswith(("memory", "translation memory")) else ""): f(sources)
-                        for name, f in baseline_systems().items()})
+    if args.baselines:  # the memory systems say so when scored on the split they were fitted on
+        fitted = baseline_systems(scored_on=None if args.data else opts.split)
+        systems.update({name: f(sources) for name, f in fitted.items()})
     print(f"{where}: {len(pairs)} pairs, sacrebleu tokenize={opts.bleu_tokenize!r}, beams={decoding.num_beams}, "
           f"no-repeat n-gram={decoding.no_repeat_ngram_size or 'off'}")
-    names = sorted({s for s in subsets if s is not None})
     for name, out in systems.items():
         row = {"system": name}
-        for subset in ["all", *names] if len(names) > 1 else ["all"]:
-            idx = [i for i, s in enumerate(subsets) if subset in ("all", s)]
-            m = evaluate_translations([out[i] for i in idx], [refs[i] for i in idx], tokenize=opts.bleu_tokenize)
+        for subset, m in evaluate_by_source(out, refs, subsets, tokenize=opts.bleu_tokenize).items():
             key = "" if subset == "all" else f"_{subset}"
             row.update({f"bleu{key}": round(m["bleu"], 2), f"chrf{key}": round(m["chrf"], 2)})
         print(json.dumps(row, ensure_ascii=False))

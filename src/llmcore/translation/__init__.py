@@ -32,11 +32,18 @@ if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): imp
         load_zh_text,
         split_of,
     )
-    from .metrics import DictionaryBaseline, bleu, chrf, copy_source, evaluate_translations
+    from .metrics import (
+        DictionaryBaseline,
+        bleu,
+        chrf,
+        copy_source,
+        evaluate_by_source,
+        evaluate_translations,
+    )
 
 __all__ = [
     "Pair", "Seq2SeqPairs", "load_parallel", "load_cuv_text", "load_zh_text", "load_dictionary", "load_attribution", "split_of",
-    "bleu", "chrf", "evaluate_translations", "DictionaryBaseline", "copy_source",
+    "bleu", "chrf", "evaluate_translations", "evaluate_by_source", "DictionaryBaseline", "copy_source",
     "TranslationMemory", "MemoryDictionaryBaseline", "baseline_systems",
 ]
 

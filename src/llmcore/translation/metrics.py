@@ -65,6 +65,22 @@ def evaluate_translations(hyps: Sequence[str], refs: Sequence[str], tokenize: st
     return {"bleu": bleu(hyps, refs, tokenize), "chrf": chrf(hyps, refs)}
 
 
+def evaluate_by_source(hyps: Sequence[str], refs: Sequence[str], sources: Sequence[str | None],
+                       tokenize: str = "zh") -> dict[str, dict[str, float]]:
+    """``{"all": {"bleu", "chrf"}, source: {...}, ...}``: one system overall and per source of its pairs.
+
+    ``sources`` labels each pair (``Pair.source``: bible / hsk / tatoeba; None for unlabelled pairs, which count
+    in "all" only). Per-source scores appear only when there are two sources or more: with one they would
+    repeat the overall figures.
+    """
+    labels = sorted({s for s in sources if s is not None})
+    scores = {"all": evaluate_translations(hyps, refs, tokenize)}
+    for label in labels if len(labels) > 1 else []:
+        idx = [i for i, s in enumerate(sources) if s == label]
+        scores[label] = evaluate_translations([hyps[i] for i in idx], [refs[i] for i in idx], tokenize)
+    return scores
+
+
 def copy_source(sources: Sequence[str]) -> list[str]:
     """The trivial baseline: output the source sentence unchanged."""
     return list(sources)

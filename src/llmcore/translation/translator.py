@@ -98,11 +98,10 @@ class Translator:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu", **kwargs: Any) -> Translator:
         """Load model and tokenizer (``DIR/tokenizer``) from a saved directory."""
-        from ..bundled import resolve_model_dir
         from ..tokenizer import load_tokenizer
 
-        d = resolve_model_dir(directory)  # a bundled name ("en-zh") or a directory
-        return cls(load_translation_model(d, device), load_tokenizer(d), **kwargs)
+        # a bundled name ("en-zh") or a directory: both loaders resolve it (llmcore.bundled)
+        return cls(load_translation_model(directory, device), load_tokenizer(directory), **kwargs)
 
     def _source_ids(self, text: str, index: int, budget: int, too_long: str) -> list[int]:
         """Token ids of one source (prompt, for a decoder-only model), cut to ``budget`` tokens if allowed."""
