@@ -36,14 +36,17 @@ from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from llmcore.tokenizer import SentencePieceTokenizer, load_tokenizer
 from llmcore.training import TrainConfig, Trainer
 from llmcore.translation import Seq2SeqPairs, load_parallel, load_zh_text
+from llmcore.translation.fuzzy import FUZZY_TAGS, SHIPPED_MEMORY, augment_sources, shipped_memory
 
 TAGS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}"}
 MODERN = dict(pos_encoding="rope", norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=True)
 
 # One recipe per bundled model. Shapes keep each model under 15 MB in fp16.
 RECIPES: dict[str, dict[str, Any]] = {
+    # memory=1: the encoder also reads the nearest training pair's Chinese (llmcore.translation.fuzzy), so
+    # sources are longer (src_len) than targets (max_len).
     "en-zh": dict(vocab_size=6000, d_model=256, n_layers=3, n_heads=4, dropout=0.1, steps=2000, batch=48,
-                  lr=1e-3, warmup=200, label_smoothing=0.1, max_len=96),
+                  lr=1e-3, warmup=200, label_smoothing=0.1, max_len=96, memory=1, src_len=160),
     "zh-lm": dict(vocab_size=4000, d_model=256, n_layers=4, n_heads=4, dropout=0.1, steps=650, batch=16,
                   lr=2e-3, warmup=100, block=128),
 }
@@ -74,11 +77,25 @@ def pair_rows(split: str) -> list[tuple[str, str]]:
     return [(p.en, p.zh) for p in load_parallel(split)]
 
 
-def translator_data(arch: str, tok: Any, max_len: int) -> tuple[Any, Any]:
+def memory_rows(split: str, out: Path) -> list[tuple[str, str]]:
+    """The pairs with memory-augmented sources; a training sentence never gets its own group as its match.
+    Cached in OUT (searching 55k sentences takes minutes), so a resumed run reads the same inputs."""
+    cache = out / f"memory_{split}.json"
+    if cache.is_file():
+        return [tuple(row) for row in json.loads(cache.read_text(encoding="utf-8"))]
+    pairs, memory = load_parallel(split), shipped_memory()
+    exclude = [p.split_key for p in pairs] if split == "train" else None
+    rows = list(zip(augment_sources(memory, [p.en for p in pairs], exclude), [p.zh for p in pairs]))
+    cache.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return rows
+
+
+def translator_data(arch: str, tok: Any, r: dict[str, Any], out: Path) -> tuple[Any, Any]:
     """The same pairs, encoded for the encoder-decoder or as prompt-masked sequences for a decoder-only LM."""
-    train, val = pair_rows("train"), pair_rows("validation")
+    rows = memory_rows if r.get("memory") else (lambda split, _out: pair_rows(split))
+    train, val, max_len = rows("train", out), rows("validation", out), r["max_len"]
     if arch == "seq2seq":  # (the LSTM and the decoder-only Transformer both read prompt-masked sequences)
-        kw = dict(src_len=max_len, tgt_len=max_len, tgt_lang_tag=TAGS["tgt_lang_tag"])
+        kw = dict(src_len=r.get("src_len", max_len), tgt_len=max_len, tgt_lang_tag=TAGS["tgt_lang_tag"])
         return Seq2SeqPairs(train, tok, bucket=8, **kw), Seq2SeqPairs(val, tok, **kw)
     kw = dict(template=TAGS["template"], src_lang_tag=TAGS["src_lang_tag"], tgt_lang_tag=TAGS["tgt_lang_tag"],
               max_len=2 * max_len, too_long="truncate")
@@ -88,26 +105,28 @@ def translator_data(arch: str, tok: Any, max_len: int) -> tuple[Any, Any]:
 def build(name: str, r: dict[str, Any], arch: str, tok: Any, out: Path) -> tuple[torch.nn.Module, Any, Any]:
     """The model and its (train, validation) data for one recipe."""
     if name == "en-zh":
-        train, val = translator_data(arch, tok, r["max_len"])
+        train, val = translator_data(arch, tok, r, out)
+        tags = {**TAGS, "memory": SHIPPED_MEMORY} if r.get("memory") else TAGS
         if arch == "seq2seq":
             # Learned absolute positions: cross-attention aligns by position as well as content (see
             # Seq2SeqTransformer's docstring for the copy-task measurement behind this).
-            cfg = Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=r["max_len"] + 1, d_model=r["d_model"],
+            cfg = Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=max(r["max_len"], r.get("src_len", 0)) + 1,
+                                d_model=r["d_model"],
                                 n_heads=r["n_heads"], n_layers=r["n_layers"], n_encoder_layers=r["n_layers"],
                                 **{**MODERN, "pos_encoding": "learned"}, dropout=r["dropout"],
                                 decoder_start_token_id=tok.token_to_id(TAGS["tgt_lang_tag"]),
-                                extra={"translation": TAGS})
+                                extra={"translation": tags})
             return Seq2SeqTransformer(cfg), train, val
         if arch == "lstm":  # the recurrent baseline on the decoder-only route; d_model sets its width
             from llmcore.models.lstm import LSTMLM
 
             cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=2 * r["max_len"], d_model=r["d_model"],
-                              n_heads=1, n_layers=r["n_layers"], dropout=r["dropout"], extra={"translation": TAGS})
+                              n_heads=1, n_layers=r["n_layers"], dropout=r["dropout"], extra={"translation": tags})
             return LSTMLM(cfg), train, val
         # decoder-only: twice the blocks of one encoder-decoder stack, so about the same parameters
         cfg = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=2 * r["max_len"], d_model=r["d_model"],
                           n_heads=r["n_heads"], n_layers=2 * r["n_layers"], **MODERN, dropout=r["dropout"],
-                          extra={"translation": TAGS})
+                          extra={"translation": tags})
         return TransformerLM(cfg), train, val
     train, val = (TokenDataset(np.asarray(tok.encode(load_zh_text(s)), dtype=np.int64), block_size=r["block"])
                   for s in ("train", "validation"))
@@ -123,8 +142,8 @@ def tokenizer(name: str, r: dict[str, Any], out: Path) -> Any:
         return load_tokenizer(path)
     if name == "en-zh":
         rows = pair_rows("train")
-        texts, extra = [s for row in rows for s in row], dict(user_defined_symbols=[TAGS["src_lang_tag"],
-                                                                                    TAGS["tgt_lang_tag"]])
+        symbols = [TAGS["src_lang_tag"], TAGS["tgt_lang_tag"], *(FUZZY_TAGS if r.get("memory") else ())]
+        texts, extra = [s for row in rows for s in row], dict(user_defined_symbols=symbols)
     else:
         texts, extra = load_zh_text("train").splitlines(), {}
     tok = SentencePieceTokenizer.train(texts, vocab_size=r["vocab_size"], model_type="bpe", **extra)

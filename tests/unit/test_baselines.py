@@ -37,3 +37,31 @@ def test_memory_and_dictionary_switch_at_the_threshold_fitted_on_held_out_pairs(
     assert combined(["good night"]) == ["好晚上"]
     # Where the memory is always right, the lowest threshold wins the tie.
     assert combined.fit_threshold(["Good morning.", "I like tea."], ["早上好。", "我喜欢茶。"], exact) == 0.0
+
+
+def test_search_never_returns_an_excluded_group_and_is_unchanged_without_one():
+    keys = ["tea", "tea2", "station", "tea", "morning"]  # the duplicate "I like tea." keeps its first key
+    memory = TranslationMemory(PAIRS, keys=keys)
+    queries = ["I like tea.", "Good morning.", "Where is the station?"]
+    assert memory.search(queries, exclude_keys=["nothing", "nothing", "nothing"]) == memory.search(queries)
+    index, score = memory.search(queries, exclude_keys=["tea", "morning", "station"])
+    assert [memory.sources[i] for i in index[:1]] == ["Tea likes me."]  # the next-best, not its own group
+    assert all(keys[i] != k for i, k in zip(index, ["tea", "morning", "station"]))
+    assert score[0] < 1.0
+    with pytest.raises(DataError, match="keys for"):
+        TranslationMemory(PAIRS, keys=["a"])
+    with pytest.raises(DataError, match="exclude_keys"):
+        memory.search(queries, exclude_keys=["tea"])
+
+
+def test_augmented_sources_carry_the_match_and_the_fifth_of_its_cosine():
+    from llmcore.translation.fuzzy import FUZZY_TAGS, augment_sources, fuzzy_tag
+
+    assert [fuzzy_tag(s) for s in (0.0, 0.19, 0.2, 0.79, 0.8, 1.0)] == ["<fm0>", "<fm0>", "<fm1>", "<fm3>",
+                                                                         "<fm4>", "<fm4>"]
+    assert len(FUZZY_TAGS) == 5
+    memory = TranslationMemory(PAIRS, keys=["a", "b", "c", "a", "d"])
+    assert augment_sources(memory, ["I like tea."]) == ["I like tea. <fm4> 我喜欢茶。"]
+    # In training a sentence's own group is skipped, so the match is never the answer itself.
+    (row,) = augment_sources(memory, ["I like tea."], exclude_keys=["a"])
+    assert row.startswith("I like tea. <fm") and "茶喜欢我。" in row and not row.startswith("I like tea. <fm4>")

@@ -123,6 +123,34 @@ def test_seq2seq_pairs_train_with_the_trainer(tok):
 
 
 # ------------------------------------------------------------------------------------------- translator / CLI
+def test_memory_model_reads_exactly_the_sources_it_was_trained_on(monkeypatch):
+    """A model trained on memory-augmented sources gets, from the Translator, the ids Seq2SeqPairs built for
+    training from the same augmented text; the match is cut silently, the sentence itself is held to the budget."""
+    from llmcore.tokenizer import SentencePieceTokenizer
+    from llmcore.translation import TranslationMemory
+    from llmcore.translation.fuzzy import FUZZY_TAGS, augment_sources
+
+    tok = SentencePieceTokenizer.train([s for p in PAIRS for s in p] * 5 + ["abcdefghijklmnopqrstuvwxyz ?,."],
+                                       vocab_size=320, model_type="bpe",
+                                       user_defined_symbols=["<2en>", "<2zh>", *FUZZY_TAGS])
+    memory = TranslationMemory(PAIRS, keys=[s for s, _ in PAIRS])
+    model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=48, d_model=32, n_layers=1,
+                                             n_heads=4, pos_encoding="learned",
+                                             extra={"translation": {"memory": "shipped-train"}})).eval()
+    seen = []
+    monkeypatch.setattr(Translator, "_translate_batch", lambda self, batch, *a: seen.extend(batch) or [""] * len(batch))
+    texts = ["good night", "thank you"]
+    Translator(model, tok, memory=memory).translate(texts)
+    train = Seq2SeqPairs(list(zip(augment_sources(memory, texts), ["x", "x"])), tok, src_len=47)
+    assert sorted(seen) == sorted(train.src) and all(tok.token_to_id("<fm4>") in s for s in seen)
+    with warnings.catch_warnings():  # a long match is cut without a word: the user's sentence fits
+        warnings.simplefilter("error")
+        Translator(model, tok, memory=TranslationMemory([("good night", "晚安" * 40)])).translate(["good night"])
+    with pytest.raises(ConfigError, match="shipped-train"):
+        model.config.extra["translation"]["memory"] = "my-own"
+        Translator(model, tok, memory=memory)
+
+
 def test_translator_errors_and_truncation(tok):
     model = tiny_seq2seq(tok)
     no_tag = CharTokenizer.from_text("helo你好", specials=("<bos>", "<eos>", "<pad>"))

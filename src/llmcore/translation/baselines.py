@@ -34,19 +34,27 @@ class TranslationMemory:
     """Nearest training source by TF-IDF cosine over word uni+bigrams; its target is the translation.
 
     Args:
-        pairs: (source, target) training pairs. Exact duplicate sources keep the first target.
+        pairs: (source, target) training pairs. Exact duplicate sources keep the first target (and key).
+        keys: optional group key per pair (e.g. :attr:`~llmcore.translation.data.Pair.split_key`), so that
+            :meth:`search` can skip a query's own group (``exclude_keys``).
 
     ``idf(t) = ln((1 + N) / (1 + df(t))) + 1`` (the smoothed form scikit-learn uses); vectors are
     L2-normalised, so the dot product is the cosine. Ties go to the earlier training pair.
     """
 
-    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, pairs: Sequence[tuple[str, str]], keys: Sequence[str] | None = None) -> None:
         if not pairs:
             raise DataError("TranslationMemory needs at least one (source, target) pair.")
-        first: dict[str, str] = {}
-        for src, tgt in pairs:
-            first.setdefault(src, tgt)
-        self.sources, self.targets = list(first), list(first.values())
+        if keys is not None and len(keys) != len(pairs):
+            raise DataError(f"TranslationMemory got {len(keys)} keys for {len(pairs)} pairs; give one per pair.")
+        first: dict[str, tuple[str, str | None]] = {}
+        for j, (src, tgt) in enumerate(pairs):
+            first.setdefault(src, (tgt, None if keys is None else keys[j]))
+        self.sources, self.targets = list(first), [t for t, _ in first.values()]
+        self.groups: dict[str, list[int]] = {}  # key -> entries, for search(exclude_keys=)
+        for i, (_, key) in enumerate(first.values()):
+            if key is not None:
+                self.groups.setdefault(key, []).append(i)
         docs = [Counter(_terms(s)) for s in self.sources]
         df = Counter(t for d in docs for t in d)
         n = len(docs)
@@ -73,11 +81,20 @@ class TranslationMemory:
                 q[self.vocab[t], j] = w / norm
         return q
 
-    def search(self, texts: Sequence[str], chunk: int = 64) -> tuple[list[int], list[float]]:
-        """Index of the nearest training pair and its cosine in [0, 1] for each text (cosine 0: no shared term)."""
+    def search(self, texts: Sequence[str], chunk: int = 64,
+               exclude_keys: Sequence[str] | None = None) -> tuple[list[int], list[float]]:
+        """Index of the nearest training pair and its cosine in [0, 1] for each text (cosine 0: no shared term).
+
+        ``exclude_keys``: per text, a key (of the constructor's ``keys``) whose entries are never its match,
+        e.g. a training sentence's own group when building training inputs that must not contain the answer.
+        """
+        if exclude_keys is not None and len(exclude_keys) != len(texts):
+            raise DataError(f"search got {len(exclude_keys)} exclude_keys for {len(texts)} texts.")
         best, score = [], []
         for i in range(0, len(texts), chunk):
             sims = torch.sparse.mm(self.matrix, self._query(texts[i:i + chunk]))  # (N, chunk)
+            for j, key in enumerate(exclude_keys[i:i + chunk] if exclude_keys is not None else ()):
+                sims[self.groups.get(key, []), j] = -1.0  # below any cosine: chosen only if nothing else is left
             values, index = sims.max(dim=0)  # max returns the first maximum: ties go to the earlier pair
             best += index.tolist()
             score += values.clamp(0, 1).tolist()

@@ -13,6 +13,10 @@ checked by :func:`saved_settings`) with defaults ``<2en>`` / ``<2zh>`` / ``"{src
 a single token of the tokenizer, otherwise :class:`~llmcore.errors.TokenizerError`: such a model was not
 trained to translate.
 
+A model trained on memory-augmented sources (``config.extra["translation"]["memory"] == "shipped-train"``, see
+:mod:`llmcore.translation.fuzzy`) gets each input as ``"{src} <fmK> {match}"``, the match found in the
+translation memory of the shipped training split (built on first use, a few seconds; or pass ``memory=``).
+
 Sources longer than the model's context are cut at the end with a warning (``too_long="truncate"``, the
 default) or refused with :class:`~llmcore.errors.DataError` (``too_long="error"``); empty sources are refused.
 """
@@ -32,8 +36,10 @@ from ..generation import generate
 from ..io import CONFIG_NAME
 from ..modules import eval_mode
 from ..tokenizer import language_tag_id
+from .fuzzy import augment_sources
 
-DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}"}
+# memory: None, or "shipped-train" for a model trained on memory-augmented sources (llmcore.translation.fuzzy)
+DEFAULTS = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "{src}", "memory": None}
 
 
 def load_translation_model(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
@@ -76,8 +82,9 @@ class Translator:
     """Translate lists of sentences with ``model`` and ``tokenizer``; see the module docstring."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, src_lang_tag: str | None = None,
-                 tgt_lang_tag: str | None = None, template: str | None = None) -> None:
+                 tgt_lang_tag: str | None = None, template: str | None = None, memory: Any = None) -> None:
         from ..models.seq2seq import Seq2SeqTransformer
+        from .fuzzy import FUZZY_TAGS, SHIPPED_MEMORY
 
         settings = {**DEFAULTS, **saved_settings(model.config)}
         for key, value in (("src_lang_tag", src_lang_tag), ("tgt_lang_tag", tgt_lang_tag), ("template", template)):
@@ -92,6 +99,13 @@ class Translator:
             self.src_id = language_tag_id(tokenizer, settings["src_lang_tag"], "source-language tag")
         if tokenizer.eos_id is None:
             raise DataError("The tokenizer has no <eos>; a translation model needs it to end its output.")
+        if settings["memory"] not in (None, SHIPPED_MEMORY):
+            raise ConfigError(f"config.extra['translation']['memory'] is {settings['memory']!r}; the only memory "
+                              f"a saved model can name is {SHIPPED_MEMORY!r} (or null for none).")
+        if settings["memory"] is not None:
+            for tag in FUZZY_TAGS:
+                language_tag_id(tokenizer, tag, "memory-match tag")
+        self._memory = memory  # a TranslationMemory; the shipped one is built on first use
         self.max_len = model.config.max_seq_len
         self.device = next(model.parameters()).device
 
@@ -103,18 +117,32 @@ class Translator:
         # a bundled name ("en-zh") or a directory: both loaders resolve it (llmcore.bundled)
         return cls(load_translation_model(directory, device), load_tokenizer(directory), **kwargs)
 
-    def _source_ids(self, text: str, index: int, budget: int, too_long: str) -> list[int]:
-        """Token ids of one source (prompt, for a decoder-only model), cut to ``budget`` tokens if allowed."""
-        if not text.strip():
-            raise DataError(f"Input {index + 1} is empty; give one non-empty sentence per line.")
-        ids = list(self.tokenizer.encode(text if self.seq2seq else self.settings["template"].format(src=text)))
+    @property
+    def memory(self) -> Any:
+        """The translation memory a memory-augmented model reads its matches from (None for other models)."""
+        if self._memory is None and self.settings["memory"] is not None:
+            from .fuzzy import shipped_memory
+
+            self._memory = shipped_memory()
+        return self._memory
+
+    def _source_ids(self, text: str, index: int, budget: int, too_long: str, match: str = "") -> list[int]:
+        """Token ids of one source (prompt, for a decoder-only model), cut to ``budget`` tokens if allowed.
+        ``match``: the memory's `` <fmK> {zh}`` suffix of a memory-augmented model, cut silently to fit (as in
+        training); only the sentence itself is held to the budget."""
+        def encode(s: str) -> list[int]:
+            return list(self.tokenizer.encode(s if self.seq2seq else self.settings["template"].format(src=s)))
+
+        ids = encode(text)
         if len(ids) > budget:
             if too_long == "error":
                 raise DataError(f"Input {index + 1} has {len(ids)} tokens but the model's source context holds "
                                 f"{budget}; shorten it, split it into sentences, or allow truncation.")
             warnings.warn(f"Input {index + 1} has {len(ids)} tokens; only the first {budget} are translated "
                           f"(the model's context is {self.max_len}).", stacklevel=3)
-            ids = ids[:budget]
+        if match:
+            ids = encode(text + match)
+        ids = ids[:budget]
         if self.seq2seq:
             return ids + [self.tokenizer.eos_id]
         bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
@@ -134,10 +162,16 @@ class Translator:
         if too_long not in ("truncate", "error"):
             raise DataError(f"too_long={too_long!r} must be 'truncate' or 'error'.")
         texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise DataError(f"Input {i + 1} is empty; give one non-empty sentence per line.")
+        matches = [""] * len(texts)
+        if self.settings["memory"] is not None:  # "{src} <fmK> {zh}": keep the suffix apart from the sentence
+            matches = [a[len(t):] for a, t in zip(augment_sources(self.memory, texts), texts)]
         # Encoder-decoder: the source may use the whole context (minus eos). Decoder-only: prompt and output
         # share it, so keep at least half for the output.
         budget = self.max_len - 1 if self.seq2seq else self.max_len // 2 - 3
-        ids = [self._source_ids(t, i, budget, too_long) for i, t in enumerate(texts)]
+        ids = [self._source_ids(t, i, budget, too_long, m) for i, (t, m) in enumerate(zip(texts, matches))]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[str] = [""] * len(ids)
         for start in range(0, len(order), batch_size):
