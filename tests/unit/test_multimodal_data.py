@@ -1,4 +1,4 @@
-"""The coloured-shapes dataset: determinism, held-out combinations, captions, questions, metrics."""
+"""The coloured-shapes dataset: determinism, held-out combinations, captions, questions, metrics, image files."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from llmcore.multimodal import (
     caption_exact_match,
     caption_of,
     draw_scene,
+    load_features,
+    load_image,
     majority_answers,
     majority_predictions,
     make_shapes_dataset,
@@ -184,3 +186,89 @@ def test_bad_arguments_raise_data_error():
         make_shapes_dataset(-1)
     with pytest.raises(DataError, match="image_size=8 is too small"):
         make_shapes_dataset(1, image_size=8)
+
+
+# ------------------------------------------------------------------------------------------ files
+def test_load_image_npy_round_trip_and_errors(tmp_path, train):
+    img = train[0].image
+    np.save(tmp_path / "a.npy", img)
+    out = load_image(tmp_path / "a.npy", image_size=32)
+    assert out.dtype == np.uint8 and np.array_equal(out, img)
+    gray = img[:, :, 0]
+    np.save(tmp_path / "g.npy", gray)
+    assert np.array_equal(load_image(tmp_path / "g.npy", channels=1)[:, :, 0], gray)
+
+    np.save(tmp_path / "f.npy", img.astype(np.float64) / 255)
+    with pytest.raises(DataError, match=r"holds float64 pixels, expected uint8 \(H, W, 3\); save uint8 pixels"):
+        load_image(tmp_path / "f.npy")
+    np.save(tmp_path / "chw.npy", img.transpose(2, 0, 1))
+    with pytest.raises(DataError, match="channels-first"):
+        load_image(tmp_path / "chw.npy")
+    with pytest.raises(DataError, match="is 32x32 pixels, the model takes 64x64; resize it, or pass resize=True"):
+        load_image(tmp_path / "a.npy", image_size=64)
+    with pytest.raises(DataError, match="does not exist"):
+        load_image(tmp_path / "missing.npy")
+    (tmp_path / "x.tiff").write_bytes(b"II*")
+    with pytest.raises(DataError, match="unknown image type .tiff"):
+        load_image(tmp_path / "x.tiff")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="cannot read .* as a .npy file of pixels"):
+        load_image(tmp_path / "obj.npy")  # never unpickled
+
+
+def test_load_image_png_through_pillow(tmp_path, train):
+    Image = pytest.importorskip("PIL.Image")
+    img = train[0].image
+    Image.fromarray(img).save(tmp_path / "a.png")
+    assert np.array_equal(load_image(tmp_path / "a.png", image_size=32), img)  # PNG is lossless
+    rgba = np.concatenate([img, np.full((32, 32, 1), 255, np.uint8)], axis=-1)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert np.array_equal(load_image(tmp_path / "rgba.png"), img)  # alpha dropped
+    assert load_image(tmp_path / "a.png", channels=1).shape == (32, 32, 1)
+    assert load_image(tmp_path / "a.png", image_size=16, resize=True).shape == (16, 16, 3)
+    np.save(tmp_path / "a.npy", img)
+    assert load_image(tmp_path / "a.npy", image_size=64, resize=True).shape == (64, 64, 3)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read .* as an image"):
+        load_image(tmp_path / "bad.png")
+
+
+def test_png_without_pillow_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pil(name, *args, **kwargs):
+        if name == "PIL" or name.startswith("PIL."):
+            raise ImportError("No module named 'PIL'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pil)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    with pytest.raises(DataError, match=r"needs Pillow: pip install 'llmcore\[vision\]'.*\.npy") as e:
+        load_image(tmp_path / "a.png")
+    assert "\n" not in str(e.value)
+
+
+def test_load_features_npy_and_safetensors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    feats = np.random.default_rng(0).standard_normal((2, 5, 8))  # float64, as numpy makes them
+    np.save(tmp_path / "f.npy", feats)
+    t = load_features(tmp_path / "f.npy")
+    assert t.dtype == torch.float32 and t.shape == (2, 5, 8)
+    torch.testing.assert_close(t, torch.from_numpy(feats).float())
+    save_file({"features": t, "other": t[:1].clone()}, str(tmp_path / "f.safetensors"))
+    assert torch.equal(load_features(tmp_path / "f.safetensors"), t)
+    assert load_features(tmp_path / "f.safetensors", key="other").shape == (1, 5, 8)
+    save_file({"x": t}, str(tmp_path / "g.safetensors"))
+    assert torch.equal(load_features(tmp_path / "g.safetensors"), t)  # the only tensor
+    with pytest.raises(DataError, match=r"has no tensor 'nope' \(it holds"):
+        load_features(tmp_path / "f.safetensors", key="nope")
+    np.save(tmp_path / "i.npy", np.zeros((2, 3), np.int64))
+    with pytest.raises(DataError, match="expected floating-point features"):
+        load_features(tmp_path / "i.npy")
+    np.save(tmp_path / "v.npy", np.zeros(3, np.float32))
+    with pytest.raises(DataError, match=r"expected \(N, d\) for one input or \(B, N, d\)"):
+        load_features(tmp_path / "v.npy")
