@@ -14,7 +14,7 @@ from pathlib import Path
 MODULES = ["llmcore", "llmcore.tokenizer", "llmcore.modules", "llmcore.models", "llmcore.data",
            "llmcore.training", "llmcore.finetune", "llmcore.generation", "llmcore.convert",
            "llmcore.models.hf", "llmcore.io",
-           "llmcore.translation"]
+           "llmcore.translation", "llmcore.multimodal"]
 
 
 def summary(obj: object) -> str:

@@ -16,7 +16,7 @@ FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 PUBLIC_MODULES = ["llmcore", "llmcore.tokenizer", "llmcore.modules", "llmcore.models", "llmcore.data",
                   "llmcore.training", "llmcore.finetune", "llmcore.generation", "llmcore.convert",
                   "llmcore.models.hf", "llmcore.io",
-                  "llmcore.translation"]
+                  "llmcore.translation", "llmcore.multimodal"]
 
 
 CONTINUES = "# continues the walk-through"  # a snippet that needs the page's earlier steps: its own test runs it

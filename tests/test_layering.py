@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"errors", "lazy"},
     {"config", "registry", "io", "inputs", "rundir", "bundled"},
     {"tokenizer"},
-    {"modules"},
+    {"modules", "multimodal"},  # multimodal: encoders built from modules (DESIGN: "modules ... vision encoder")
     {"generation"},
     {"convert"},
     {"models"},
