@@ -199,13 +199,15 @@ class TransformerLM(PreTrainedMixin, nn.Module):
         return KVCache.for_model(self, batch_size, max_len)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
         """Continue ``input_ids`` (B, T) and / or ``inputs_embeds=`` (B, P, D) (a prefix in front of the ids).
 
+        ``attention_mask`` (B, P + T) covers the whole prompt (see :func:`llmcore.generation.generate`).
         Returns (B, T + new): the ids given, then the new tokens; embedding positions are never in the output,
         so ``generate(inputs_embeds=...)`` alone returns only the new tokens. See
         :func:`llmcore.generation.generate`.
         """
         from ..generation import generate  # the model does not depend on generation at import time
 
-        return generate(self, input_ids, **kwargs)
+        return generate(self, input_ids, attention_mask, **kwargs)
