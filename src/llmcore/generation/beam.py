@@ -37,21 +37,27 @@ _NEG = -1.0e9  # "impossible" score; finite so sums and comparisons stay well de
 
 
 @torch.no_grad()
-def beam_search(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                config: GenerationConfig | None = None, tokenizer: Any = None,
-                logits_processors: Sequence[Processor] | None = None, model_kwargs: dict[str, Any] | None = None,
-                return_scores: bool = False, **overrides: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def beam_search(model: torch.nn.Module, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, config: GenerationConfig | None = None,
+                tokenizer: Any = None, logits_processors: Sequence[Processor] | None = None,
+                model_kwargs: dict[str, Any] | None = None, return_scores: bool = False,
+                inputs_embeds: torch.Tensor | None = None,
+                **overrides: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Beam search over ``config.num_beams`` beams per row (same arguments as :func:`generate`).
+
+    ``inputs_embeds`` (B, P, D) is a prefix in front of ``input_ids`` (or the whole prompt); all beams of a row
+    share it, and the returned hypotheses hold ids only, as :func:`generate`'s do.
 
     Returns:
         LongTensor (B · num_return_sequences, T + n): per row the best ``num_return_sequences`` finished
-        hypotheses, best first; shorter ones are padded with ``pad_token_id``. With ``return_scores`` also
-        their length-normalised scores (B · num_return_sequences,).
+        hypotheses (prompt ids, then new tokens), best first; shorter ones are padded with ``pad_token_id``.
+        With ``return_scores`` also their length-normalised scores (B · num_return_sequences,).
     """
     cfg = resolve_config(config, overrides)
     K = cfg.num_beams
-    B = input_ids.shape[0]
-    req = prepare(model, input_ids, attention_mask, cfg, tokenizer, model_kwargs, expand=K)
+    req = prepare(model, input_ids, attention_mask, cfg, tokenizer, model_kwargs, expand=K,
+                  inputs_embeds=inputs_embeds)
+    B = req.input_ids.shape[0] // K
     with eval_mode(model):
         seqs, scores = _search(model, req, B, K, tokenizer, logits_processors)
     return (seqs, scores) if return_scores else seqs
@@ -61,7 +67,8 @@ def _search(model: torch.nn.Module, req: Any, B: int, K: int, tokenizer: Any,
             logits_processors: Sequence[Processor] | None) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = req.config
     T = req.input_ids.shape[1]
-    L = T + cfg.max_new_tokens  # the length limit
+    P = req.prefix_len  # prefix positions: in the mask and the model's positions, not in the id buffers
+    L = T + cfg.max_new_tokens  # the length limit (of the ids)
     R = cfg.num_return_sequences
     device = req.input_ids.device
     if cfg.max_new_tokens == 0:
@@ -84,18 +91,18 @@ def _search(model: torch.nn.Module, req: Any, B: int, K: int, tokenizer: Any,
     row_offset = torch.arange(B, device=device)[:, None] * K  # beam b of row r is flat row r*K + b
     mask = None
     if req.mask is not None:  # beams of a row share its prompt mask; new positions are real tokens
-        mask = torch.ones(B * K, running.shape[-1], dtype=req.mask.dtype, device=device)
-        mask[:, :T] = req.mask
+        mask = torch.ones(B * K, P + running.shape[-1], dtype=req.mask.dtype, device=device)  # (B*K, P + ids)
+        mask[:, :P + T] = req.mask
     procs = build_processors(cfg, T, req.eos_ids, req.pad_lengths, logits_processors)
     window = req.max_seq_len if cfg.sliding_window else None
-    runner = ModelRunner(model, B * K, L, cfg.use_cache, window, req.model_kwargs)
+    runner = ModelRunner(model, B * K, P + L, cfg.use_cache, window, req.model_kwargs, req.prefix)
 
     cur = T
     while True:
         if cur >= running.shape[-1]:  # the next token does not fit: widen every per-position buffer
             running = grow(running, cur + 1, L, req.pad_id)
             fin_seqs = grow(fin_seqs, cur + 1, L, req.pad_id)
-            mask = grow(mask, cur + 1, L, 1) if mask is not None else None
+            mask = grow(mask, P + cur + 1, P + L, 1) if mask is not None else None
         flat = running.view(B * K, running.shape[-1])
         logits = runner.logits(flat, cur, mask)  # (B*K, V)
         if bool(nonfinite_rows(logits).any()):  # beam search syncs every step anyway: one more scalar read

@@ -82,6 +82,8 @@ class GenerationConfig:
             max_seq_len tokens once the context is full (without a cache from then on), as nanoGPT crops.
             Off (the Python default): such a request raises :class:`GenerationError` before decoding. The
             ``llmcore generate`` command turns it on by default (``--no-sliding-window`` turns it off).
+            The window counts ``inputs_embeds`` prefix positions too; a prompt with a prefix must fit the
+            context even with a sliding window (the prefix is never cropped before the first step).
     """
 
     max_new_tokens: int = 20
@@ -222,6 +224,7 @@ def decoding_memory_bytes(config: GenerationConfig, rows: int, prompt_len: int, 
     Every row is expanded ``num_beams`` (or ``num_return_sequences`` when sampling) times; each expanded row
     holds its token ids (prompt + ``max_new_tokens``, int64), a key/value cache over the positions the model
     attends (at most ``max_seq_len``; float32 keys and values per layer) and its logits over the vocabulary.
+    ``prompt_len`` counts every prompt position, ``inputs_embeds`` prefix positions included.
     """
     width = config.num_beams if config.num_beams > 1 else (config.num_return_sequences if config.is_sampling else 1)
     expanded = rows * width

@@ -9,7 +9,10 @@ Decoding works with any ``torch.nn.Module`` that provides
   ``kv_cache`` is whatever ``make_cache`` returned (the model updates it in place);
 * optionally ``make_cache(batch_size, max_len)`` returning a cache with ``reorder(index)`` (beam search keeps
   rows ``index``). Without it, every step recomputes the whole sequence (as ``use_cache=False`` does);
-* optionally ``config.max_seq_len`` (length checks) and ``config.extra`` (``bos/eos/pad_token_id`` defaults).
+* optionally ``config.max_seq_len`` (length checks) and ``config.extra`` (``bos/eos/pad_token_id`` defaults);
+* for ``inputs_embeds``: ``forward(..., inputs_embeds=(B, t, D))`` and ``get_input_embeddings()`` (the token
+  table, (B, t) -> (B, t, D)); a model without them (an LSTM) raises :class:`GenerationError` when given
+  embeddings.
 
 :class:`~llmcore.models.TransformerLM` fits as is; an LSTM fits with its hidden state as the "cache".
 An encoder-decoder plugs in through ``model_kwargs``, forwarded to every call: run the encoder once and pass
@@ -28,6 +31,22 @@ Semantics (Hugging Face's, so outputs can be compared token for token)
 * Left padding + ``attention_mask`` gives each row the same tokens as decoding it alone; right padding
   raises :class:`GenerationError`.
 * The model is put in eval mode for the call and restored afterwards.
+
+Embeddings in (``inputs_embeds``, as in Hugging Face)
+----------------------------------------------------
+* The prompt is ``[inputs_embeds ; input_ids]``: P positions given as vectors (B, P, D) — e.g. an image's
+  features projected to d_model — then T token ids (B, T). Either part may be left out, not both.
+* **The returned sequences hold ids only: the ``input_ids`` given, then the new tokens** (B, T + n); the P
+  embedding positions never appear. So ``generate(model, inputs_embeds=e)`` returns just the new tokens
+  (B, n), as ``transformers`` does, and ``generate(model, ids, inputs_embeds=prefix)`` returns ``ids`` + new.
+* ``attention_mask`` covers the whole prompt, (B, P + T). For a batch that mixes prefix and text lengths,
+  left-pad each part on its own (a row's prefix padding first, then its text padding); positions count real
+  entries only, so each row decodes as it would alone. Every row needs a real last position (a real id when
+  the prompt has ids). Stop conditions, ``min_new_tokens`` and the repetition processors look at ids only.
+* The prefill runs on embeddings (``[prefix ; get_input_embeddings()(ids)]``); the steps after it feed token
+  ids as usual. Without a cache every step re-feeds the prefix. ``max_seq_len`` counts prefix positions; a
+  prompt with a prefix must fit the context (``sliding_window`` lets generation go on past it, and then the
+  prefix slides out like any early token).
 """
 
 from __future__ import annotations
@@ -52,30 +71,37 @@ from .processors import (
 from .runner import ModelRunner, Request, grow, hits_stop_string, prepare, resolve_config, room
 
 
-def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-             config: GenerationConfig | None = None, tokenizer: Any = None,
-             logits_processors: Sequence[Processor] | None = None, model_kwargs: dict[str, Any] | None = None,
+def generate(model: torch.nn.Module, input_ids: torch.Tensor | None = None,
+             attention_mask: torch.Tensor | None = None, config: GenerationConfig | None = None,
+             tokenizer: Any = None, logits_processors: Sequence[Processor] | None = None,
+             model_kwargs: dict[str, Any] | None = None, inputs_embeds: torch.Tensor | None = None,
              **overrides: Any) -> torch.Tensor:
     """Continue each prompt row; dispatches to :func:`~llmcore.generation.beam_search` when ``num_beams > 1``.
 
     Args:
         model: see the protocol in the module docstring.
-        input_ids: (B, T) prompts, left-padded when their lengths differ. T == 0 starts from BOS.
-        attention_mask: (B, T), 1 for real tokens and 0 for (left) padding.
+        input_ids: (B, T) prompts, left-padded when their lengths differ. T == 0 (and no ``inputs_embeds``)
+            starts from BOS. None with ``inputs_embeds``: the prompt is the embeddings alone.
+        attention_mask: (B, P + T), 1 for real positions and 0 for (left) padding; P = 0 without a prefix.
         config: a :class:`GenerationConfig`; keyword ``overrides`` replace its fields (``max_new_tokens=50``).
         tokenizer: needed for ``stop_strings``; also supplies default bos/eos/pad ids.
         logits_processors: extra ``(input_ids, logits) -> logits`` callables (see ``processors``).
         model_kwargs: forwarded to every model call (e.g. encoder ``memory``).
+        inputs_embeds: (B, P, D) embeddings in the model's embedding dtype, in front of ``input_ids`` (or the
+            whole prompt without them); see "Embeddings in" in the module docstring.
 
     Returns:
-        LongTensor (B · num_return_sequences, T + n), prompt included (an empty prompt becomes the BOS
-        token); n < max_new_tokens when every row stopped early.
+        LongTensor (B · num_return_sequences, T + n): the prompt's ids (an empty prompt becomes the BOS
+        token), then the new tokens; never the embedding positions, so with only ``inputs_embeds`` just the
+        new tokens (B·R, n). n < max_new_tokens when every row stopped early.
     """
     config = resolve_config(config, overrides)
     if config.num_beams > 1:
         return beam_search(model, input_ids, attention_mask, config=config, tokenizer=tokenizer,
-                           logits_processors=logits_processors, model_kwargs=model_kwargs)
-    steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs)
+                           logits_processors=logits_processors, model_kwargs=model_kwargs,
+                           inputs_embeds=inputs_embeds)
+    steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs,
+                    inputs_embeds=inputs_embeds)
     while True:
         try:
             next(steps)
@@ -83,10 +109,11 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: to
             return done.value
 
 
-def stream(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-           config: GenerationConfig | None = None, tokenizer: Any = None,
-           logits_processors: Sequence[Processor] | None = None, model_kwargs: dict[str, Any] | None = None,
-           text: bool | None = None, **overrides: Any) -> Iterator[Any]:
+def stream(model: torch.nn.Module, input_ids: torch.Tensor | None = None,
+           attention_mask: torch.Tensor | None = None, config: GenerationConfig | None = None,
+           tokenizer: Any = None, logits_processors: Sequence[Processor] | None = None,
+           model_kwargs: dict[str, Any] | None = None, text: bool | None = None,
+           inputs_embeds: torch.Tensor | None = None, **overrides: Any) -> Iterator[Any]:
     """Decode step by step, yielding as soon as each token is chosen (same arguments as :func:`generate`).
 
     Without a tokenizer (or with ``text=False``) each step yields the new ids, a LongTensor (B,) (finished
@@ -104,7 +131,7 @@ def stream(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     # Streaming reads every token on the host anyway, so each step's finiteness check costs nothing extra and a
     # token chosen from NaN logits is never yielded.
     steps = _decode(model, input_ids, attention_mask, config, tokenizer, logits_processors, model_kwargs,
-                    check_each_step=True)
+                    check_each_step=True, inputs_embeds=inputs_embeds)
     if tokenizer is None or text is False:
         for tok, _ in steps:
             yield tok
@@ -112,7 +139,8 @@ def stream(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     deltas = None
     for tok, live in steps:
         if deltas is None:  # after the first step, so the inputs were validated
-            tails = _prompt_tails(input_ids, attention_mask)
+            rows = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]
+            tails = _prompt_tails(input_ids, attention_mask, rows)
             per_row = tok.shape[0] // max(len(tails), 1)  # num_return_sequences samples per prompt
             deltas = TextDeltas(tokenizer, [t for t in tails for _ in range(per_row)])
         out = deltas.push(tok.tolist(), None if live is None else live.tolist())
@@ -122,11 +150,18 @@ def stream(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
         yield rest[0] if len(rest) == 1 else rest
 
 
-def _prompt_tails(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, n: int = 4) -> list[list[int]]:
-    """The last ``n`` real prompt tokens of each row: context for decoding the first generated tokens."""
+def _prompt_tails(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, batch: int,
+                  n: int = 4) -> list[list[int]]:
+    """The last ``n`` real prompt ids of each of ``batch`` rows: context for decoding the first generated tokens.
+
+    An embeddings-only prompt has no ids (empty context); with a prefix the mask's last T columns are the ids'.
+    """
+    if input_ids is None or input_ids.shape[1] == 0:
+        return [[] for _ in range(batch)]
     rows = input_ids.tolist()
     if attention_mask is not None:
-        rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, attention_mask.tolist())]
+        ids_mask = attention_mask[:, attention_mask.shape[1] - input_ids.shape[1]:]  # drop the prefix columns
+        rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, ids_mask.tolist())]
     return [r[-n:] for r in rows]
 
 
@@ -183,16 +218,18 @@ class TextDeltas:
 
 
 @torch.no_grad()
-def _decode(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+def _decode(model: torch.nn.Module, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
             config: GenerationConfig, tokenizer: Any, logits_processors: Sequence[Processor] | None,
-            model_kwargs: dict[str, Any] | None, check_each_step: bool = False):
+            model_kwargs: dict[str, Any] | None, check_each_step: bool = False,
+            inputs_embeds: torch.Tensor | None = None):
     """The greedy / sampling loop as a generator (``check_each_step``: see :func:`_decode_loop`).
 
     Yields ``(ids (B,), live)`` per step, ``live`` (B,) bool marking rows whose id is a real token (None
-    when nothing can stop a row), and returns the full sequences (B, T + n).
+    when nothing can stop a row), and returns the full sequences (B, T + n) (ids only, no prefix positions).
     """
     expand = config.num_return_sequences if config.is_sampling else 1
-    req = prepare(model, input_ids, attention_mask, config, tokenizer, model_kwargs, expand=expand)
+    req = prepare(model, input_ids, attention_mask, config, tokenizer, model_kwargs, expand=expand,
+                  inputs_embeds=inputs_embeds)
     with eval_mode(model):
         return (yield from _decode_loop(model, req, tokenizer, logits_processors, check_each_step))
 
@@ -204,15 +241,16 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
     check, at the end, and, with ``check_each_step`` (streaming), before every token is yielded."""
     cfg = req.config
     B, T = req.input_ids.shape
+    P = req.prefix_len  # prefix positions: in the mask and the model's positions, not in ``seq``
     N = cfg.max_new_tokens
     device = req.input_ids.device
     width = room(T, N)  # the output buffer grows as tokens come, so a huge max_new_tokens allocates nothing huge
-    seq = torch.full((B, width), req.pad_id, dtype=torch.long, device=device)
+    seq = torch.full((B, width), req.pad_id, dtype=torch.long, device=device)  # ids only: (B, T + generated)
     seq[:, :T] = req.input_ids
     mask = None
     if req.mask is not None:  # generated positions are real tokens: the mask is all ones after the prompt
-        mask = torch.ones((B, width), dtype=req.mask.dtype, device=device)
-        mask[:, :T] = req.mask
+        mask = torch.ones((B, P + width), dtype=req.mask.dtype, device=device)  # (B, P + T + generated)
+        mask[:, :P + T] = req.mask
     procs = build_processors(cfg, T, req.eos_ids, req.pad_lengths, logits_processors)
     sampling = cfg.is_sampling
     generator = None
@@ -229,7 +267,7 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     stop_text = _StopStrings(tokenizer, req.stops, B) if req.stops else None
     window = req.max_seq_len if cfg.sliding_window else None
-    runner = ModelRunner(model, B, T + N, cfg.use_cache, window, req.model_kwargs)
+    runner = ModelRunner(model, B, P + T + N, cfg.use_cache, window, req.model_kwargs, req.prefix)
 
     cur = T
     # greedy: the first step with NaN / +inf logits, kept on the device and read where the loop syncs anyway
@@ -243,7 +281,7 @@ def _decode_loop(model: torch.nn.Module, req: Request, tokenizer: Any,
         tok = sample_next(logits, sampling, generator, step=step)  # (B,)
         if cur >= seq.shape[1]:
             seq = grow(seq, cur + 1, T + N, req.pad_id)
-            mask = grow(mask, cur + 1, T + N, 1) if mask is not None else None
+            mask = grow(mask, P + cur + 1, P + T + N, 1) if mask is not None else None
         live = None
         if can_stop:
             live = unfinished  # rows whose token this step is real (not padding)
