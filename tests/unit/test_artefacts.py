@@ -129,7 +129,7 @@ def test_pairs_fine_tune_without_tags_translates(base, tmp_path, capsys):
     model, _ = base
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("src\ttgt\n" + "hello\tni hao\nthank you\txie xie\n" * 8, encoding="utf-8")
-    want = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "Q: {src} A:"}
+    want = {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>", "template": "Q: {src} A:", "memory": None}
     for strategy in ("full", "lora"):
         out = tmp_path / strategy
         assert main(["finetune", "--model", str(model), "--data", str(pairs), "--task", "pairs", "--out", str(out),
