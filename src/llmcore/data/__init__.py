@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): imp
     from ..inputs import IGNORE_INDEX
     from .corpora import bundled_corpus_path, read_text, resolve_paths
     from .datasets import OnTheFlyTextDataset, TokenDataset
-    from .examples import ExampleDataset, collate_pad
+    from .examples import ExampleDataset, ImageTextDataset, collate_pad
     from .shards import build_tokenizer, choose_dtype, load_meta, prepare
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "load_meta",
     "TokenDataset",
     "OnTheFlyTextDataset",
-    "ExampleDataset",
+    "ExampleDataset", "ImageTextDataset",
     "collate_pad",
     "IGNORE_INDEX",
 ]

@@ -149,3 +149,45 @@ def collate_pad(
 
 
 __all__ = ["ExampleDataset", "collate_pad", "check_rows_in_vocab"]
+
+
+class ImageTextDataset(ExampleDataset):
+    """(image, text) examples for a fusion model (:mod:`llmcore.models.fusion`): the text is what the model
+    learns to produce (a caption, or a question followed by its answer).
+
+    A batch is ``{"input_ids": (B, T), "attention_mask": (B, T), key: (B, ...), "labels": (B, T)}`` with the
+    texts right-padded and labels equal to ``input_ids`` except padding and, per example, the first
+    ``prompt_lengths[i]`` tokens (``IGNORE_INDEX``: a question is read, not predicted); the loss shifts them.
+
+    Args:
+        inputs: (N, C, H, W) float images in [0, 1], or (N, S, d) precomputed features.
+        texts: N lists of token ids (e.g. ``[bos] + encode(caption) + [eos]``).
+        pad_id: the id written into padding.
+        prompt_lengths: per example, the leading tokens that get no loss (default 0 for all).
+        key: the batch key of ``inputs``, ``"images"`` or ``"features"`` (the fusion models' keywords).
+    """
+
+    def __init__(self, inputs: torch.Tensor, texts: Sequence[Sequence[int]], pad_id: int,
+                 prompt_lengths: Sequence[int] | None = None, key: str = "images") -> None:
+        if len(inputs) != len(texts) or not texts:
+            raise DataError(f"ImageTextDataset got {len(inputs)} inputs and {len(texts)} texts; give one "
+                            "non-empty text per image (and at least one).")
+        if key not in ("images", "features"):
+            raise DataError(f"key={key!r} must be 'images' or 'features'.")
+        self.inputs, self.texts, self.pad_id, self.key = inputs, [list(t) for t in texts], pad_id, key
+        self.prompt_lengths = list(prompt_lengths) if prompt_lengths is not None else [0] * len(texts)
+        if len(self.prompt_lengths) != len(texts):
+            raise DataError(f"{len(self.prompt_lengths)} prompt_lengths for {len(texts)} texts.")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def example_length(self, i: int) -> int:
+        return len(self.texts[i])
+
+    def collate(self, indices: Sequence[int], batch: Sequence[int] | None = None) -> Batch:
+        every = batch if batch is not None else indices
+        width = max(len(self.texts[i]) for i in every)
+        labels = [[IGNORE_INDEX] * self.prompt_lengths[i] + self.texts[i][self.prompt_lengths[i]:] for i in indices]
+        ids, mask, labels = collate_pad([self.texts[i] for i in indices], self.pad_id, labels=labels, width=width)
+        return {"input_ids": ids, "attention_mask": mask, self.key: self.inputs[list(indices)], "labels": labels}

@@ -129,10 +129,11 @@ class TransformerLM(PreTrainedMixin, nn.Module):
     def forward_hidden(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                        kv_cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
                        attn_weights: list[torch.Tensor] | None = None,
-                       inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                       inputs_embeds: torch.Tensor | None = None, **block_kwargs: Any) -> torch.Tensor:
         """Final-normed hidden states (B, T, D); see :meth:`forward` for the arguments.
 
         ``attn_weights``: when a list, every layer's attention weights (B, H, T, S) are appended in order.
+        ``block_kwargs``: extra inputs of a subclass's :meth:`run_blocks` (none for this class).
         """
         past = kv_cache.length if kv_cache is not None else 0
         B, T, device = self._input_shape(input_ids, inputs_embeds, past)
@@ -142,11 +143,19 @@ class TransformerLM(PreTrainedMixin, nn.Module):
             x = self.embed(input_ids, position_ids)
         else:
             x = self.embed(None, position_ids, inputs_embeds=inputs_embeds)
-        for block in self.blocks:
-            x = block(x, mask=mask, is_causal=True, rope=rope, kv_cache=kv_cache, attn_weights=attn_weights)
+        x = self.run_blocks(x, mask=mask, rope=rope, kv_cache=kv_cache, attn_weights=attn_weights, **block_kwargs)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.final_norm(x)
+
+    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, rope: Any, kv_cache: KVCache | None,
+                   attn_weights: list[torch.Tensor] | None) -> torch.Tensor:
+        """The block stack: (B, T, D) -> (B, T, D). A subclass that inserts layers between blocks (e.g.
+        :class:`~llmcore.models.fusion.CrossAttentionFusionLM`) overrides this and takes its extra inputs as
+        keywords, which :meth:`forward_hidden` passes through (``block_kwargs``); this one takes none."""
+        for block in self.blocks:
+            x = block(x, mask=mask, is_causal=True, rope=rope, kv_cache=kv_cache, attn_weights=attn_weights)
+        return x
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
