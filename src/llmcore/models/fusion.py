@@ -41,7 +41,6 @@ from ..registry import ARCHITECTURES
 from .transformer import TransformerLM
 
 
-
 def pretrained_parts(model: nn.Module, encoder: bool = True) -> list[str]:
     """Module names (patterns for :class:`~llmcore.finetune.Freeze`) of the parts a fusion model starts
     from: the language model's own (embeddings, blocks, final norm, an untied head) and, with ``encoder``, the
