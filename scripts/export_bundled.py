@@ -30,7 +30,9 @@ SHAKESPEARE_FLAGS = ("--tokenizer sp --vocab-size 2048 --preset char-small --set
                      "--lr 2e-3 --eval-interval 100 --seed 1337")
 INFO = {
     "en-zh": dict(task="translation", description="English→Chinese encoder-decoder Transformer (3 + 3 layers, "
-                  "d_model 256), trained on the shipped Bible, HSK and Tatoeba pairs (training split).",
+                  "d_model 256) with a translation memory: the encoder also reads the Chinese of the nearest "
+                  "training sentence (TF-IDF), which it learns to copy, edit or ignore. Trained on the shipped "
+                  "Bible, HSK and Tatoeba pairs (training split).",
                   command="python scripts/train_bundled.py en-zh --out runs/bundled/en-zh",
                   try_="llmcore translate \"Hello, how are you?\""),
     "zh-lm": dict(task="text-generation", description="Chinese language model (4 layers, d_model 256) on "

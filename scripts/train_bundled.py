@@ -12,6 +12,10 @@ Trainer's atomic checkpoints under ``OUT/run`` so ``--resume`` continues a kille
 model is written to ``OUT/model`` (``save_pretrained`` with its tokenizer) and its validation figures to
 ``OUT/result.json``. The data is what ships in the package (the English–Chinese pairs), training split only.
 
+The en-zh recipe is memory-augmented (:mod:`llmcore.translation.fuzzy`, "neural fuzzy repair"): every source
+is ``"{English} <fmK> {Chinese of the nearest other training sentence}"``, so the model learns when to copy the
+memory's answer, when to edit it and when to ignore it; ``--set memory=0`` trains on the plain sentences.
+
 ``--arch``, ``--steps`` and ``--set KEY=VALUE`` (a recipe value, e.g. ``--set d_model=128``) exist for the
 architecture comparison in docs/benchmarks.md (encoder-decoder vs decoder-only vs LSTM on the same tokens); the
 bundled models use the defaults.
