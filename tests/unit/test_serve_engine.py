@@ -187,3 +187,25 @@ def test_chat_templates(tmp_path):
     assert template.kind == "jinja" and template.stops == []
     assert template.render(msgs) == "<s>[system] Be brief.\n[user] Hi\n[assistant]"
     assert load_chat_template([tmp_path / "missing"]).kind == "default"
+
+
+def test_model_without_a_kv_cache_is_served_one_request_at_a_time():
+    """An LSTM's state cannot be merged across requests: the engine decodes one job at a time, same tokens."""
+    from llmcore.models import LSTMLM
+
+    tok = ByteTokenizer()
+    model = LSTMLM(ModelConfig(vocab_size=tok.vocab_size, max_seq_len=64, d_model=32, n_layers=1, n_heads=4)).eval()
+    engine = Engine(model, max_batch_rows=8)
+    try:
+        assert not engine.continuous
+        jobs, sinks = [], []
+        for p in ("hello", "ab", "xyz"):
+            sinks.append(Sink())
+            jobs.append(Job(model, tok, tok.encode(p), SamplingParams(max_tokens=8, temperature=0), sinks[-1]))
+        engine.submit(jobs)
+        for job, sink, p in zip(jobs, sinks, ("hello", "ab", "xyz")):
+            sink.wait()
+            assert job.seq[:, job.T:job.cur].tolist() == alone(model, tok, p, max_new_tokens=8)
+        assert engine.stats["max_rows"] == 1
+    finally:
+        engine.stop()
