@@ -263,6 +263,17 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, pat
     assert greedy(server.client(), "still there", 3).choices[0].finish_reason == "length"
 
 
+def test_the_guides_client_snippet_runs(server, capsys):
+    """docs/guides/serving.md's Python block, against this server instead of one on port 8000."""
+    import re
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "serving.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", guide, re.S | re.M)
+    assert len(blocks) == 1 and "http://127.0.0.1:8000/v1" in blocks[0]
+    exec(compile(blocks[0].replace("http://127.0.0.1:8000", server.url), "serving.md", "exec"), {})
+    assert capsys.readouterr().out
+
+
 def test_wrong_method_and_client_errors(server):
     assert server.get("/v1/completions")[0] == 405
     with pytest.raises(openai.NotFoundError):
@@ -322,7 +333,7 @@ def _browser() -> str | None:
     return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
-def test_playground_in_a_headless_browser(server, tmp_path):
+def test_playground_in_a_headless_browser(request, tmp_path):
     """Type a prompt, press Generate, see streamed text appear (Playwright on the system's Chromium)."""
     browser_path = _browser()
     try:
@@ -333,6 +344,7 @@ def test_playground_in_a_headless_browser(server, tmp_path):
         missing = [what for what, ok in (("the playwright package", sync_api), ("a Chromium binary (chromium, "
                    "chromium-browser or google-chrome on PATH)", browser_path)) if not ok]
         pytest.skip(f"no headless browser to drive: {' and '.join(missing)} not installed")
+    server = request.getfixturevalue("server")  # started only when there is a browser to point at it
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, headless=True)
         page = browser.new_page()

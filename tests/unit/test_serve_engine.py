@@ -209,3 +209,17 @@ def test_model_without_a_kv_cache_is_served_one_request_at_a_time():
         assert engine.stats["max_rows"] == 1
     finally:
         engine.stop()
+
+
+def test_only_the_http_layer_imports_the_web_framework():
+    """The engine, the service and the command's module load without Starlette / uvicorn (the serve extra)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    code = ("import sys, llmcore.serve.service, llmcore.serve.server, llmcore.cli.serve\n"
+            "print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2', 'openai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
