@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import LLMCoreError
+from ..generation.processors import nonfinite_rows
 from ..modules import KVCache
 from .batch import BatchCache
 from .job import Job
@@ -198,6 +199,10 @@ class Engine:
     def _choose(self, jobs: list[Job], logits: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
         """Each job picks its tokens from its rows of ``logits``; a job that fails (or was cancelled) keeps
         ``fallback``'s tokens and is retired after this step."""
+        # Once for the whole batch instead of once per job (each is a small kernel, and the check a host sync):
+        # the argmax that plain greedy jobs take as it is, and which rows hold non-finite logits.
+        argmax = logits.argmax(dim=-1)
+        bad = nonfinite_rows(logits).tolist()
         out, r = [], 0
         for job in jobs:
             rows = slice(r, r + job.rows)
@@ -207,7 +212,7 @@ class Engine:
                 out.append(fallback[rows])
                 continue
             try:
-                out.append(job.step(logits[rows]))
+                out.append(job.step(logits[rows], nonfinite=any(bad[rows]), argmax=argmax[rows]))
                 self.stats["tokens"] += job.rows
             except LLMCoreError as e:  # e.g. non-finite logits: this request fails, the others go on
                 job.fail(str(e))
