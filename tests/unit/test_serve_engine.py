@@ -223,3 +223,21 @@ def test_only_the_http_layer_imports_the_web_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_failing_request_ends_alone(lm):
+    """Non-finite logits in one request's rows fail that request (an error event); the batch goes on."""
+    model, tok = lm
+    engine = Engine(model)
+    try:
+        healthy, broken = Sink(), Sink()
+        good = Job(model, tok, tok.encode("hello"), SamplingParams(max_tokens=6, temperature=0), healthy)
+        bad = Job(model, tok, tok.encode("hello"), SamplingParams(max_tokens=6, temperature=0), broken)
+        nan = torch.full((1, tok.vocab_size), float("nan"))
+        bad.procs = [lambda ids, logits: nan]  # as if the model had produced NaN for this request only
+        engine.submit([good, bad])
+        assert broken.wait().events[-1]["type"] == "error" and "non-finite" in broken.events[-1]["message"]
+        assert healthy.wait().events[-1]["type"] == "done"
+        assert good.seq[:, good.T:good.cur].tolist() == alone(model, tok, "hello", max_new_tokens=6)
+    finally:
+        engine.stop()

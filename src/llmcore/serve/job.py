@@ -128,20 +128,21 @@ class Job:
         """Choose this step's tokens from the job's rows of the batch logits (n, V); returns them (n,), the pad id
         in finished rows (what the next forward pass feeds, as ``generate`` does).
 
-        The engine may pass what it computed for the whole batch at once: ``nonfinite`` (whether these rows hold
-        NaN / +inf; the processors add only -inf, so the raw rows tell) and, for a :attr:`plain_greedy` job,
-        ``argmax`` (these rows' argmax). Call under ``torch.no_grad()``.
+        The engine may pass what it computed for the whole batch at once: ``nonfinite`` (whether these raw rows
+        hold NaN / +inf; used when no processor changed them) and, for a :attr:`plain_greedy` job, ``argmax``
+        (these rows' argmax). Call under ``torch.no_grad()``.
         """
         raw_logits = logits
         step = self.step_index
+        if self.procs:
+            logits = apply_processors(self.procs, self.seq[:, :self.cur], logits)
+            nonfinite = None  # checked on what the processors made of the rows, as generate checks it
         if not self.config.is_sampling:  # sampling checks its probabilities in sample_next
             if nonfinite if nonfinite is not None else bool(nonfinite_rows(logits).any()):
                 raise nonfinite_error(step)
         if argmax is not None and self.plain_greedy:
             tok = argmax
         else:
-            if self.procs:
-                logits = apply_processors(self.procs, self.seq[:, :self.cur], logits)
             tok = sample_next(logits, self.config.is_sampling, self.generator, step=step)
         live = self.unfinished.clone()  # rows whose token this step is real
         tok = torch.where(live, tok, self.pad_id)

@@ -100,6 +100,9 @@ class Service:
     def make_jobs(self, req: GenerationRequest, prompts: list[list[int]],
                   emit: Callable[[int, Event], None]) -> list[Job]:
         """One validated :class:`Job` per prompt; ``emit(k, event)`` receives prompt k's events."""
+        if len(prompts) > self.engine.max_queue:
+            raise APIError(400, f"{len(prompts)} prompts in one request, but the server queues at most "
+                                f"{self.engine.max_queue} (--max-queue); send fewer per request.", param="prompt")
         jobs = []
         for k, ids in enumerate(prompts):
             stops = req.params.stop + (self.chat_template.stops if req.messages is not None else [])
@@ -128,6 +131,7 @@ class Collector:
     def __init__(self, jobs: list[Job], chat: bool, echo_texts: list[str] | None = None) -> None:
         self.jobs, self.chat = jobs, chat
         self.n = jobs[0].rows
+        self.echo = [len(echo_texts[k]) if echo_texts else 0 for k in range(len(jobs))]  # logprobs' text_offset
         self.text = [[(echo_texts[k] if echo_texts else "") for _ in range(self.n)] for k in range(len(jobs))]
         self.lp: list[list[list[dict[str, Any]]]] = [[[] for _ in range(self.n)] for _ in jobs]
         self.finish: list[list[str | None]] = [[None] * self.n for _ in jobs]
@@ -150,7 +154,7 @@ class Collector:
         choices = []
         for k in range(len(self.jobs)):
             for c in range(self.n):
-                lp = logprobs_object(self.lp[k][c], self.chat) if logprobs else None
+                lp = logprobs_object(self.lp[k][c], self.chat, self.echo[k]) if logprobs else None
                 choice: dict[str, Any] = {"index": k * self.n + c, "logprobs": lp, "finish_reason": self.finish[k][c]}
                 if self.chat:
                     choice["message"] = {"role": "assistant", "content": self.text[k][c]}
