@@ -241,3 +241,25 @@ def test_a_failing_request_ends_alone(lm):
         assert good.seq[:, good.T:good.cur].tolist() == alone(model, tok, "hello", max_new_tokens=6)
     finally:
         engine.stop()
+
+
+def test_an_encoder_decoder_translates_and_refuses_completions():
+    from llmcore.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+    from llmcore.serve.protocol import GenerationRequest
+    from llmcore.serve.server import build_service
+    from llmcore.tokenizer import CharTokenizer
+    from llmcore.translation.translator import Translator
+
+    tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz 你好", specials=("<bos>", "<eos>", "<pad>", "<2en>",
+                                                                              "<2zh>"))
+    model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=tok.vocab_size, max_seq_len=24, d_model=32, n_layers=1,
+                                             n_heads=4, pos_encoding="learned")).eval()
+    service = build_service(model, tok, "mt")
+    try:
+        assert service.translator is not None and service.model_card()["translation"] is True
+        assert service.engine.call(lambda: service.translator.translate(["hello"])).result(30) == \
+            Translator(model, tok).translate(["hello"])
+        with pytest.raises(APIError, match="translations"):
+            service.prompt_ids(GenerationRequest("mt", ["hello"], SamplingParams(), False))
+    finally:
+        service.engine.stop()

@@ -124,7 +124,14 @@ def create_app(service: Service) -> Starlette:
         prompts = service.prompt_ids(req)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        jobs = service.make_jobs(req, prompts, lambda k, ev: loop.call_soon_threadsafe(queue.put_nowait, (k, ev)))
+
+        def emit(k: int, ev: dict[str, Any]) -> None:  # called on the engine thread
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (k, ev))
+            except RuntimeError:  # the event loop is closed (shutdown): nobody waits for these events any more
+                pass
+
+        jobs = service.make_jobs(req, prompts, emit)
         echo = [service.tokenizer.decode(p) if isinstance(p, list) else p for p in req.prompts] if req.echo else None
         try:
             service.engine.submit(jobs)
