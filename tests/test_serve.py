@@ -329,6 +329,60 @@ def test_missing_extra_is_one_line_and_status_2(model_dir, capsys, monkeypatch):
     assert len(err) == 1 and "pip install 'llmcore[serve]'" in err[0]
 
 
+NODE_HARNESS = r"""
+// The playground's script under Node (fetch and streams built in) with a stub DOM: the page's own code
+// requests and parses the server's event stream; the stub only records what it would show.
+const fs = require("fs"), vm = require("vm");
+const [script, base, prompt] = process.argv.slice(2);
+const els = {};
+const node = (id) => els[id] || (els[id] = {
+  id, value: "", textContent: "", disabled: false, listeners: {}, children: [],
+  classList: { toggle() {}, add() {}, remove() {} },
+  addEventListener(type, fn) { this.listeners[type] = fn; },
+  appendChild(child) { this.children.push(child); return child; },
+});
+globalThis.document = {
+  getElementById: node,
+  createElement: () => ({ className: "", textContent: "" }),
+  createTextNode: (data) => ({ data, appendData(more) { this.data += more; } }),
+};
+const realFetch = fetch;
+globalThis.fetch = (url, options) => realFetch(base + url, options);
+Object.assign(node("max_tokens"), { value: "12" }); Object.assign(node("temperature"), { value: "0" });
+Object.assign(node("top_p"), { value: "1" }); Object.assign(node("top_k"), { value: "0" });
+Object.assign(node("prompt"), { value: prompt }); Object.assign(node("model"), { textContent: "connecting…" });
+vm.runInThisContext(fs.readFileSync(script, "utf8"));
+(async () => {
+  for (let i = 0; i < 200 && node("model").textContent.startsWith("connecting"); i++) await new Promise((r) => setTimeout(r, 25));
+  await node("generate").listeners.click();
+  const out = node("output").children.map((c) => c.textContent !== undefined ? c.textContent : c.data).join("");
+  console.log(JSON.stringify({ model: node("model").textContent, output: out, stats: node("stats").textContent,
+                               error: node("error").textContent }));
+})();
+"""
+
+
+def test_playground_script_streams_under_node(server, tmp_path):
+    """The page's JavaScript, run by Node against the server (no browser needed): it streams the same text a
+    greedy completion returns and reports tokens per second."""
+    import re
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the playground's script cannot run without a browser")
+    with urllib.request.urlopen(server.url + "/", timeout=30) as r:
+        page = r.read().decode()
+    (tmp_path / "page.js").write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1))
+    (tmp_path / "harness.js").write_text(NODE_HARNESS)
+    out = subprocess.run([node, str(tmp_path / "harness.js"), str(tmp_path / "page.js"), server.url, "Once upon"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["error"] == "" and shown["model"].startswith("tiny")
+    assert shown["output"] == "Once upon" + greedy(server.client(), "Once upon", 12).choices[0].text
+    assert "12 tokens in" in shown["stats"] and "tokens/s" in shown["stats"]
+
+
 def _browser() -> str | None:
     return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
