@@ -90,7 +90,7 @@ class Job:
         self.cur = T
         self.pad_id, self.stops = req.pad_id, req.stops
         self.procs = build_processors(self.config, T, req.eos_ids, None, None)
-        self.eos = torch.tensor(req.eos_ids, dtype=torch.long, device=device) if req.eos_ids else None
+        self.eos = set(req.eos_ids)
         self.generator = None
         if self.config.is_sampling:  # private, as in generate: the global RNG is never touched
             self.generator = torch.Generator(device=device)
@@ -98,7 +98,8 @@ class Job:
                 self.generator.manual_seed(params.seed)
             else:
                 self.generator.seed()
-        self.unfinished = torch.ones(n, dtype=torch.bool, device=device)
+        self.unfinished = [True] * n
+        self.gen: list[list[int]] = [[] for _ in range(n)]  # each choice's generated ids (for stop strings)
         context = [list(prompt_ids[-4:])]  # as stream(): a few prompt ids decoded in front, then cut off
         self.deltas = [TextDeltas(tokenizer, context) for _ in range(n)]
         self.raw = [""] * n  # the decoded text of each choice so far (stop strings included)
@@ -144,21 +145,24 @@ class Job:
             tok = argmax
         else:
             tok = sample_next(logits, self.config.is_sampling, self.generator, step=step)
-        live = self.unfinished.clone()  # rows whose token this step is real
-        tok = torch.where(live, tok, self.pad_id)
+        # The bookkeeping is plain Python on one host copy of the tokens: a job has few rows, and a dozen tiny
+        # tensor ops per job and step would cost more than the choice itself once sixteen jobs share a batch.
+        ids = tok.tolist()
+        live = list(self.unfinished)  # rows whose token this step is real
+        if not all(live):  # finished rows get the pad id, fed like any token (as generate does)
+            ids = [t if alive else self.pad_id for t, alive in zip(ids, live)]
+            tok = torch.tensor(ids, dtype=torch.long, device=tok.device)
         self.seq[:, self.cur] = tok
         self.cur += 1
-        if self.eos is not None:
-            self.unfinished &= ~torch.isin(tok, self.eos)
-        ids = tok.tolist()
         infos = self._logprobs(raw_logits, tok) if self.params.logprobs is not None else [None] * len(ids)
         last = self.step_index >= self.params.max_tokens
-        for row, (t, alive) in enumerate(zip(ids, live.tolist())):
+        for row, (t, alive) in enumerate(zip(ids, live)):
             if not alive:
                 continue
             self.counts[row] += 1
-            if self.stops and hits_stop_string(self.tokenizer, self.seq[row, self.T:self.cur].tolist(), self.stops):
-                self.unfinished[row] = False  # the same test (and the same decoded ids) as generate's
+            self.gen[row].append(t)
+            if t in self.eos or (self.stops and hits_stop_string(self.tokenizer, self.gen[row], self.stops)):
+                self.unfinished[row] = False  # the same tests (on the same decoded ids) as generate's
             self.raw[row] += self.deltas[row].push([t])[0]
             if not self.unfinished[row]:
                 self._finish(row, "stop", infos[row])
@@ -166,7 +170,7 @@ class Job:
                 self._finish(row, "length", infos[row])
             else:
                 self._emit_text(row, infos[row], final=False)
-        if last or not bool(self.unfinished.any()):
+        if last or not any(self.unfinished):
             self.done = True
             self.emit({"type": "done", "usage": self.usage()})
         return tok
