@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"finetune"},
     {"translation"},
     {"plot", "sweep"},
+    {"serve"},  # the HTTP server: generation + translation behind an OpenAI-compatible API
     {"<root>"},
     {"cli", "__main__"},  # also every ``*/cli.py``: see ``layer_of``
 ]

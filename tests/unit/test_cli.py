@@ -22,7 +22,7 @@ from llmcore.tokenizer import ByteTokenizer
 from llmcore.training import TrainConfig
 from llmcore.training.run import RunConfig
 
-COMMANDS = ["tokenizer", "prepare", "train", "eval", "finetune", "merge", "classify", "generate", "translate",
+COMMANDS = ["tokenizer", "prepare", "train", "eval", "finetune", "merge", "classify", "generate", "translate", "serve",
             "models", "convert", "sweep", "plot"]
 
 

@@ -37,6 +37,7 @@ COMMANDS = [
     "llmcore.cli.classify",  # classify
     "llmcore.cli.generate",  # generate
     "llmcore.cli.translate",  # translate
+    "llmcore.cli.serve",  # serve (the OpenAI-compatible HTTP server; needs the serve extra)
     "llmcore.cli.models",  # models (the bundled ready-trained ones)
     "llmcore.cli.convert",  # convert
     "llmcore.cli.sweep",  # sweep

@@ -1,0 +1,413 @@
+"""``llmcore serve`` end to end: a real server in a subprocess on a free loopback port, the official client.
+
+The model is a tiny random TransformerLM (CharTokenizer, language tags and translation settings, so the same
+model answers completions, chat and translations). Equivalences, as elsewhere in the suite: greedy server
+text = ``llmcore generate``; 16 concurrent streams = the same requests one at a time; seeded sampling =
+``generate(seed=...)`` in-process. Every bad request gets its 4xx JSON error and the server keeps serving.
+A second server (one row at a time, a queue of one, an API key) covers 401, 429 and client disconnects.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("starlette", reason="the serve extra is not installed (pip install 'llmcore[serve]')")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install 'llmcore[serve]')")
+openai = pytest.importorskip("openai", reason="the official openai client (dev extra) is not installed")
+
+from llmcore import ModelConfig, TransformerLM  # noqa: E402
+from llmcore.generation import generate  # noqa: E402
+from llmcore.tokenizer import CharTokenizer, load_tokenizer  # noqa: E402
+from llmcore.translation.translator import Translator  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:!?'\n"
+CONTEXT = 256
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    return e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m llmcore serve`` in a subprocess; ``stop()`` ends it."""
+
+    def __init__(self, model_dir: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "llmcore", "serve", "--model", str(model_dir), "--port", str(self.port),
+               "--threads", "1", *flags]
+        self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.proc.stdout.read()}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the server did not answer /health within 90 s")
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post(self, path: str, obj, raw: bytes | None = None, headers: dict | None = None):
+        data = raw if raw is not None else json.dumps(obj).encode()
+        return self.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})})
+
+    def client(self, key: str = "unused"):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    tok = CharTokenizer(ALPHABET, specials=("<bos>", "<eos>", "<pad>", "<2en>", "<2zh>"))
+    config = ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=CONTEXT,
+                                     extra={"translation": {"src_lang_tag": "<2en>", "tgt_lang_tag": "<2zh>"}})
+    d = tmp_path_factory.mktemp("serve") / "tiny"
+    TransformerLM(config).save_pretrained(d, tokenizer=tok)
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    s = Server(model_dir, "--max-tokens-limit", "200", "--max-body-bytes", "4096")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def local(model_dir):
+    """The same model and tokenizer in this process (the references)."""
+    return TransformerLM.from_pretrained(model_dir).eval(), load_tokenizer(model_dir)
+
+
+def greedy(client, prompt: str, max_tokens: int = 20, **kw):
+    return client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0, **kw)
+
+
+def stream_text(client, prompt: str, max_tokens: int = 20, **kw) -> tuple[str, str | None]:
+    text, finish = "", None
+    for chunk in client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                           stream=True, **kw):
+        text += chunk.choices[0].text
+        finish = chunk.choices[0].finish_reason or finish
+    return text, finish
+
+
+def test_models_health_and_playground(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    status, health = server.get("/health")
+    assert status == 200 and health["continuous_batching"] is True
+    with urllib.request.urlopen(server.url + "/", timeout=30) as r:
+        page = r.read().decode()
+    assert "llmcore playground" in page and "<script src=" not in page  # one self-contained page, no CDN
+
+
+def test_greedy_completion_equals_llmcore_generate(server, model_dir):
+    out = subprocess.run([sys.executable, "-m", "llmcore", "generate", "--model", str(model_dir), "--prompt",
+                          "Hello there", "--max-new-tokens", "24"], env=env(), capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    expected = out[len("Hello there"):-1]  # the command prints prompt + continuation + newline
+    resp = greedy(server.client(), "Hello there", 24)
+    assert resp.choices[0].text == expected
+    assert resp.usage.prompt_tokens == len("Hello there") and resp.usage.completion_tokens == 24
+    assert stream_text(server.client(), "Hello there", 24) == (expected, "length")
+
+
+def test_chat_streaming_and_not(server, local):
+    client = server.client()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    resp = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, temperature=0)
+    text = resp.choices[0].message.content
+    assert resp.choices[0].message.role == "assistant" and resp.object == "chat.completion"
+    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=16, temperature=0, stream=True) if c.choices]
+    assert "".join(parts) == text
+    # the documented default template, continued like a completion (which stops at a new "User:" line)
+    prompt = "System: Be brief.\nUser: Hi\nAssistant:"
+    assert greedy(client, prompt, 16, stop=["\nUser:"]).choices[0].text == text
+
+
+def test_n_choices_seeded_sampling_reproducible_and_equal_to_generate(server, local):
+    client = server.client()
+    kw = dict(model="tiny", prompt="Once", max_tokens=12, temperature=0.9, top_p=0.95, n=3, seed=11)
+    first = client.completions.create(**kw)
+    again = client.completions.create(**kw)
+    texts = [c.text for c in sorted(first.choices, key=lambda c: c.index)]
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert texts == [c.text for c in sorted(again.choices, key=lambda c: c.index)]
+    model, tok = local
+    ids = torch.tensor([tok.encode("Once")])
+    ref = generate(model, ids, max_new_tokens=12, do_sample=True, temperature=0.9, top_p=0.95,
+                   num_return_sequences=3, seed=11, tokenizer=tok)
+    assert texts == [tok.decode(row) for row in ref[:, ids.shape[1]:].tolist()]
+    other = client.completions.create(**{**kw, "seed": 12})
+    assert [c.text for c in sorted(other.choices, key=lambda c: c.index)] != texts
+
+
+def test_stop_strings_end_the_text_before_them(server):
+    client = server.client()
+    full = greedy(client, "Tell me", 30).choices[0].text
+    stop = full[6:9]
+    expected = full[:full.index(stop)]
+    resp = greedy(client, "Tell me", 30, stop=[stop, "never-seen"])
+    assert (resp.choices[0].text, resp.choices[0].finish_reason) == (expected, "stop")
+    assert stream_text(client, "Tell me", 30, stop=stop) == (expected, "stop")
+
+
+def test_logprobs_prompt_lists_and_echo(server):
+    resp = greedy(server.client(), ["ab", "cd"], 5, logprobs=2, echo=True)
+    assert [c.index for c in resp.choices] == [0, 1]
+    for c, prompt in zip(resp.choices, ["ab", "cd"]):
+        assert c.text.startswith(prompt) and len(c.logprobs.tokens) == 5
+        assert all(lp <= 0 for lp in c.logprobs.token_logprobs) and all(len(t) <= 2 for t in c.logprobs.top_logprobs)
+
+
+def test_16_concurrent_streams_equal_one_at_a_time(server):
+    prompts = ["the", "a", "some words", "Q", "hello there", "xyz", "so", "To be", "or not", "Z", "many more words",
+               "b", "It was", "Call me", "In the", "Yes"]
+    client = server.client()
+    alone = [greedy(client, p, 8 + i).choices[0].text for i, p in enumerate(prompts)]
+    _, before = server.get("/health")
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda a: stream_text(server.client(), a[1], 8 + a[0])[0], enumerate(prompts)))
+    assert together == alone
+    _, after = server.get("/health")
+    assert after["stats"]["max_rows"] > 1  # the requests really shared forward passes
+    assert after["stats"]["steps"] - before["stats"]["steps"] < sum(8 + i for i in range(16))
+
+
+def test_translations_endpoint_equals_translator(server, model_dir):
+    status, body = server.post("/v1/translations", {"model": "tiny", "input": ["hello", "good day"]})
+    assert status == 200
+    ref = Translator.from_pretrained(model_dir).translate(["hello", "good day"])
+    assert [d["text"] for d in body["data"]] == ref
+
+
+BAD = [  # (path, body or raw bytes, status, code or param)
+    ("/v1/completions", {"model": "nope", "prompt": "a"}, 404, "model_not_found"),
+    ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "a"}]}, 404,
+     "model_not_found"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "temperature": 9}, 400, "temperature"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "max_tokens": 201}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "n": 0}, 400, "n"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "frobnicate": 1}, 400, "frobnicate"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "logit_bias": {"3": 5}}, 400, "logit_bias"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "stop": 3}, 400, "stop"),
+    ("/v1/completions", {"model": "tiny"}, 400, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a" * 250, "max_tokens": 10}, 400, "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a" * CONTEXT}, 400, "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny", "prompt": "digits 123"}, 400, "prompt"),  # not in the alphabet
+    ("/v1/completions", {"model": "tiny", "prompt": [[1, 2, 99999]]}, 400, "prompt"),  # outside the vocabulary
+    ("/v1/chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "a"}], "tools": [{}]},
+     400, "tools"),
+    ("/v1/completions", None, 400, "invalid_json"),
+    ("/v1/completions", [1, 2], 400, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "a" * 5000}, 413, "request_too_large"),
+    ("/v1/translations", {"model": "tiny", "input": ""}, 400, "input"),
+    ("/v1/nothing", {}, 404, "not_found"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,code", BAD, ids=[f"{i}-{b[3]}" for i, b in enumerate(BAD)])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, path, body, status, code):
+    raw = b"{not json" if body is None else None
+    got, err = server.post(path, body, raw=raw)
+    assert got == status, err
+    assert set(err["error"]) == {"message", "type", "param", "code"} and err["error"]["message"]
+    if code is not None:
+        assert code in (err["error"]["code"], err["error"]["param"]), err
+    assert "Traceback" not in err["error"]["message"]
+    assert greedy(server.client(), "still there", 3).choices[0].finish_reason == "length"
+
+
+def test_the_guides_client_snippet_runs(server, capsys):
+    """docs/guides/serving.md's Python block, against this server instead of one on port 8000."""
+    import re
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "serving.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", guide, re.S | re.M)
+    assert len(blocks) == 1 and "http://127.0.0.1:8000/v1" in blocks[0]
+    exec(compile(blocks[0].replace("http://127.0.0.1:8000", server.url), "serving.md", "exec"), {})
+    assert capsys.readouterr().out
+
+
+def test_wrong_method_and_client_errors(server):
+    assert server.get("/v1/completions")[0] == 405
+    with pytest.raises(openai.NotFoundError):
+        server.client().completions.create(model="other", prompt="a", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="context length"):
+        server.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a" * 300}])
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """One request at a time, one waiting at most, a key: for 401, 429 and a client that leaves mid-stream
+    (a longer context, so that the stream it leaves would run for seconds)."""
+    torch.manual_seed(0)
+    tok = CharTokenizer(ALPHABET)
+    d = tmp_path_factory.mktemp("serve") / "long"
+    TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=2048)).save_pretrained(
+        d, tokenizer=tok)
+    s = Server(d, "--model-name", "tiny", "--max-batch-rows", "1", "--max-queue", "1", "--api-key", "s3cret",
+               "--max-tokens-limit", "2000")
+    yield s
+    s.stop()
+
+
+def test_api_key_queue_full_and_disconnect(small_server):
+    s = small_server
+    with pytest.raises(openai.AuthenticationError):
+        s.client("wrong").completions.create(model="tiny", prompt="a", max_tokens=2)
+    assert s.get("/v1/models")[0] == 401 and s.get("/health")[0] == 200
+    client = s.client("s3cret")
+    assert client.completions.create(model="tiny", prompt="a", max_tokens=2).usage.completion_tokens == 2
+    # A long stream holds the only row; one request waits; the next is refused with 429.
+    long = client.completions.create(model="tiny", prompt="a", max_tokens=2000, temperature=0, stream=True)
+    next(iter(long))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.completions.create, model="tiny", prompt="b", max_tokens=2)
+        deadline = time.monotonic() + 30
+        while s.request("GET", "/health")[1]["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(openai.RateLimitError):
+            client.completions.create(model="tiny", prompt="c", max_tokens=2)
+        long.close()  # the client goes away: its generation stops, and the waiting request runs
+        assert waiting.result(timeout=60).usage.completion_tokens == 2
+    _, health = s.get("/health")
+    assert health["running"] == 0 and health["stats"]["tokens"] < 2 + 2000 + 2  # it stopped early
+
+
+def test_missing_extra_is_one_line_and_status_2(model_dir, capsys, monkeypatch):
+    from llmcore.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
+    assert main(["serve", "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'llmcore[serve]'" in err[0]
+
+
+NODE_HARNESS = r"""
+// The playground's script under Node (fetch and streams built in) with a stub DOM: the page's own code
+// requests and parses the server's event stream; the stub only records what it would show.
+const fs = require("fs"), vm = require("vm");
+const [script, base, prompt] = process.argv.slice(2);
+const els = {};
+const node = (id) => els[id] || (els[id] = {
+  id, value: "", textContent: "", disabled: false, listeners: {}, children: [],
+  classList: { toggle() {}, add() {}, remove() {} },
+  addEventListener(type, fn) { this.listeners[type] = fn; },
+  appendChild(child) { this.children.push(child); return child; },
+});
+globalThis.document = {
+  getElementById: node,
+  createElement: () => ({ className: "", textContent: "" }),
+  createTextNode: (data) => ({ data, appendData(more) { this.data += more; } }),
+};
+const realFetch = fetch;
+globalThis.fetch = (url, options) => realFetch(base + url, options);
+Object.assign(node("max_tokens"), { value: "12" }); Object.assign(node("temperature"), { value: "0" });
+Object.assign(node("top_p"), { value: "1" }); Object.assign(node("top_k"), { value: "0" });
+Object.assign(node("prompt"), { value: prompt }); Object.assign(node("model"), { textContent: "connecting…" });
+vm.runInThisContext(fs.readFileSync(script, "utf8"));
+(async () => {
+  for (let i = 0; i < 200 && node("model").textContent.startsWith("connecting"); i++) await new Promise((r) => setTimeout(r, 25));
+  await node("generate").listeners.click();
+  const out = node("output").children.map((c) => c.textContent !== undefined ? c.textContent : c.data).join("");
+  console.log(JSON.stringify({ model: node("model").textContent, output: out, stats: node("stats").textContent,
+                               error: node("error").textContent }));
+})();
+"""
+
+
+def test_playground_script_streams_under_node(server, tmp_path):
+    """The page's JavaScript, run by Node against the server (no browser needed): it streams the same text a
+    greedy completion returns and reports tokens per second."""
+    import re
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the playground's script cannot run without a browser")
+    with urllib.request.urlopen(server.url + "/", timeout=30) as r:
+        page = r.read().decode()
+    (tmp_path / "page.js").write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1))
+    (tmp_path / "harness.js").write_text(NODE_HARNESS)
+    out = subprocess.run([node, str(tmp_path / "harness.js"), str(tmp_path / "page.js"), server.url, "Once upon"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["error"] == "" and shown["model"].startswith("tiny")
+    assert shown["output"] == "Once upon" + greedy(server.client(), "Once upon", 12).choices[0].text
+    assert "12 tokens in" in shown["stats"] and "tokens/s" in shown["stats"]
+
+
+def _browser() -> str | None:
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+def test_playground_in_a_headless_browser(request, tmp_path):
+    """Type a prompt, press Generate, see streamed text appear (Playwright on the system's Chromium)."""
+    browser_path = _browser()
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    if sync_api is None or browser_path is None:
+        missing = [what for what, ok in (("the playwright package", sync_api), ("a Chromium binary (chromium, "
+                   "chromium-browser or google-chrome on PATH)", browser_path)) if not ok]
+        pytest.skip(f"no headless browser to drive: {' and '.join(missing)} not installed")
+    server = request.getfixturevalue("server")  # started only when there is a browser to point at it
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, headless=True)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.fill("#temperature", "0")
+        page.fill("#prompt", "Once upon")
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#stats').textContent.includes('tokens/s')")
+        page.wait_for_function("!document.querySelector('#generate').disabled")
+        assert len(page.text_content("#output")) > len("Once upon")
+        page.screenshot(path=str(tmp_path / "playground.png"))
+        browser.close()
