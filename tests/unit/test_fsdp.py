@@ -7,8 +7,11 @@ global batch is drawn identically on every rank and each rank builds its rows, s
 x batch 4, and the runs may differ only by the order of floating-point sums.
 
 bf16 (``dtype="bfloat16"``): FSDP computes with bf16 *copies of the weights* (``MixedPrecisionPolicy``), one process
-with fp32 weights under autocast, so elementwise products with weights (norm gains) round differently; bf16 keeps
-8 bits of mantissa (relative step 2**-8 = 0.4%), and the losses agree to ~1e-2, not 1e-5.
+with fp32 weights under autocast, so elementwise products with weights (norm gains) round differently, and bf16
+keeps 8 bits of mantissa (a relative step of 2**-8 = 0.4% per rounded value). Measured over 6 steps: losses within
+5e-4 (the test allows 5e-3), weights within 1.6e-2, as far apart as one bf16 process is from one fp32 process
+(1.6e-2): AdamW turns a sign flip of a tiny gradient entry into a step of size lr (1e-2 here). So bf16 runs are
+compared by loss at ~1e-3, never bitwise; fp32 runs agree to 1e-5 (measured 3e-7 losses, 3e-6 weights).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from llmcore.training import TrainConfig, Trainer, fsdp, lm_loss
 from llmcore.training import distributed as dist
 
 STEPS, SAVE_AT = 20, 10
-BF16_TOL = 2e-2  # measured: see the module docstring
+BF16_TOL = 5e-3  # measured 5e-4: see the module docstring
 
 
 def _model() -> TransformerLM:
