@@ -57,7 +57,7 @@ def _train(batch_size: int, distributed: str = "ddp", out_dir: str | Path | None
                       eval_interval=SAVE_AT, eval_batches=3, progress=False, num_samples=0, device="cpu",
                       out_dir=None if out_dir is None else str(out_dir), keep_last=5, distributed=distributed,
                       **cfg_kw)
-    strategies = {None: [], "unfreeze": [GradualUnfreeze(every_n_steps=4)], "lora": [LoRA(rank=4, alpha=8.0)]}
+    strategies = {None: [], "unfreeze": [GradualUnfreeze(every_n_steps=2)], "lora": [LoRA(rank=4, alpha=8.0)]}
     losses, vals, out = {}, [], {}
     trainer = Trainer(model, cfg, train, val, strategies=strategies[strategy])
     trainer.add_callback("on_step_end", lambda t, info: losses.__setitem__(info["step"], info["train_loss"]))
@@ -104,10 +104,10 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     tdist.barrier()
     res["resume2"] = _train(2, "fsdp", root_p / "resume2", resume=True)
     res["from1"] = _train(2, "fsdp", root_p / "from1", resume=True)
-    res["ac"] = _train(2, "fsdp", activation_checkpointing=True, steps=6)
-    res["unfreeze"] = _train(2, "fsdp", strategy="unfreeze", steps=12)
-    res["lora"] = _train(2, "fsdp", strategy="lora", steps=6)
-    res["bf16"] = _train(2, "fsdp", dtype="bfloat16", steps=6)
+    res["ac"] = _train(2, "fsdp", activation_checkpointing=True, steps=4)
+    res["unfreeze"] = _train(2, "fsdp", strategy="unfreeze", steps=8)
+    res["lora"] = _train(2, "fsdp", strategy="lora", steps=4)
+    res["bf16"] = _train(2, "fsdp", dtype="bfloat16", steps=4)
     res["clip"] = _clip_case(sharded=True)
     (root_p / f"rank{rank}.json").write_text(json.dumps(res))
     tdist.destroy_process_group()
@@ -208,10 +208,10 @@ def test_clipping_under_fsdp_is_clipping_of_the_full_model(runs):
 
 def test_strategies_activation_checkpointing_and_bf16_under_fsdp(runs):
     r0 = runs["r0"]
-    _close(r0["ac"], _train(4, steps=6), 1e-5)  # recomputed activations: the same numbers
-    _close(r0["unfreeze"], _train(4, strategy="unfreeze", steps=12), 1e-5)  # re-built optimizer, 3 times
-    _close(r0["lora"], _train(4, strategy="lora", steps=6), 1e-5)  # frozen base, random A from rank 0
-    bf16 = _train(4, dtype="bfloat16", steps=6)
+    _close(r0["ac"], _train(4, steps=4), 1e-5)  # recomputed activations: the same numbers
+    _close(r0["unfreeze"], _train(4, strategy="unfreeze", steps=8), 1e-5)  # optimizer re-built 3 times
+    _close(r0["lora"], _train(4, strategy="lora", steps=4), 1e-5)  # frozen base, random A from rank 0
+    bf16 = _train(4, dtype="bfloat16", steps=4)
     for step, loss in bf16["losses"].items():
         assert r0["bf16"]["losses"][str(step)] == pytest.approx(loss, abs=BF16_TOL), step
 
@@ -290,3 +290,54 @@ def test_rank_killed_under_torchrun_max_restarts_recovers_the_same_weights(tmp_p
     assert (tmp_path / "killed.killed").is_file() and not (tmp_path / "plain.killed").exists()
     assert killed["restarts"] == 1 and plain["restarts"] == 0
     assert killed["params"] == plain["params"]  # resumed from ckpt-000008: bit-identical, not merely close
+
+
+def test_a_damaged_shard_index_is_refused_in_one_line(runs, tmp_path):
+    from llmcore.errors import CheckpointError
+    from llmcore.training.sharded import TensorFiles
+
+    src = runs["root"] / "fsdp" / "trainer_state" / f"ckpt-{SAVE_AT:06d}"
+    cases = {
+        "outside": lambda ix: ix["groups"]["model"]["files"].__setitem__(1, "../../../outside.safetensors"),
+        "do not continue": lambda ix: ix["groups"]["model"]["tensors"]["lm_head.weight"]["shards"][1]
+        .__setitem__("rows", [20, 32]),
+        "dtype": lambda ix: ix["groups"]["model"]["tensors"]["lm_head.weight"].__setitem__("dtype", "object"),
+        "the index says": lambda ix: ix["groups"]["model"]["tensors"]["lm_head.weight"].__setitem__("shape", [33, 32]),
+    }
+    for i, (message, damage) in enumerate(cases.items()):
+        ckpt = tmp_path / f"ckpt-{i:06d}"
+        shutil.copytree(src, ckpt)
+        index = json.loads((ckpt / "shards.json").read_text())
+        damage(index)
+        if message == "the index says":  # a consistent index that lies about the rows the files hold
+            index["groups"]["model"]["tensors"]["lm_head.weight"]["shards"][1]["rows"] = [16, 33]
+        (ckpt / "shards.json").write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match=message) as e:
+            with TensorFiles(ckpt, "model") as f:
+                f.read("lm_head.weight")
+        assert "\n" not in str(e.value)
+
+
+def _compile_worker(rank: int, world: int, port: int, root: str) -> None:
+    import torch.distributed as tdist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    tdist.init_process_group("gloo")
+    out = _train(2, "fsdp", compile=True, steps=3)
+    (Path(root) / f"compile{rank}.json").write_text(json.dumps(out))
+    tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torch_compile_under_fsdp_equals_eager_one_process(tmp_path):
+    ctx = mp.start_processes(_compile_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 600
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the compiled 2-process FSDP run did not finish in 600 s")
+    compiled = json.loads((tmp_path / "compile0.json").read_text())
+    _close(compiled, _train(4, steps=3), 1e-5)

@@ -10,6 +10,10 @@ A checkpoint is a directory ``OUT/trainer_state/ckpt-000250/`` holding
                              the model config and the sha256 of the tokenizer's saved files, used to refuse a
                              checkpoint from another model or another tokenizer (same vocab_size, other ids).
 
+Under FSDP (``distributed="fsdp"``) the two safetensors files are replaced by one per rank and a JSON index,
+``shards.json``, and every rank writes its own rows (see ``sharded.py``); loading reads slices, so a checkpoint
+of any world size resumes at any other, and a full checkpoint resumes under FSDP.
+
 Untrusted state: a run directory may come from anywhere, so :func:`read_checkpoint` checks
 ``trainer_state.json`` against a hand-written schema (:func:`validate_state`: required keys, types, ranges,
 RNG state sizes, ``format_version``, the step in the directory name) and :func:`load_optimizer` checks every

@@ -22,7 +22,7 @@ One optimizer step, exactly:
    k-times larger batch, and N ranks equal one process;
 3. each micro-batch's summed loss is divided by the number of targets (``labels != IGNORE_INDEX``) in the
    global batch (each rank counts its rows; one all-reduce per step) and back-propagated (``no_sync`` until the
-   last one under DDP);
+   last one under DDP; under FSDP every micro-batch is reduce-scattered into the sharded gradients);
 4. a non-finite loss or gradient norm stops the run with a :class:`TrainingError` before the weights change;
    gradients are clipped, AdamW steps.
 
@@ -33,6 +33,10 @@ default groups; groups need ``lr_mult``), ``schedule(step, max_steps)`` (replace
 are counted in tokens when the training data defines ``num_tokens`` or ``__len__`` in tokens). A strategy that
 unfreezes parameters calls ``trainer.rebuild_optimizer()``: new parameters join as extra groups with fresh
 state, the others keep their AdamW moments.
+
+Under torchrun, ``config.distributed`` picks DDP (the default) or FSDP2 (``fsdp.py``: the model is sharded in
+place, checkpoints are written by every rank, ``sharded.py``); ``activation_checkpointing`` recomputes each block
+in the backward pass, with either engine or none.
 
 ``fit`` puts the model in train mode (after the strategies' ``setup``): a model from ``from_pretrained`` is in
 eval mode, and fine-tuning it must not run with dropout off. ``evaluate`` restores the mode it found.
