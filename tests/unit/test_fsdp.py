@@ -341,3 +341,26 @@ def test_torch_compile_under_fsdp_equals_eager_one_process(tmp_path):
             pytest.fail("the compiled 2-process FSDP run did not finish in 600 s")
     compiled = json.loads((tmp_path / "compile0.json").read_text())
     _close(compiled, _train(4, steps=3), 1e-5)
+
+
+def test_llmcore_train_resumes_by_itself_after_a_torchrun_restart(tmp_path, monkeypatch):
+    """torchrun --max-restarts re-runs the same command line: without --resume, the restarted run continues the
+    newest checkpoint (TORCHELASTIC_RESTART_COUNT > 0) instead of refusing the directory's checkpoints."""
+    from llmcore.errors import CheckpointError
+    from llmcore.training.run import RunConfig, train
+
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+
+    def run(steps: int) -> dict:
+        return train(RunConfig(data=[str(text)], preset="debug", out_dir=str(tmp_path / "run"),
+                               train={"max_steps": steps, "eval_interval": 2, "eval_batches": 1, "batch_size": 2, "num_samples": 0,
+                                      "progress": False, "device": "cpu"}, model={"max_seq_len": 16}))
+
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert run(2)["steps"] == 2
+    with pytest.raises(CheckpointError, match="--resume"):  # a plain second start is refused, as before
+        run(4)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert run(4)["steps"] == 4  # steps 3 and 4 only: it resumed from ckpt-000002
+    assert dist.restart_count() == 1

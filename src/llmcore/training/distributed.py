@@ -115,19 +115,14 @@ def check_mode(mode: str, env: DistEnv) -> str:
     return mode
 
 
-def wrap(model: nn.Module, env: DistEnv, device: torch.device, mode: str = "ddp", bf16: bool = False) -> nn.Module:
-    """``DistributedDataParallel(model)`` (``mode="ddp"``) or the model sharded in place with FSDP2
-    (``mode="fsdp"``, see ``fsdp.shard``) when running on several processes, else the model itself.
+def wrap(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` when running on several processes, else the model itself (FSDP2
+    shards in place instead: ``fsdp.shard``).
 
     DDP registers gradient hooks only for parameters trainable at wrap time; the Trainer re-wraps after a
     fine-tuning strategy unfreezes more of them. FSDP2 follows ``requires_grad`` as it changes.
     """
-    if check_mode(mode, env) == "none":
-        return model
-    if mode == "fsdp":
-        from .fsdp import shard
-
-        shard(unwrap(model), env, device, bf16)  # in place: a compile wrapper around it stays valid
+    if not env.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids)

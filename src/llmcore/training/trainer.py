@@ -156,7 +156,11 @@ class Trainer:
                               f"{type(dist.unwrap(self.model)).__name__} has none. Set it to False.")
         model = torch.compile(self.model) if cfg.compile else self.model
         self._eval_model = model  # evaluation skips DDP: no gradients, batches are shared out by hand
-        self.wrapped = dist.wrap(model, self.env, self.device, self.mode, bf16=cfg.dtype == "bfloat16")
+        if self.mode == "fsdp":  # in place: a compile wrapper around the model stays valid
+            fsdp.shard(dist.unwrap(model), self.env, self.device, bf16=cfg.dtype == "bfloat16")
+            self.wrapped = model
+        else:
+            self.wrapped = dist.wrap(model, self.env, self.device)
 
     def rebuild_optimizer(self) -> None:
         """Add parameters that became trainable (fresh state) to the optimizer; others keep their state."""
