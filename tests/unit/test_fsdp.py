@@ -44,7 +44,7 @@ def _model() -> TransformerLM:
 
 
 def _train(batch_size: int, distributed: str = "ddp", out_dir: str | Path | None = None, resume: bool = False,
-           strategy: str | None = None, steps: int = STEPS, **cfg_kw) -> dict:
+           strategy: str | None = None, steps: int = STEPS, eval_interval: int = SAVE_AT, **cfg_kw) -> dict:
     """A 20-step run (checkpoints at 10 and 20 with out_dir); {"losses": {step: loss}, "val", "params"}."""
     torch.set_num_threads(1)
     from llmcore.finetune import GradualUnfreeze, LoRA
@@ -54,7 +54,7 @@ def _train(batch_size: int, distributed: str = "ddp", out_dir: str | Path | None
     train = TokenDataset(torch.randint(0, 32, (500,), generator=g), 8)
     val = TokenDataset(torch.randint(0, 32, (300,), generator=g), 8)
     cfg = TrainConfig(max_steps=steps, batch_size=batch_size, grad_accum=2, warmup_steps=2, lr=1e-2, min_lr=1e-3,
-                      eval_interval=SAVE_AT, eval_batches=3, progress=False, num_samples=0, device="cpu",
+                      eval_interval=eval_interval, eval_batches=3, progress=False, num_samples=0, device="cpu",
                       out_dir=None if out_dir is None else str(out_dir), keep_last=5, distributed=distributed,
                       **cfg_kw)
     strategies = {None: [], "unfreeze": [GradualUnfreeze(every_n_steps=2)], "lora": [LoRA(rank=4, alpha=8.0)]}
@@ -80,6 +80,30 @@ def _clip_case(sharded: bool) -> dict:
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
     return {"norm": fsdp.scalar(norm), "grads": {n: fsdp.full(p.grad).flatten().tolist()
                                                  for n, p in model.named_parameters()}}
+
+
+def _disk_full_case(out: Path) -> str:
+    """Rank 1 runs out of disk writing its shard of the step-4 checkpoint: the error every rank raises."""
+    import errno
+
+    from llmcore.errors import CheckpointError
+    from llmcore.training import sharded
+
+    real = sharded.write_local
+
+    def failing(directory, group, local, env, step):
+        if env.rank == 1 and step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(directory, group, local, env, step)
+
+    sharded.write_local = failing
+    try:
+        _train(2, "fsdp", out, steps=4, eval_interval=2)
+    except CheckpointError as e:
+        return str(e)
+    finally:
+        sharded.write_local = real
+    return "no error"
 
 
 def _copy_until(src: Path, dst: Path, step: int) -> None:
@@ -109,6 +133,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     res["lora"] = _train(2, "fsdp", strategy="lora", steps=4)
     res["bf16"] = _train(2, "fsdp", dtype="bfloat16", steps=4)
     res["clip"] = _clip_case(sharded=True)
+    res["disk_full"] = _disk_full_case(root_p / "disk_full")
     (root_p / f"rank{rank}.json").write_text(json.dumps(res))
     tdist.destroy_process_group()
 
@@ -204,6 +229,13 @@ def test_clipping_under_fsdp_is_clipping_of_the_full_model(runs):
     assert sharded["norm"] == pytest.approx(full["norm"], rel=1e-6)
     for name, g in full["grads"].items():
         assert sharded["grads"][name] == pytest.approx(g, abs=1e-8), name
+
+
+def test_a_full_disk_on_one_rank_fails_the_save_on_every_rank(runs):
+    for r in runs["ranks"]:
+        assert r["disk_full"].startswith("disk full while writing checkpoint") and "ckpt-000004" in r["disk_full"]
+        assert "ckpt-000002 is intact" in r["disk_full"] and "\n" not in r["disk_full"]
+    assert sorted(p.name for p in (runs["root"] / "disk_full" / "trainer_state").iterdir()) == ["ckpt-000002"]
 
 
 def test_strategies_activation_checkpointing_and_bf16_under_fsdp(runs):

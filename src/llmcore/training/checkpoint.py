@@ -281,15 +281,16 @@ def _publish(tmp: Path, final: Path, old: Path, json_files: dict[str, Any]) -> N
 
 
 def _save_failed(out_dir: str | Path, final: Path, tmp: Path, old: Path, e: BaseException | None,
-                 cleanup: bool) -> CheckpointError:
-    """Remove the partial checkpoint (``cleanup``: the writing rank 0) and say what happened, in one line."""
+                 cleanup: bool, disk_full: bool = False) -> CheckpointError:
+    """Remove the partial checkpoint (``cleanup``: the writing rank 0) and say what happened, in one line
+    (``disk_full``: some rank's disk filled up, maybe not this one's)."""
     if cleanup:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.is_dir() and not final.exists():  # the step being re-saved: put the complete one back
             os.rename(old, final)
     previous = latest_checkpoint(out_dir)
     kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-    if e is not None and _disk_full(e):
+    if disk_full or (e is not None and _disk_full(e)):
         return CheckpointError(f"disk full while writing checkpoint {final}; freed the partial checkpoint and "
                                f"{kept}; free space (or lower keep_last) and rerun with --resume.")
     detail = " ".join(str(e).split()) if e is not None else "another rank failed to write its shard; see its error"
@@ -314,9 +315,11 @@ def _save_sharded(out_dir: str | Path, step: int, groups: dict[str, dict[str, to
             error = None
         except (OSError, SafetensorError, CheckpointError) as e:
             error = e
-        failed = all_reduce_sum(torch.tensor([float(error is not None)], device=device), env)
-        if float(failed) > 0:
-            raise _save_failed(out_dir, final, tmp, old, error, cleanup=env.is_main) from error
+        flags = torch.tensor([float(error is not None), float(error is not None and _disk_full(error))],
+                             device=device)
+        failed, full = all_reduce_sum(flags, env).tolist()  # did any rank fail; did any run out of disk
+        if failed > 0:
+            raise _save_failed(out_dir, final, tmp, old, error, cleanup=env.is_main, disk_full=full > 0) from error
 
     def publish() -> None:
         sharded.check_complete(tmp, index)
