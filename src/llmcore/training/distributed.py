@@ -173,6 +173,5 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-__all__ = ["DistEnv", "MODES", "detect", "restart_count", "resolve_device", "setup", "cleanup", "check_mode", "wrap", "unwrap",
-           "model_class", "all_reduce_sum",
-           "all_gather_tensor", "barrier"]
+__all__ = ["DistEnv", "MODES", "detect", "restart_count", "resolve_device", "setup", "cleanup", "check_mode", "wrap",
+           "unwrap", "model_class", "all_reduce_sum", "all_gather_tensor", "barrier"]
