@@ -2,6 +2,12 @@
 
     python benchmarks/train.py                 # 50 measured steps each, after 10 warm-up steps
     python benchmarks/train.py --steps 100 --threads 1
+    python benchmarks/train.py --distributed   # one process vs 2-process DDP vs 2-process FSDP (gloo on CPU)
+
+``--distributed`` times full ``Trainer`` steps on the same global batch three ways: one process, DDP on 2
+processes and FSDP on 2 processes (each process spawned fresh, one thread each, gloo on CPU or NCCL on GPUs),
+and reports per rank the median step time, the bytes of model state it holds (parameters + gradients + AdamW
+moments, local shards only) and its peak memory (peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU).
 
 Both models: 4 layers, 4 heads, width 128, context 64, vocabulary 65, no dropout, fp32, batch 12 × 64 tokens,
 AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on weight matrices via ``training.param_groups``),
@@ -16,6 +22,7 @@ Differences that remain: the preset has no biases and uses exact GELU (nanoGPT's
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -25,11 +32,20 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--steps", type=int, default=None, help="measured steps (default 50; 10 with --distributed)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10; 3 with --distributed)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch (default 12; with --distributed the global batch, default 2 per process)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--distributed", action="store_true", help="one process vs DDP vs FSDP on 2 processes")
+    p.add_argument("--preset", default="llama-tiny", help="model preset for --distributed")
+    p.add_argument("--seq-len", type=int, default=64, help="context for --distributed")
+    p.add_argument("--nproc", type=int, default=2, help="processes for --distributed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for --distributed")
     args = p.parse_args(argv)
+    if args.distributed:
+        return distributed(args)
+    args.steps, args.warmup, args.batch_size = args.steps or 50, args.warmup or 10, args.batch_size or 12
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -96,6 +112,86 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(times[name])
         out.append(f"| {name} | {params[name]:,} | {1000 * med:.1f} | {B * T / med:,.0f} | {med / ref:.2f}x |")
     sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def _rank_run(rank: int, world: int, port: int, mode: str, args: argparse.Namespace, out: str) -> None:
+    """One rank of one configuration: ``warmup + steps`` Trainer steps; writes its figures to ``out``."""
+    import json
+    import os
+    import resource
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(args.threads or 1)
+    from llmcore import ModelConfig, TransformerLM
+    from llmcore.data import TokenDataset
+    from llmcore.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig.from_preset(args.preset, max_seq_len=args.seq_len))
+    V = model.config.vocab_size
+    data = TokenDataset(torch.randint(0, V, (200_000,), generator=torch.Generator().manual_seed(0)), args.seq_len)
+    per_rank = args.global_batch // world
+    cfg = TrainConfig(max_steps=args.warmup + args.steps, batch_size=per_rank, warmup_steps=1, progress=False,
+                      num_samples=0, device=args.device, distributed=mode, eval_interval=10**6)
+    times: list[float] = []
+    figures: dict = {}
+    trainer = Trainer(model, cfg, data)
+    trainer.add_callback("on_step_end", lambda t, info: times.append(
+        args.global_batch * args.seq_len / info["tokens_per_s"]))
+
+    def state_bytes(t: Trainer, info: dict) -> None:  # this rank's share of parameters, gradients, moments
+        local = [getattr(p, "_local_tensor", p) for p in model.parameters()]
+        moments = [getattr(v, "_local_tensor", v) for s in t.optimizer.state.values() for v in s.values()
+                   if torch.is_tensor(v) and v.dim() > 0]
+        figures["state_mb"] = sum(x.numel() * x.element_size() for x in [*local, *local, *moments]) / 2**20
+        figures["params"] = sum(p.numel() for p in model.parameters())
+
+    trainer.add_callback("on_train_end", state_bytes)
+    trainer.fit()
+    cuda = args.device == "cuda"
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures.update(ms=1000 * statistics.median(times[args.warmup:]), peak_mb=peak, per_rank=per_rank)
+    with open(os.path.join(out, f"{mode}-{world}-{rank}.json"), "w") as f:
+        json.dump(figures, f)
+
+
+def distributed(args: argparse.Namespace) -> int:
+    """One process, DDP and FSDP on ``--nproc`` processes, on the same global batch; prints a markdown table."""
+    import json
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    n = args.nproc
+    args.steps, args.warmup = args.steps or 10, args.warmup if args.warmup is not None else 3
+    args.global_batch = args.batch_size or 2 * n
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for mode, world in (("none", 1), ("ddp", n), ("fsdp", n)):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            mp.start_processes(_rank_run, args=(world, port, mode, args, out), nprocs=world, start_method="spawn")
+            ranks = [json.load(open(os.path.join(out, f"{mode}-{world}-{r}.json"))) for r in range(world)]
+            rows.append((mode, world, ranks))
+    ref = max(r["ms"] for r in rows[0][2])
+    mem = "peak CUDA memory" if args.device == "cuda" else "peak RSS"
+    lines = [f"Trainer step, {args.preset} ({rows[0][2][0]['params']:,} parameters), global batch "
+             f"{args.global_batch} x {args.seq_len} tokens, fp32, AdamW, {args.threads or 1} thread(s) per process, "
+             f"{args.device}, torch {torch.__version__}, median of {args.steps} steps after {args.warmup}\n",
+             f"| run | processes | batch per rank | ms/step | vs one process | model state per rank (MB) | "
+             f"{mem} per rank (MB) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    names = {"none": "one process", "ddp": "DDP", "fsdp": "FSDP (FULL_SHARD)"}
+    for mode, world, ranks in rows:
+        ms = max(r["ms"] for r in ranks)  # a step ends when the slowest rank ends it
+        state = " / ".join(f"{r['state_mb']:.1f}" for r in ranks)
+        peak = " / ".join(f"{r['peak_mb']:.0f}" for r in ranks)
+        lines.append(f"| {names[mode]} | {world} | {ranks[0]['per_rank']} | {ms:.0f} | {ms / ref:.2f}x | {state} | "
+                     f"{peak} |")
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 

@@ -12,11 +12,12 @@ checkpointing all share one reader and one writer without importing each other.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +217,67 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     # save_file opens the name it is given; that name was just created by this process (see _write_beside).
     _write_beside(Path(path), lambda fd, name: save_file(tensors, name, metadata=metadata or {}))
+
+
+_DTYPE_CODES = {v: k for k, v in _ST_DTYPES.items()}  # torch dtype name -> safetensors header dtype
+
+
+def save_safetensors_stream(path: str | os.PathLike, specs: list[tuple[str, tuple[int, ...], Any]],
+                            tensors: Iterable[torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file one tensor at a time: ``specs`` (name, shape, dtype) in file order make the header,
+    then ``tensors`` (an iterator yielding those tensors in the same order) are written as they come.
+
+    The file is what ``save_safetensors`` would write for the same tensors (a header of names, dtypes, shapes and
+    byte offsets, then the raw little-endian bytes) and loads with ``safetensors.torch.load_file``; only one
+    tensor is in memory at a time, so a model gathered from FSDP shards never exists whole on one process.
+    Atomic like :func:`save_safetensors`. A tensor whose shape or dtype differs from its spec raises ValueError.
+    """
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {})} if metadata else {}
+    offset = 0
+    for name, shape, dtype in specs:
+        size = dtype.itemsize
+        for d in shape:
+            size *= int(d)
+        header[name] = {"dtype": _DTYPE_CODES[str(dtype).replace("torch.", "")], "shape": [int(d) for d in shape],
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+
+    def write(fd: int, name: str) -> None:
+        with os.fdopen(os.dup(fd), "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head)
+            it = iter(tensors)
+            for (tname, shape, dtype), t in zip(specs, it):
+                if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+                    raise ValueError(f"save_safetensors_stream: {tname} is {tuple(t.shape)} {t.dtype}, the header "
+                                     f"says {tuple(shape)} {dtype}")
+                f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+            f.flush()
+            os.fsync(f.fileno())
+
+    _write_beside(Path(path), write)
+
+
+def fsync_tree(directory: str | os.PathLike) -> None:
+    """``fsync`` every file directly in ``directory`` and the directory itself (before a rename publishes it)."""
+    d = Path(directory)
+    for f in [*d.iterdir(), d]:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC as an OSError, or inside a SafetensorError's message (Rust's "No space left ... (os error 28)")."""
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    text = str(e)
+    return "os error 28" in text or "No space left" in text or "StorageFull" in text
 
 
 def weight_files(directory: str | os.PathLike) -> list[Path]:

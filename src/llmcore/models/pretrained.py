@@ -82,6 +82,11 @@ def architecture_name(cls: type) -> str:
     return next((n for n in ARCHITECTURES.names() if ARCHITECTURES.get(n) is cls), cls.__name__)
 
 
+def pretrained_meta(cls: type, config: Any) -> dict[str, Any]:
+    """The ``config.json`` of a saved llmcore model of class ``cls``: format, registered architecture, config."""
+    return {"format": "llmcore", "architecture": architecture_name(cls), "config": config.to_dict()}
+
+
 class PreTrainedMixin:
     """``save_pretrained`` / ``from_pretrained`` for models with a ``config`` attribute."""
 
@@ -107,8 +112,7 @@ class PreTrainedMixin:
             dups = tied_duplicates(self)
             state = {k: v for k, v in self.state_dict().items() if k not in dups}
             save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
-            atomic_write_json(d / CONFIG_NAME, {"format": "llmcore", "architecture": architecture_name(type(self)),
-                                                "config": self.config.to_dict()})
+            atomic_write_json(d / CONFIG_NAME, pretrained_meta(type(self), self.config))
         else:
             raise CheckpointError(f"Unknown save format {format!r}; use 'llmcore' or 'hf'.")
         if tokenizer is not None:

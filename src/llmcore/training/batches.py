@@ -83,9 +83,24 @@ def micro_batches(batch: Batch, batch_size: int, device: torch.device) -> Iterat
         yield {key: v[start:start + batch_size].to(device) for key, v in batch.items()}
 
 
-def rank_share(batches: Iterable[Batch], env: dist.DistEnv) -> Iterator[Batch]:
-    """Every ``world_size``-th batch starting at ``rank``: evaluation batches shared out between ranks."""
-    return (b for i, b in enumerate(batches) if i % env.world_size == env.rank)
+def rank_share(batches: Iterable[Batch], env: dist.DistEnv, even: bool = False) -> Iterator[Batch]:
+    """Every ``world_size``-th batch starting at ``rank``: evaluation batches shared out between ranks.
+
+    ``even=True`` (FSDP, where every forward pass is collective) gives every rank the same number of batches:
+    a rank left without one in the last round gets a copy of that round's first batch with every label set to
+    ``IGNORE_INDEX``, which runs the forward pass and adds nothing to the sums.
+    """
+    group: list[Batch] = []
+    for b in batches:
+        group.append(b)
+        if len(group) == env.world_size:
+            yield group[env.rank]
+            group = []
+    if group:
+        if env.rank < len(group):
+            yield group[env.rank]
+        elif even:
+            yield {**group[0], "labels": torch.full_like(group[0]["labels"], IGNORE_INDEX)}
 
 
 __all__ = ["TOKEN_KEYS", "rank_rows", "draw_batch", "check_batch", "row_tokens", "global_targets", "micro_batches",

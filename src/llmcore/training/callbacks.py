@@ -32,6 +32,8 @@ from ..modules import eval_mode
 from ..rundir import append_text, write_text
 from .checkpoint import list_checkpoints, prune_checkpoints, save_checkpoint, trainer_snapshot
 from .distributed import unwrap
+from .fsdp import is_sharded, reshard
+from .fsdp import save_pretrained as save_sharded_pretrained
 
 logger = logging.getLogger("llmcore.training")
 
@@ -165,13 +167,19 @@ class Checkpointer:
         if info.get("is_best"):
             trainer.state["best_checkpoint"] = f"ckpt-{info['step']:06d}"
         snapshot = trainer_snapshot(trainer)  # collective under DDP: every rank takes part
-        if not trainer.env.is_main:
+        sharded = is_sharded(trainer.model)  # FSDP: every rank writes its own rows, and gathers for the model
+        if not (trainer.env.is_main or sharded):
             return
         path = save_checkpoint(self.out_dir, info["step"], trainer.model, trainer.optimizer,
-                               trainer.param_names(), snapshot)
+                               trainer.param_names(), snapshot, trainer.env, trainer.device)
         model = unwrap(trainer.model)
         if hasattr(model, "save_pretrained") and (info.get("is_best") or "val_loss" not in info):
-            model.save_pretrained(self.out_dir)
+            if sharded:  # streamed from rank 0 one gathered tensor at a time: a normal model directory
+                save_sharded_pretrained(trainer.model, self.out_dir, trainer.env, trainer.device)
+            else:
+                model.save_pretrained(self.out_dir)
+        if not trainer.env.is_main:
+            return
         best = trainer.state.get("best_checkpoint")
         keep = [self.out_dir / "trainer_state" / best] if self.keep_best and best else []
         prune_checkpoints(self.out_dir, self.keep_last, keep)
@@ -211,9 +219,13 @@ class SampleGenerator:
         return [self.tokenizer.decode(o) for o in outs]
 
     def _emit(self, trainer: Any, step: int) -> None:
+        if not (trainer.env.is_main or is_sharded(trainer.model)):
+            return  # a sharded model's forward is collective: every rank samples (the same seeds, the same text)
+        self.last = self.sample(unwrap(trainer.model), trainer.device)
+        if is_sharded(trainer.model):
+            reshard(trainer.model)
         if not trainer.env.is_main:
             return
-        self.last = self.sample(unwrap(trainer.model), trainer.device)
         text = "".join(f"--- sample {i + 1} (step {step}) ---\n{s}\n" for i, s in enumerate(self.last))
         if trainer.config.progress:
             tqdm.write(text.rstrip("\n"))

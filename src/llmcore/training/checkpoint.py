@@ -10,6 +10,10 @@ A checkpoint is a directory ``OUT/trainer_state/ckpt-000250/`` holding
                              the model config and the sha256 of the tokenizer's saved files, used to refuse a
                              checkpoint from another model or another tokenizer (same vocab_size, other ids).
 
+Under FSDP (``distributed="fsdp"``) the two safetensors files are replaced by one per rank and a JSON index,
+``shards.json``, and every rank writes its own rows (see ``sharded.py``); loading reads slices, so a checkpoint
+of any world size resumes at any other, and a full checkpoint resumes under FSDP.
+
 Untrusted state: a run directory may come from anywhere, so :func:`read_checkpoint` checks
 ``trainer_state.json`` against a hand-written schema (:func:`validate_state`: required keys, types, ranges,
 RNG state sizes, ``format_version``, the step in the directory name) and :func:`load_optimizer` checks every
@@ -30,7 +34,6 @@ stays valid, and one CheckpointError line says so.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
@@ -47,9 +50,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError, LLMCoreError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, fsync_tree, is_disk_full, read_json
 from ..models.pretrained import architecture_name, load_state_dict_checked, save_safetensors, tied_duplicates
-from .distributed import all_gather_tensor, unwrap
+from . import sharded
+from .distributed import DistEnv, all_gather_tensor, all_reduce_sum, model_class, unwrap
+from .fsdp import is_dtensor, is_sharded
 from .state_schema import CKPT_RE, FORMAT_VERSION, STATE_NAME, validate_state
 
 CHECKPOINT_DIR = "trainer_state"
@@ -189,11 +194,18 @@ def optimizer_payload(optimizer: torch.optim.Optimizer, names: dict[int, str]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, names: dict[int, str], meta: dict[str, Any]) -> None:
-    """Put the state saved in checkpoint ``path`` back into ``optimizer`` (matched by parameter name)."""
-    tensors = _load_tensors(path / OPTIM_NAME)
-    file = path / OPTIM_NAME
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, names: dict[int, str], meta: dict[str, Any],
+                   env: DistEnv | None = None, device: torch.device | None = None) -> None:
+    """Put the state saved in checkpoint ``path`` back into ``optimizer`` (matched by parameter name).
+
+    A sharded checkpoint, or an optimizer over sharded (FSDP) parameters, is read slice by slice: each rank
+    takes the rows of the moments that its parameters hold now (every rank must call this then)."""
     params = {names[id(p)]: p for g in optimizer.param_groups for p in g["params"]}
+    file = path / (sharded.INDEX_NAME if sharded.is_sharded_checkpoint(path) else OPTIM_NAME)
+    if sharded.is_sharded_checkpoint(path) or any(is_dtensor(p) for p in params.values()):
+        tensors = sharded.optimizer_tensors(path, params, env or DistEnv(), device or torch.device("cpu"))
+    else:
+        tensors = _load_tensors(path / OPTIM_NAME)
     by_name: dict[str, dict[str, Any]] = {n: dict(v) for n, v in meta.get("scalars", {}).items()}
     for key, value in tensors.items():
         if not key.startswith("state.") or key.count(".") < 2:
@@ -223,60 +235,107 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, names: dict[int
 
 # ---------------------------------------------------------------------------------------------- save / load
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    names: dict[int, str], state: dict[str, Any]) -> Path:
+                    names: dict[int, str], state: dict[str, Any], env: DistEnv | None = None,
+                    device: torch.device | None = None) -> Path:
     """Write ``OUT/trainer_state/ckpt-{step:06d}/`` atomically; returns its path.
 
-    ``state`` is the JSON part (step, RNG, counters, ...). On any OSError or SafetensorError (disk full,
-    permissions) the partial directory is removed, earlier checkpoints are untouched, and a one-line
-    :class:`CheckpointError` says what happened.
+    ``state`` is the JSON part (step, RNG, counters, ...). A plain or DDP model is saved whole by the caller
+    (rank 0); a sharded (FSDP) model is saved by *every* rank, each its own rows (``sharded.py``), with ``env``
+    and ``device`` given. On any OSError or SafetensorError (disk full, permissions), on any rank, the partial
+    directory is removed, earlier checkpoints are untouched, and a one-line :class:`CheckpointError` says what
+    happened (on every rank).
     """
     root = checkpoint_root(out_dir)
     final, tmp = root / f"ckpt-{step:06d}", root / f"ckpt-{step:06d}.tmp"
     opt_tensors, opt_meta = optimizer_payload(optimizer, names)
     meta = dict(state, step=step, optimizer=opt_meta, format_version=FORMAT_VERSION)
     old = root / f"ckpt-{step:06d}.old"
+    if is_sharded(model):
+        return _save_sharded(out_dir, step, {"model": model_tensors(model), "optimizer": opt_tensors}, meta,
+                             env or DistEnv(), device or torch.device("cpu"))
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        _fresh_dir(tmp)
         save_safetensors(model_tensors(model), tmp / MODEL_NAME, metadata={"format": "pt", "step": str(step)})
         save_safetensors(opt_tensors, tmp / OPTIM_NAME, metadata={"step": str(step)})
-        atomic_write_json(tmp / STATE_NAME, meta)  # written last: a complete directory has this file
-        _fsync_dir(tmp)  # on disk before the rename makes it visible (survives a power cut, not just a kill)
-        if final.exists():  # re-saving a step after a resume: keep the old one until the new one is in place
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-        os.rename(tmp, final)
+        _publish(tmp, final, old, {STATE_NAME: meta})
     except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError, not OSError
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.is_dir() and not final.exists():  # the step being re-saved: put the complete one back
-            os.rename(old, final)
-        previous = latest_checkpoint(out_dir)
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        if _disk_full(e):
-            raise CheckpointError(f"disk full while writing checkpoint {final}; freed the partial checkpoint and "
-                                  f"{kept}; free space (or lower keep_last) and rerun with --resume.") from e
-        detail = " ".join(str(e).split())  # one line whatever the library put in the message
-        raise CheckpointError(f"Could not write checkpoint {final} ({detail}); freed the partial checkpoint and "
-                              f"{kept}.") from e
+        raise _save_failed(out_dir, final, tmp, old, e, cleanup=True) from e
     return final
 
 
-def _disk_full(e: BaseException) -> bool:
-    """ENOSPC as an OSError, or inside a SafetensorError's message (Rust's "No space left ... (os error 28)")."""
-    if isinstance(e, OSError):
-        return e.errno == errno.ENOSPC
-    text = str(e)
-    return "os error 28" in text or "No space left" in text or "StorageFull" in text
+def _fresh_dir(tmp: Path) -> None:
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+
+def _publish(tmp: Path, final: Path, old: Path, json_files: dict[str, Any]) -> None:
+    """Write the JSON files (``trainer_state.json`` last: a complete directory has it), fsync, rename into place."""
+    for name, obj in json_files.items():
+        atomic_write_json(tmp / name, obj)
+    _fsync_dir(tmp)  # on disk before the rename makes it visible (survives a power cut, not just a kill)
+    if final.exists():  # re-saving a step after a resume: keep the old one until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+
+
+def _save_failed(out_dir: str | Path, final: Path, tmp: Path, old: Path, e: BaseException | None,
+                 cleanup: bool, disk_full: bool = False) -> CheckpointError:
+    """Remove the partial checkpoint (``cleanup``: the writing rank 0) and say what happened, in one line
+    (``disk_full``: some rank's disk filled up, maybe not this one's)."""
+    if cleanup:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not final.exists():  # the step being re-saved: put the complete one back
+            os.rename(old, final)
+    previous = latest_checkpoint(out_dir)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    if disk_full or (e is not None and _disk_full(e)):
+        return CheckpointError(f"disk full while writing checkpoint {final}; freed the partial checkpoint and "
+                               f"{kept}; free space (or lower keep_last) and rerun with --resume.")
+    detail = " ".join(str(e).split()) if e is not None else "another rank failed to write its shard; see its error"
+    return CheckpointError(f"Could not write checkpoint {final} ({detail}); freed the partial checkpoint and {kept}.")
+
+
+def _save_sharded(out_dir: str | Path, step: int, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any],
+                  env: DistEnv, device: torch.device) -> Path:
+    """Every rank writes its rows into ``ckpt-NNNNNN.tmp/``; rank 0 checks that all files are there, writes
+    ``shards.json`` and ``trainer_state.json`` and renames. After each phase the ranks agree (one all-reduce)
+    whether anyone failed, so an error on one rank is raised on all of them instead of leaving them waiting."""
+    root = checkpoint_root(out_dir)
+    final, tmp, old = root / f"ckpt-{step:06d}", root / f"ckpt-{step:06d}.tmp", root / f"ckpt-{step:06d}.old"
+    plans = {g: sharded.plan(t, g, env, device) for g, t in groups.items()}  # collective, before any I/O
+    index = {"format": sharded.FORMAT, "version": sharded.VERSION, "world_size": env.world_size,
+             "groups": {g: entry for g, (entry, _) in plans.items()}}
+    meta = dict(meta, layout="sharded", world_size=env.world_size)
+
+    def attempt(fn: Any) -> None:
+        try:
+            fn()
+            error = None
+        except (OSError, SafetensorError, CheckpointError) as e:
+            error = e
+        flags = torch.tensor([float(error is not None), float(error is not None and _disk_full(error))],
+                             device=device)
+        failed, full = all_reduce_sum(flags, env).tolist()  # did any rank fail; did any run out of disk
+        if failed > 0:
+            raise _save_failed(out_dir, final, tmp, old, error, cleanup=env.is_main, disk_full=full > 0) from error
+
+    def publish() -> None:
+        sharded.check_complete(tmp, index)
+        _publish(tmp, final, old, {sharded.INDEX_NAME: index, STATE_NAME: meta})
+
+    attempt(lambda: _fresh_dir(tmp) if env.is_main else None)
+    attempt(lambda: [sharded.write_local(tmp, g, local, env, step) for g, (_, local) in plans.items()])
+    attempt(publish if env.is_main else lambda: None)
+    return final
+
+
+_disk_full = is_disk_full  # ENOSPC, or safetensors' "No space left" (os error 28)
 
 
 def _fsync_dir(directory: Path) -> None:
-    for f in [*directory.iterdir(), directory]:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_tree(directory)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -298,10 +357,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return validate_state(path, meta)
 
 
-def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Check the saved model config against ``model`` and copy the weights in."""
-    model = unwrap(model)
-    saved, arch = meta.get("architecture"), architecture_name(type(model))
+def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any], env: DistEnv | None = None,
+                       device: torch.device | None = None) -> None:
+    """Check the saved model config against ``model`` and copy the weights in.
+
+    A sharded checkpoint, or a sharded (FSDP) model, goes through :func:`sharded.load_model`: each rank reads
+    the rows it holds now, whatever world size wrote them (every rank must call this then)."""
+    wrapped, model = model, unwrap(model)
+    saved, arch = meta.get("architecture"), architecture_name(model_class(model))
     if saved is not None and saved != arch:  # checkpoints written before this key skip the check
         raise CheckpointError(f"Checkpoint {path} was written by a {saved}, but the model to resume is a {arch} "
                               f"(same parameter names would load silently). Resume with --arch {saved} (and the "
@@ -312,6 +375,9 @@ def load_model_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> No
         if diff:
             raise CheckpointError(f"Checkpoint {path} was written for a different model config ({'; '.join(diff)}). "
                                   "Resume with the same --preset/--set values, or train into a new --out directory.")
+    if sharded.is_sharded_checkpoint(path) or is_sharded(wrapped):
+        sharded.load_model(path, model, env or DistEnv(), device or torch.device("cpu"))
+        return
     state = {strip_prefixes(k): v for k, v in _load_tensors(path / MODEL_NAME).items()}
     load_state_dict_checked(model, state, source=str(path / MODEL_NAME))
 
@@ -361,7 +427,7 @@ def trainer_snapshot(trainer: Any) -> dict[str, Any]:
         "trainer": dict(trainer.state),
         "rng": rng,
         "trainable": [n for n, p in model.named_parameters() if p.requires_grad],
-        "architecture": architecture_name(type(model)),  # resuming into another class is refused
+        "architecture": architecture_name(model_class(model)),  # resuming into another class is refused
         "tokenizer_sha256": getattr(trainer, "tokenizer_sha256", None),  # ... and another tokenizer too
         "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
         "train_config": trainer.config.to_dict(),

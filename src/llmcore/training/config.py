@@ -39,6 +39,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | bfloat16 (autocast; weights and optimizer stay float32)
     compile: bool = False  # torch.compile the model; falls back to eager with a warning if it fails
+    distributed: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards) | none (refused there)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
     out_dir: str | None = None  # run directory; None = write nothing
     label_smoothing: float = 0.0
     z_loss: float = 0.0
@@ -66,6 +68,7 @@ class TrainConfig:
         check_field(self, "patience", lambda v: v is None or is_int(v, 1), "None or an integer >= 1")
         check_field(self, "device", lambda v: v in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
         check_field(self, "dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16")
+        check_field(self, "distributed", lambda v: v in ("ddp", "fsdp", "none"), "one of ddp, fsdp, none")
         from .optim import SCHEDULES  # torch: the parsers read this class's defaults without it
 
         check_field(self, "schedule", lambda v: callable(v) or v in SCHEDULES, f"callable or one of {list(SCHEDULES)}")

@@ -1,4 +1,4 @@
-"""Data-parallel training with ``torchrun`` + DDP, detected from the environment; nothing home-made.
+"""Data-parallel training with ``torchrun`` + DDP or FSDP2, detected from the environment; nothing home-made.
 
 ``torchrun --nproc_per_node N -m llmcore train ...`` starts N processes with ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` set. :func:`setup` reads them, joins the process group (gloo on CPU, NCCL on CUDA) and picks
@@ -12,6 +12,10 @@ How the Trainer uses it (see ``trainer.py``):
 * the loss of each micro-batch is divided by the global number of target tokens, and DDP averages
   gradients over ranks, so the update equals the single-process one;
 * only rank 0 writes files (checkpoints, metrics, samples); logged losses are all-reduced.
+
+``TrainConfig.distributed`` picks the engine: ``ddp`` (the default: a full replica per rank, gradients
+all-reduced) or ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded, see ``fsdp.py``; every rank
+then writes its own part of each checkpoint). ``none`` means one process; under torchrun it is refused.
 """
 
 from __future__ import annotations
@@ -57,6 +61,15 @@ def detect() -> DistEnv:
     return DistEnv(rank, world, local)
 
 
+def restart_count() -> int:
+    """How often ``torchrun --max-restarts N`` has restarted this job (``TORCHELASTIC_RESTART_COUNT``; 0 without
+    torchrun). A restarted job re-runs the same command, so ``llmcore train`` resumes then by itself."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)))
+    except ValueError:
+        return 0
+
+
 def resolve_device(spec: str, env: DistEnv) -> torch.device:
     """``auto`` → CUDA when available, else CPU; under torchrun each rank takes ``cuda:LOCAL_RANK``."""
     if spec not in ("auto", "cpu", "cuda"):
@@ -85,11 +98,29 @@ def cleanup(created: bool) -> None:
         dist.destroy_process_group()
 
 
+MODES = ("ddp", "fsdp", "none")  # TrainConfig.distributed
+
+
+def check_mode(mode: str, env: DistEnv) -> str:
+    """The engine a run uses: ``mode`` on several processes, ``none`` on one. ConfigError for ``none`` under
+    torchrun (N unsynchronised replicas writing one run directory) and for unknown names."""
+    if mode not in MODES:
+        raise ConfigError(f"distributed={mode!r} is unknown; use one of {', '.join(MODES)}.")
+    if not env.enabled:
+        return "none"
+    if mode == "none":
+        raise ConfigError(f"distributed='none' under torchrun (WORLD_SIZE={env.world_size}) would train "
+                          f"{env.world_size} unsynchronised copies of the model; use --set distributed=ddp or "
+                          "distributed=fsdp, or run one process without torchrun.")
+    return mode
+
+
 def wrap(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` when running on several processes, else the model itself.
+    """``DistributedDataParallel(model)`` when running on several processes, else the model itself (FSDP2
+    shards in place instead: ``fsdp.shard``).
 
     DDP registers gradient hooks only for parameters trainable at wrap time; the Trainer re-wraps after a
-    fine-tuning strategy unfreezes more of them.
+    fine-tuning strategy unfreezes more of them. FSDP2 follows ``requires_grad`` as it changes.
     """
     if not env.enabled:
         return model
@@ -106,6 +137,17 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def model_class(model: nn.Module) -> type:
+    """The model's own class: FSDP2 turns ``TransformerLM`` into a generated ``FSDPTransformerLM`` subclass,
+    whose name must not reach a checkpoint or ``config.json``."""
+    cls = type(unwrap(model))
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed support
+        return cls
+    return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule))
 
 
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
@@ -131,5 +173,5 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-__all__ = ["DistEnv", "detect", "resolve_device", "setup", "cleanup", "wrap", "unwrap", "all_reduce_sum",
-           "all_gather_tensor", "barrier"]
+__all__ = ["DistEnv", "MODES", "detect", "restart_count", "resolve_device", "setup", "cleanup", "check_mode", "wrap",
+           "unwrap", "model_class", "all_reduce_sum", "all_gather_tensor", "barrier"]

@@ -235,13 +235,19 @@ def train(config: RunConfig) -> dict[str, Any]:
 
     config.check()  # every preset / --set / TrainConfig value is valid before the first byte is written
     out = config.out
+    from . import checkpoint as ckpt
+    from . import distributed as dist
+
+    if not config.resume and dist.restart_count() > 0 and ckpt.latest_checkpoint(out) is not None:
+        # torchrun --max-restarts re-ran this command after a rank failed: continue the newest complete checkpoint
+        logger.warning("torchrun restart %d: resuming %s from %s", dist.restart_count(), out,
+                       ckpt.latest_checkpoint(out).name)
+        config = dataclasses.replace(config, resume=True)
     train_cfg = config.train_config()
     if config.resume and not (out / "trainer_state").is_dir():
         raise CheckpointError(f"No checkpoint to resume in {out / 'trainer_state'}; run without --resume to "
                               "start a fresh run, or point --out at the run directory.")
     if config.resume:  # a damaged or foreign checkpoint is refused before the data is (re)prepared
-        from . import checkpoint as ckpt
-
         ckpt.read_checkpoint(ckpt.find_resume_checkpoint(out))
     # the data exist and a prepared directory's meta.json is valid, before a byte is written
     wanted = _fingerprint(config)
@@ -249,7 +255,6 @@ def train(config: RunConfig) -> dict[str, Any]:
         logger.warning("Resuming on the run's own prepared data in %s; this command's data flags differ from it "
                     "(%s) and are ignored.", out / "data", "; ".join(differ))
     from ..rundir import claim_dir, lock_dir, unlock_dir
-    from . import distributed as dist
 
     cls = architecture(config.arch)
     env = dist.detect()

@@ -97,6 +97,8 @@ _TOP: dict[str, tuple[bool, Any, str]] = {
     "train_config": (False, _optional(lambda v: isinstance(v, dict)), "null or an object"),
     "strategies": (False, _optional(lambda v: isinstance(v, list) and all(x is None or isinstance(x, dict) for x in v)),
                    "null or a list of objects / nulls"),
+    "layout": (False, lambda v: v in ("full", "sharded"), "'full' or 'sharded' (FSDP: shards.json + a file per rank)"),
+    "world_size": (False, lambda v: _int(v, 1), "an integer >= 1 (the ranks that wrote a sharded checkpoint)"),
     "tokenizer_sha256": (False, _optional(lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None),
                          "null or a sha256 hex digest"),
 }

@@ -22,7 +22,7 @@ One optimizer step, exactly:
    k-times larger batch, and N ranks equal one process;
 3. each micro-batch's summed loss is divided by the number of targets (``labels != IGNORE_INDEX``) in the
    global batch (each rank counts its rows; one all-reduce per step) and back-propagated (``no_sync`` until the
-   last one under DDP);
+   last one under DDP; under FSDP every micro-batch is reduce-scattered into the sharded gradients);
 4. a non-finite loss or gradient norm stops the run with a :class:`TrainingError` before the weights change;
    gradients are clipped, AdamW steps.
 
@@ -33,6 +33,10 @@ default groups; groups need ``lr_mult``), ``schedule(step, max_steps)`` (replace
 are counted in tokens when the training data defines ``num_tokens`` or ``__len__`` in tokens). A strategy that
 unfreezes parameters calls ``trainer.rebuild_optimizer()``: new parameters join as extra groups with fresh
 state, the others keep their AdamW moments.
+
+Under torchrun, ``config.distributed`` picks DDP (the default) or FSDP2 (``fsdp.py``: the model is sharded in
+place, checkpoints are written by every rank, ``sharded.py``); ``activation_checkpointing`` recomputes each block
+in the backward pass, with either engine or none.
 
 ``fit`` puts the model in train mode (after the strategies' ``setup``): a model from ``from_pretrained`` is in
 eval mode, and fine-tuning it must not run with dropout off. ``evaluate`` restores the mode it found.
@@ -56,6 +60,7 @@ from .. import rundir
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import fsdp
 from .batches import draw_batch, global_targets, micro_batches, rank_share, row_tokens
 from .callbacks import EVENTS, default_callbacks, peak_flops
 from .config import TrainConfig
@@ -98,6 +103,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.tokenizer_sha256: str | None = None  # recorded in checkpoints; a resume with another one is refused
         self.wrapped: nn.Module = model  # the module called in training: maybe compiled, maybe DDP
+        self.mode = "none"  # the engine fit() runs on: none (one process), ddp or fsdp (TrainConfig.distributed)
         self._eval_model, self._seq_len = model, None
         self.should_stop = False
         self.state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "epoch": 0, "best_val_loss": None,
@@ -144,9 +150,17 @@ class Trainer:
         return build_schedule(cfg.schedule, cfg.warmup_steps, cfg.max_steps, cfg.min_lr / cfg.lr)
 
     def _wrap(self) -> None:
-        model = torch.compile(self.model) if self.config.compile else self.model
+        cfg = self.config
+        if cfg.activation_checkpointing and not fsdp.checkpoint_activations(dist.unwrap(self.model)):
+            raise ConfigError(f"activation_checkpointing=True needs the model's blocks in an nn.ModuleList; "
+                              f"{type(dist.unwrap(self.model)).__name__} has none. Set it to False.")
+        model = torch.compile(self.model) if cfg.compile else self.model
         self._eval_model = model  # evaluation skips DDP: no gradients, batches are shared out by hand
-        self.wrapped = dist.wrap(model, self.env, self.device)
+        if self.mode == "fsdp":  # in place: a compile wrapper around the model stays valid
+            fsdp.shard(dist.unwrap(model), self.env, self.device, bf16=cfg.dtype == "bfloat16")
+            self.wrapped = model
+        else:
+            self.wrapped = dist.wrap(model, self.env, self.device)
 
     def rebuild_optimizer(self) -> None:
         """Add parameters that became trainable (fresh state) to the optimizer; others keep their state."""
@@ -158,8 +172,8 @@ class Trainer:
             new = [p for p in g["params"] if id(p) not in present]
             if new:
                 self.optimizer.add_param_group({**g, "params": new, "names": [names[id(p)] for p in new]})
-        if self.env.enabled:  # DDP only reduces gradients of parameters trainable when it was built
-            self._wrap()
+        if self.mode == "ddp":  # DDP only reduces gradients of parameters trainable when it was built
+            self._wrap()  # (FSDP2 follows requires_grad as it changes: nothing to redo)
 
     # ------------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -183,7 +197,9 @@ class Trainer:
         self.env, created = dist.setup(self.device, self.env)
         try:
             torch.manual_seed(cfg.seed + self.env.rank)  # model-side randomness (dropout) differs per rank
-            self.model.to(self.device)
+            self.mode = dist.check_mode(cfg.distributed, self.env)
+            if self.mode != "fsdp":  # FSDP moves each rank's shard to the device as it shards (fsdp.shard)
+                self.model.to(self.device)
             for s in self.strategies:
                 s.setup(self.model, self)
             self.model.train()  # a from_pretrained model is in eval mode; fine-tuning needs dropout on
@@ -196,12 +212,14 @@ class Trainer:
             self.tokenizer_sha256 = ckpt.tokenizer_fingerprint(self.tokenizer) if cfg.out_dir is not None else None
             if meta is not None:
                 ckpt.check_tokenizer(path, meta, self.tokenizer_sha256)
-                ckpt.load_model_weights(path, self.model, meta)
-                ckpt.restore_trainable(self.model, meta)
+                ckpt.restore_trainable(self.model, meta)  # before DDP registers its hooks
             self._wrap()
+            if meta is not None:  # after wrapping: a sharded model reads only its rows (any saved world size)
+                ckpt.load_model_weights(path, self.model, meta, self.env, self.device)
             self.optimizer = build_optimizer(self._groups(), cfg.lr, cfg.betas, cfg.eps, self.device.type)
             if meta is not None:
-                ckpt.load_optimizer(path, self.optimizer, self.param_names(), meta["optimizer"])
+                ckpt.load_optimizer(path, self.optimizer, self.param_names(), meta["optimizer"], self.env,
+                                    self.device)
                 ckpt.restore_trainer(self, meta)
             self._fire("on_train_start", {"resumed_from": str(path) if path else None})
             try:
@@ -285,7 +303,9 @@ class Trainer:
         count = global_targets(batch, self.device, env, step)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, mb in enumerate(micro_batches(batch, B, self.device)):
-            sync = not env.enabled or i == k - 1
+            # FSDP reduce-scatters every micro-batch into the sharded gradients (no_sync would keep whole
+            # unsharded gradients alive between micro-batches, the memory FSDP is there to save)
+            sync = not env.enabled or i == k - 1 or self.mode == "fsdp"
             with nullcontext() if sync else self.wrapped.no_sync():
                 loss = self.loss_fn(self._forward(model_inputs(mb)), mb)
                 (loss * (W / count)).backward()  # DDP averages over W ranks: × W makes it a sum
@@ -294,7 +314,7 @@ class Trainer:
         grad_norm = None
         if cfg.grad_clip:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            grad_norm = fsdp.scalar(nn.utils.clip_grad_norm_(params, cfg.grad_clip))  # global norm over shards
         if not math.isfinite(mean_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             last = ckpt.latest_checkpoint(cfg.out_dir) if cfg.out_dir else None
@@ -337,8 +357,10 @@ class Trainer:
         if data is None:
             raise DataError("evaluate() needs data: pass val_data to the Trainer or data= here.")
         n = (max_batches or self.config.eval_batches) * self.env.world_size  # per-rank batches, shared out
-        mine = rank_share(data.iter_eval(self.config.batch_size, n), self.env)
+        mine = rank_share(data.iter_eval(self.config.batch_size, n), self.env, even=self.mode == "fsdp")
         sums = eval_sums(self._eval_model, mine, self.device, self._autocast, self.eval_loss_fn)
+        if self.mode == "fsdp":
+            fsdp.reshard(self.model)  # FSDP leaves the root unsharded after a forward without backward
         return eval_metrics(dist.all_reduce_sum(sums, self.env))
 
 
