@@ -42,6 +42,7 @@ class RunConfig:
     tokenizer: str = "char"  # char | byte | sp | a saved tokenizer directory
     vocab_size: int | None = None  # for tokenizer "sp" (the data layer's default when None)
     val_fraction: float = 0.1  # last share of the text held out for validation
+    dask: str | None = None  # prepare the data on Dask: "local:N" or a scheduler address (same output as without)
     preset: str = "char-small"  # ModelConfig preset the model starts from
     arch: str = "TransformerLM"  # name in llmcore.registry.ARCHITECTURES
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides, e.g. {"dropout": 0.1}
@@ -56,6 +57,10 @@ class RunConfig:
                     "in [0, 1); e.g. 0.1 holds out the last 10% for validation (0: no validation)")
         check_field(self, "vocab_size", lambda v: v is None or is_int(v, 1), "None or a positive integer")
         check_field(self, "resume", lambda v: isinstance(v, bool), "True or False")
+        if self.dask is not None:
+            from ..data.dask_prepare import check_spec
+
+            check_spec(self.dask)
         split_overrides({**self.model, **self.train})  # unknown keys fail now, not after data preparation
         if (prepared := self.prepared_dir()) is not None and (self.tokenizer != "char" or self.vocab_size is not None):
             # The ids in its shards are those of the directory's own tokenizer; another one would mis-read them.
@@ -183,7 +188,7 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv, wante
             paths = [Path(p) for p in config.data] if config.data else None
             tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
             tokenizer.save(data_dir / "tokenizer")
-            prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction)
+            prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction, dask=config.dask)
             write_text(stamp, json.dumps(wanted, indent=2) + "\n")
     from . import distributed as dist
 
