@@ -107,6 +107,17 @@ def test_cli_prepare_on_a_scheduler_address(client, corpus, tmp_path, capsys):
     assert len(json.loads((tmp_path / "dask" / "meta.json").read_text())["shards"]["train"]) > len(corpus)
 
 
+def test_train_prepares_its_own_data_on_dask(client, corpus, tmp_path):
+    common = ["train", "--data", *map(str, corpus[:2]), "--tokenizer", "byte", "--preset", "debug", "--max-steps", "2",
+              "--batch-size", "2", "--eval-interval", "2", "--device", "cpu", "--no-progress",
+              "--set", "max_seq_len=16", "--set", "num_samples=0"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--dask", client.scheduler.address]) == 0
+    assert main([*common, "--out", str(tmp_path / "b")]) == 0
+    assert listing(tmp_path / "a" / "data") == listing(tmp_path / "b" / "data")
+    metrics = [(tmp_path / r / "metrics.jsonl").read_text().splitlines() for r in "ab"]
+    assert [json.loads(m).get("val_loss") for m in metrics[0]] == [json.loads(m).get("val_loss") for m in metrics[1]]
+
+
 class KillingTokenizer(ByteTokenizer):
     """Bytes, but a worker process that encodes with it SIGKILLs itself at its second chunk: once in all
     (the first to do so leaves ``marker``), or every time (``always``). Never the test process itself."""
