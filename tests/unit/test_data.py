@@ -401,3 +401,14 @@ def test_large_files_are_cut_at_line_ends(tmp_path):
     for a, b in zip(parts, parts[1:]):
         assert a.end == b.start and data[a.end - 1:a.end] == b"\n" and a.end - a.start >= 1_000
     assert plan_parts([big], 1_000) == parts  # a function of the file and the size only
+
+
+def test_pool_and_dask_workers_encode_on_one_thread(shakespeare):
+    from llmcore.data.parts import one_thread
+
+    sp = build_tokenizer("sp", shakespeare, vocab_size=400)
+    single = one_thread(sp)
+    assert sp.num_threads == -1 and single.num_threads == 1  # a copy: the caller's tokenizer is left alone
+    assert single.encode(shakespeare[:20_000]) == sp.encode(shakespeare[:20_000])
+    byte = ByteTokenizer()
+    assert one_thread(byte) is byte

@@ -27,7 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .parts import ChunkEncoder, Count, Job, Part, Piece, Settings, count_part, describe, write_part
+from .parts import (
+    ChunkEncoder,
+    Count,
+    Job,
+    Part,
+    Piece,
+    Settings,
+    count_part,
+    describe,
+    one_thread,
+    write_part,
+)
 
 INSTALL_HINT = "pip install 'llmcore[dask]'"
 _LOCAL = re.compile(r"local:(\d+)")
@@ -104,7 +115,7 @@ def count_task(part: Part, text_field: str) -> Count:
 
 
 def encode_task(job: Job, payload: tuple[str, Any, str], settings: Settings) -> list[Piece]:
-    encoder = ChunkEncoder(_load(payload), settings.dtype, settings.vocab_size)
+    encoder = ChunkEncoder(one_thread(_load(payload)), settings.dtype, settings.vocab_size)
     return write_part(job, encoder, settings)
 
 

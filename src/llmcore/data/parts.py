@@ -19,6 +19,7 @@ train/val cut) and :func:`write_part` (pass 2: the ids of one part into its stag
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import socket
@@ -262,6 +263,19 @@ def job_chunks(job: Job, settings: Settings) -> Iterator[tuple[int, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ encoding
+def one_thread(tokenizer: Any) -> Any:
+    """``tokenizer``, or a shallow copy that encodes on one thread (for a pool process or a Dask worker).
+
+    Where prepare runs one process per core, a tokenizer that threads each call over every core (llmcore's
+    sentencepiece batches a text's lines) would oversubscribe the cores; Dask's own rule for its workers is the
+    same (``OMP_NUM_THREADS=1``). The ids do not depend on the thread count.
+    """
+    if isinstance(getattr(tokenizer, "num_threads", None), int) and tokenizer.num_threads != 1:
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.num_threads = 1
+    return tokenizer
+
+
 class ChunkEncoder:
     """text chunk -> raw bytes of its ids in the output dtype, with the ids checked against the vocabulary."""
 

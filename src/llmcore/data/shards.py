@@ -67,6 +67,7 @@ from .parts import (
     count_part,
     describe,
     job_chunks,
+    one_thread,
     plan_parts,
     write_units,
 )
@@ -115,7 +116,7 @@ def _init_worker(payload: Any, dtype: str, vocab_size: int) -> None:
         from ..tokenizer import load_tokenizer
 
         payload = load_tokenizer(payload)
-    _worker_encoder = ChunkEncoder(payload, dtype, vocab_size)
+    _worker_encoder = ChunkEncoder(one_thread(payload), dtype, vocab_size)
 
 
 def _encode_in_worker(chunk: str) -> bytes:
