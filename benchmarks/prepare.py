@@ -1,0 +1,147 @@
+"""Throughput and memory of ``prepare``: locally (1 and 2 processes) and on a Dask LocalCluster (1 and 2 workers).
+
+Assembles a corpus of at least ``--size-mb`` MB from the shared data (Shakespeare, the King James and World
+English bibles, repeated) as ``--files`` plain text files, trains a sentencepiece BPE (vocab 8000) on its first
+5 MB once, then runs each configuration in a fresh subprocess, one after the other, on the same files:
+
+- ``local1``: ``prepare(num_workers=0)``, in-process, the tokenizer on one thread (so one process = one core);
+- ``local2``: ``prepare(num_workers=2)``, a pool of 2 processes (one thread each, as prepare runs them);
+- ``dask1`` / ``dask2``: ``prepare(dask=client)`` on a ``LocalCluster`` of 1 / 2 single-threaded worker
+  processes, started before the clock starts (its start-up time is reported apart).
+
+Prints a Markdown table: tokens/s and MB/s of input (wall clock, both passes), the ratio to ``local1``, and the
+peak resident memory (ru_maxrss) of the main process and of the largest worker process; then checks that the
+four output directories hold the same files, byte for byte (sha256 of each, meta.json included).
+
+    python benchmarks/prepare.py [--size-mb 100] [--files 8] [--configs local1,local2,dask1,dask2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# the shared data sits beside the checkout (../shared/data), or beside the worktrees' parent (../../shared/data)
+SHARED = next((p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data").is_dir()), ROOT / "shared")
+SOURCES = [SHARED / "shakespeare" / "complete.txt", SHARED / "bible-text" / "kjv.txt", SHARED / "bible-text" / "web.txt"]
+CONFIGS = {"local1": ("local", 1), "local2": ("local", 2), "dask1": ("dask", 1), "dask2": ("dask", 2)}
+
+
+def build_corpus(work: Path, size_mb: int, n_files: int) -> list[Path]:
+    """``n_files`` files, each the shared texts concatenated and repeated, together >= ``size_mb`` MB."""
+    base = "".join(p.read_text(encoding="utf-8") for p in SOURCES if p.is_file())
+    if not base:
+        sys.exit(f"none of {', '.join(map(str, SOURCES))} found")
+    per_file = -(-size_mb * 10**6 // n_files)
+    text = base * -(-per_file // len(base.encode("utf-8")))
+    corpus = work / f"corpus-{size_mb}mb-{n_files}"
+    files = [corpus / f"part{i:02d}.txt" for i in range(n_files)]
+    if not all(f.is_file() for f in files):
+        corpus.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            f.write_text(text, encoding="utf-8")
+    return files
+
+
+def build_tokenizer(work: Path, files: list[Path]) -> Path:
+    from llmcore.tokenizer import SentencePieceTokenizer
+
+    out = work / "tokenizer-bpe8000"
+    if not (out / "llmcore_tokenizer.json").is_file():
+        with open(files[0], encoding="utf-8") as f:
+            head = f.read(5_000_000)
+        SentencePieceTokenizer.train(input=head.split("\n"), vocab_size=8000, model_type="bpe").save(out)
+    return out
+
+
+def run_one(config: str, files: list[Path], tokenizer_dir: Path, out: Path) -> dict:
+    """One configuration, in this (fresh) process: wall time, counts, peak memory."""
+    from llmcore.data import prepare
+    from llmcore.tokenizer import load_tokenizer
+
+    kind, n = CONFIGS[config]
+    tok = load_tokenizer(tokenizer_dir)
+    tok.num_threads = 1  # one process, one core (pool processes and Dask workers use one thread anyway)
+    shutil.rmtree(out, ignore_errors=True)
+    result: dict = {"config": config}
+    if kind == "local":
+        t = time.perf_counter()
+        meta = prepare(files, tok, out, num_workers=0 if n == 1 else n, progress=False)
+        result["wall_s"] = time.perf_counter() - t
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the pool, terminated by now
+        result["worker_rss_mb"] = children / 1024 if n > 1 else None
+    else:
+        from dask.distributed import Client, LocalCluster
+
+        t = time.perf_counter()
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+        client.wait_for_workers(n)
+        result["startup_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        meta = prepare(files, tok, out, dask=client, progress=False)
+        result["wall_s"] = time.perf_counter() - t
+        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        result["worker_rss_mb"] = max(peaks.values()) / 1024
+        client.close()
+        cluster.close()
+    result["main_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["tokens"] = meta["n_train_tokens"] + meta["n_val_tokens"]
+    result["mb"] = sum(f.stat().st_size for f in files) / 1e6
+    result["shards"] = len(meta["shards"]["train"]) + len(meta["shards"]["val"])
+    return result
+
+
+def digest(directory: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.iterdir()) if f.is_file()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=100, help="corpus size, at least (default: 100)")
+    parser.add_argument("--files", type=int, default=8, help="files the corpus is written as (default: 8)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, of " + ", ".join(CONFIGS))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/llmcore-bench-prepare"),
+                        help="corpus, tokenizer and outputs (reused between runs)")
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: one configuration, in a subprocess
+    args = parser.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    files = build_corpus(args.work, args.size_mb, args.files)
+    tokenizer_dir = build_tokenizer(args.work, files)
+    if args.run:
+        print(json.dumps(run_one(args.run, files, tokenizer_dir, args.work / f"out-{args.run}")))
+        return
+    results = []
+    for config in args.configs.split(","):
+        cmd = [sys.executable, __file__, "--size-mb", str(args.size_mb), "--files", str(args.files),
+               "--work", str(args.work), "--run", config]
+        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        results.append(json.loads(line))
+        print(f"# {config}: {results[-1]}", file=sys.stderr)
+    base = next((r for r in results if r["config"] == "local1"), results[0])
+    print(f"{results[0]['mb']:.1f} MB in {args.files} files, {results[0]['tokens']:,} tokens, "
+          f"{results[0]['shards']} shards; load average {os.getloadavg()[0]:.1f}\n")
+    print("| configuration | wall s | tokens/s | MB/s | vs local1 | main RSS MB | largest worker RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        worker = "—" if r["worker_rss_mb"] is None else f"{r['worker_rss_mb']:.0f}"
+        extra = f" (cluster start-up {r['startup_s']:.1f} s, not counted)" if "startup_s" in r else ""
+        print(f"| {r['config']}{extra} | {r['wall_s']:.1f} | {r['tokens'] / r['wall_s']:,.0f} | "
+              f"{r['mb'] / r['wall_s']:.2f} | {base['wall_s'] / r['wall_s']:.2f}x | {r['main_rss_mb']:.0f} | {worker} |")
+    digests = [digest(args.work / f"out-{r['config']}") for r in results]
+    print(f"\nidentical outputs: {'yes' if all(d == digests[0] for d in digests) else 'NO'} "
+          f"({len(digests[0])} files each)")
+
+
+if __name__ == "__main__":
+    main()
