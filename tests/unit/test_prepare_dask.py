@@ -97,6 +97,14 @@ def test_dask_prepare_equals_local_prepare_byte_for_byte(client, corpus, sp, tmp
     assert on_dask["n_train_chars"] == int(on_dask["n_chars"] * 0.9)
 
 
+def test_a_bad_input_fails_on_a_worker_as_it_fails_locally(client, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café\n".encode("latin-1") * 10)
+    with pytest.raises(DataError, match=r"latin1.txt is not UTF-8 text: invalid byte 0xe9 at byte offset 3"):
+        prepare([bad], ByteTokenizer(), tmp_path / "out", dask=client)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
 def test_cli_prepare_on_a_scheduler_address(client, corpus, tmp_path, capsys):
     address = client.scheduler.address
     base = ["prepare", "--data", *map(str, corpus), "--tokenizer", "byte", "--shard-size", "20K", "--no-progress"]
