@@ -208,8 +208,11 @@ def plan_jobs(parts: list[Part], counts: list[Count], val_fraction: float,
     """The pass-2 jobs (parts with text), n_chars, the train/val cut (in characters) and the document count."""
     with_docs = [i for i, c in enumerate(counts) if c.docs]
     final = with_docs[-1] if with_docs else -1
-    for source, name in enumerate(names):  # a JSONL file whose records are all empty
-        if not any(counts[p.index].docs for p in parts if p.source == source):
+    docs_of = [0] * len(names)
+    for part, c in zip(parts, counts):
+        docs_of[part.source] += c.docs
+    for name, docs in zip(names, docs_of):  # a JSONL file whose records are all empty
+        if not docs:
             raise DataError(f"{name} has no record with text in field {text_field!r}; remove it or pass the "
                             "field that holds the text (text_field=..., --text-field)")
     sizes = [c.chars - (i == final and c.last_sep) for i, c in enumerate(counts)]
