@@ -13,7 +13,7 @@ Prints a Markdown table: tokens/s and MB/s of input (wall clock, both passes), t
 peak resident memory (ru_maxrss) of the main process and of the largest worker process; then checks that the
 four output directories hold the same files, byte for byte (sha256 of each, meta.json included).
 
-    python benchmarks/prepare.py [--size-mb 100] [--files 8] [--configs local1,local2,dask1,dask2]
+    python benchmarks/prepare.py [--size-mb 100] [--files 8] [--vocab-size 8000] [--configs local1,local2,dask1,dask2]
 """
 
 from __future__ import annotations
@@ -36,30 +36,33 @@ SOURCES = [SHARED / "shakespeare" / "complete.txt", SHARED / "bible-text" / "kjv
 CONFIGS = {"local1": ("local", 1), "local2": ("local", 2), "dask1": ("dask", 1), "dask2": ("dask", 2)}
 
 
-def build_corpus(work: Path, size_mb: int, n_files: int) -> list[Path]:
+def build_corpus(work: Path, size_mb: float, n_files: int) -> list[Path]:
     """``n_files`` files, each the shared texts concatenated and repeated, together >= ``size_mb`` MB."""
-    base = "".join(p.read_text(encoding="utf-8") for p in SOURCES if p.is_file())
-    if not base:
-        sys.exit(f"none of {', '.join(map(str, SOURCES))} found")
-    per_file = -(-size_mb * 10**6 // n_files)
-    text = base * -(-per_file // len(base.encode("utf-8")))
     corpus = work / f"corpus-{size_mb}mb-{n_files}"
     files = [corpus / f"part{i:02d}.txt" for i in range(n_files)]
-    if not all(f.is_file() for f in files):
-        corpus.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            f.write_text(text, encoding="utf-8")
+    if all(f.is_file() for f in files):  # written by an earlier run (or the parent of this one)
+        return files
+    base = "".join(p.read_text(encoding="utf-8") for p in SOURCES if p.is_file()).encode("utf-8")
+    if not base:
+        sys.exit(f"none of {', '.join(map(str, SOURCES))} found")
+    per_file = int(size_mb * 10**6 / n_files) + 1
+    data = base * -(-per_file // len(base))
+    end = data.find(b"\n", per_file)  # cut after a line, so every file is whole lines
+    data = data[:end + 1] if end >= 0 else data
+    corpus.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        f.write_bytes(data)
     return files
 
 
-def build_tokenizer(work: Path, files: list[Path]) -> Path:
+def build_tokenizer(work: Path, files: list[Path], vocab_size: int) -> Path:
     from llmcore.tokenizer import SentencePieceTokenizer
 
-    out = work / "tokenizer-bpe8000"
+    out = work / f"tokenizer-bpe{vocab_size}"
     if not (out / "llmcore_tokenizer.json").is_file():
         with open(files[0], encoding="utf-8") as f:
             head = f.read(5_000_000)
-        SentencePieceTokenizer.train(input=head.split("\n"), vocab_size=8000, model_type="bpe").save(out)
+        SentencePieceTokenizer.train(input=head.split("\n"), vocab_size=vocab_size, model_type="bpe").save(out)
     return out
 
 
@@ -107,8 +110,9 @@ def digest(directory: Path) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mb", type=int, default=100, help="corpus size, at least (default: 100)")
+    parser.add_argument("--size-mb", type=float, default=100, help="corpus size, at least (default: 100)")
     parser.add_argument("--files", type=int, default=8, help="files the corpus is written as (default: 8)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="of the sentencepiece BPE (default: 8000)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, of " + ", ".join(CONFIGS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmcore-bench-prepare"),
                         help="corpus, tokenizer and outputs (reused between runs)")
@@ -117,14 +121,14 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     files = build_corpus(args.work, args.size_mb, args.files)
-    tokenizer_dir = build_tokenizer(args.work, files)
+    tokenizer_dir = build_tokenizer(args.work, files, args.vocab_size)
     if args.run:
         print(json.dumps(run_one(args.run, files, tokenizer_dir, args.work / f"out-{args.run}")))
         return
     results = []
     for config in args.configs.split(","):
         cmd = [sys.executable, __file__, "--size-mb", str(args.size_mb), "--files", str(args.files),
-               "--work", str(args.work), "--run", config]
+               "--vocab-size", str(args.vocab_size), "--work", str(args.work), "--run", config]
         line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results.append(json.loads(line))
         print(f"# {config}: {results[-1]}", file=sys.stderr)
