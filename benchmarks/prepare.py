@@ -9,9 +9,11 @@ English bibles, repeated) as ``--files`` plain text files, trains a sentencepiec
 - ``dask1`` / ``dask2``: ``prepare(dask=client)`` on a ``LocalCluster`` of 1 / 2 single-threaded worker
   processes, started before the clock starts (its start-up time is reported apart).
 
-Prints a Markdown table: tokens/s and MB/s of input (wall clock, both passes), the ratio to ``local1``, and the
-peak resident memory (ru_maxrss) of the main process and of the largest worker process; then checks that the
-four output directories hold the same files, byte for byte (sha256 of each, meta.json included).
+Prints a Markdown table: tokens/s and MB/s of input (wall clock, both passes), the ratio to ``local1``, the CPU
+seconds of all its processes together, and the peak resident memory (``VmHWM``) of the main process and of the
+largest worker process (sampled from /proc every 0.2 s; Linux); then checks that the four output directories
+hold the same files, byte for byte (sha256 of each, meta.json included). ``ru_maxrss`` would not do: Linux
+carries it over ``fork`` + ``exec``, so a child would report its parent's peak.
 
     python benchmarks/prepare.py [--size-mb 100] [--files 8] [--vocab-size 8000] [--configs local1,local2,dask1,dask2]
 """
@@ -26,6 +28,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +69,56 @@ def build_tokenizer(work: Path, files: list[Path], vocab_size: int) -> Path:
     return out
 
 
+def _hwm_mb(pid: int | str) -> float:
+    """Peak resident memory of a process since it started (VmHWM), in MB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class PeakMonitor(threading.Thread):
+    """Every 0.2 s, the VmHWM of each descendant of this process (pool processes, Dask workers)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peaks: dict[int, float] = {}
+        self.done = threading.Event()
+
+    def _descendants(self) -> list[int]:
+        parent: dict[int, int] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        found, frontier = [], [os.getpid()]
+        while frontier:
+            kids = [p for p, pp in parent.items() if pp in frontier]
+            found += kids
+            frontier = kids
+        return found
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            for pid in self._descendants():
+                self.peaks[pid] = max(self.peaks.get(pid, 0.0), _hwm_mb(pid))
+
+    def largest(self) -> float | None:
+        self.done.set()
+        self.join()
+        return max(self.peaks.values(), default=None)
+
+
+def _cpu_s() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_one(config: str, files: list[Path], tokenizer_dir: Path, out: Path) -> dict:
     """One configuration, in this (fresh) process: wall time, counts, peak memory."""
     from llmcore.data import prepare
@@ -76,12 +129,13 @@ def run_one(config: str, files: list[Path], tokenizer_dir: Path, out: Path) -> d
     tok.num_threads = 1  # one process, one core (pool processes and Dask workers use one thread anyway)
     shutil.rmtree(out, ignore_errors=True)
     result: dict = {"config": config}
+    monitor = PeakMonitor()
+    monitor.start()
     if kind == "local":
-        t = time.perf_counter()
+        cpu, t = _cpu_s(), time.perf_counter()
         meta = prepare(files, tok, out, num_workers=0 if n == 1 else n, progress=False)
         result["wall_s"] = time.perf_counter() - t
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the pool, terminated by now
-        result["worker_rss_mb"] = children / 1024 if n > 1 else None
+        result["cpu_s"] = _cpu_s() - cpu  # the pool's processes are terminated and reaped by now
     else:
         from dask.distributed import Client, LocalCluster
 
@@ -90,14 +144,17 @@ def run_one(config: str, files: list[Path], tokenizer_dir: Path, out: Path) -> d
         client = Client(cluster)
         client.wait_for_workers(n)
         result["startup_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        before = sum(client.run(lambda: sum(os.times()[:2])).values())  # the workers' start-up CPU, left out
+        cpu, t = _cpu_s(), time.perf_counter()
         meta = prepare(files, tok, out, dask=client, progress=False)
         result["wall_s"] = time.perf_counter() - t
-        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        result["worker_rss_mb"] = max(peaks.values()) / 1024
+        workers = sum(client.run(lambda: sum(os.times()[:2])).values())
+        result["cpu_s"] = _cpu_s() - cpu + workers - before
         client.close()
         cluster.close()
-    result["main_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    largest = monitor.largest()
+    result["worker_rss_mb"] = largest if n > 1 or kind == "dask" else None
+    result["main_rss_mb"] = _hwm_mb("self")
     result["tokens"] = meta["n_train_tokens"] + meta["n_val_tokens"]
     result["mb"] = sum(f.stat().st_size for f in files) / 1e6
     result["shards"] = len(meta["shards"]["train"]) + len(meta["shards"]["val"])
@@ -135,13 +192,14 @@ def main() -> None:
     base = next((r for r in results if r["config"] == "local1"), results[0])
     print(f"{results[0]['mb']:.1f} MB in {args.files} files, {results[0]['tokens']:,} tokens, "
           f"{results[0]['shards']} shards; load average {os.getloadavg()[0]:.1f}\n")
-    print("| configuration | wall s | tokens/s | MB/s | vs local1 | main RSS MB | largest worker RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| configuration | wall s | tokens/s | MB/s | vs local1 | CPU s | main peak RSS MB | largest worker peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         worker = "—" if r["worker_rss_mb"] is None else f"{r['worker_rss_mb']:.0f}"
         extra = f" (cluster start-up {r['startup_s']:.1f} s, not counted)" if "startup_s" in r else ""
         print(f"| {r['config']}{extra} | {r['wall_s']:.1f} | {r['tokens'] / r['wall_s']:,.0f} | "
-              f"{r['mb'] / r['wall_s']:.2f} | {base['wall_s'] / r['wall_s']:.2f}x | {r['main_rss_mb']:.0f} | {worker} |")
+              f"{r['mb'] / r['wall_s']:.2f} | {base['wall_s'] / r['wall_s']:.2f}x | {r['cpu_s']:.1f} | "
+              f"{r['main_rss_mb']:.0f} | {worker} |")
     digests = [digest(args.work / f"out-{r['config']}") for r in results]
     print(f"\nidentical outputs: {'yes' if all(d == digests[0] for d in digests) else 'NO'} "
           f"({len(digests[0])} files each)")

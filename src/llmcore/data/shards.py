@@ -57,6 +57,7 @@ from .layout import (
     split_files,
 )
 from .parts import (
+    BOUNDARY,
     SPLITS,
     ChunkEncoder,
     Count,
@@ -68,6 +69,7 @@ from .parts import (
     describe,
     job_chunks,
     one_thread,
+    part_stream,
     plan_parts,
     write_units,
 )
@@ -100,8 +102,6 @@ def iter_text(text_or_paths: TextOrPaths, text_field: str = "text") -> Iterator[
     """The corpus as text pieces, documents joined as prepare joins them (for tokenizer training)."""
     inputs, _ = _inputs(text_or_paths)
     parts = plan_parts(inputs, SHARD_BYTES)
-    from .parts import BOUNDARY, part_stream
-
     for i, part in enumerate(parts):
         yield from (p for p in part_stream(part, text_field, final=i == len(parts) - 1) if p is not BOUNDARY)
 
