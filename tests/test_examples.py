@@ -38,6 +38,8 @@ SCRIPTS = {
     "benchmarks/generate.py": (["--quick", "--repeats", "1"], "cached / uncached", [], ["transformers"], 300),
     "benchmarks/train.py": (["--steps", "2", "--warmup", "1"], "| HF GPT2LMHeadModel |", [], ["transformers"], 300),
     "benchmarks/tokenizer.py": (["--repeats", "1", "--vocab-size", "1000"], "list of", [], [], 300),
+    "benchmarks/prepare.py": (["--size-mb", "1", "--files", "2", "--vocab-size", "1000", "--work", "{OUT}"],
+                              "identical outputs: yes", [], ["distributed"], 300),
     "benchmarks/translation_archs.py": (["--repeats", "2", "--vocab-size", "3000"], "ms/step", [], [], 300),
 }
 SKIP = {"examples/alibi_parallel.py"}  # tested by its own test module

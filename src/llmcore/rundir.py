@@ -61,7 +61,8 @@ def legacy_kind(path: Path) -> str | None:
     if (p / "trainer_state").is_dir() and (p / "metrics.jsonl").is_file() and (
             _is_llmcore_config(p / "config.json") or (p / "adapter_config.json").is_file()):
         return "run"
-    if (p / "meta.json").is_file() and (p / "train.bin").is_file() and (p / "tokenizer").is_dir():
+    if (p / "meta.json").is_file() and (p / "tokenizer").is_dir() and (
+            (p / "train.bin").is_file() or (p / "train-00000.bin").is_file()):  # token files of format 1 or 2
         return "prepared"
     if (p / "sweep.json").is_file() and all(c.name.startswith("run-") or c.name in ("sweep.json", "results.csv")
                                             for c in p.iterdir()):

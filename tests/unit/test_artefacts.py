@@ -31,7 +31,8 @@ def test_train_on_a_prepared_directory_equals_training_on_its_text(tmp_path, cap
     assert main([*common, "--data", str(text), "--tokenizer", "char", "--out", str(tmp_path / "b")]) == 0
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(a) >= 4 and a == b  # same ids, same model, same order: the same losses exactly
-    assert (tmp_path / "a" / "data" / "train.bin").read_bytes() == (tmp_path / "prep" / "train.bin").read_bytes()
+    for name in ("meta.json", "train-00000.bin", "val-00000.bin"):  # linked as they are
+        assert (tmp_path / "a" / "data" / name).read_bytes() == (tmp_path / "prep" / name).read_bytes()
     # resuming the run reuses its linked data; a tokenizer flag beside a prepared directory is refused
     assert main([*common, "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "a"), "--max-steps", "6",
                  "--resume"]) == 0

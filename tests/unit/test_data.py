@@ -23,6 +23,7 @@ from llmcore.data import (
     prepare,
     read_text,
 )
+from llmcore.data.layout import split_files
 from llmcore.errors import DataError, TokenizerError
 from llmcore.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer
 
@@ -43,6 +44,11 @@ class BigVocabTokenizer:
 
 def read_bin(path: Path, dtype: str = "uint16") -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def read_split(directory: Path, split: str, dtype: str = "uint16") -> np.ndarray:
+    """One split of a prepared directory: its shards, concatenated."""
+    return np.concatenate([np.fromfile(f, dtype=dtype) for f, _ in split_files(directory, split)])
 
 
 # ------------------------------------------------------------------------------------------------ corpora
@@ -108,10 +114,10 @@ def test_dtype_choice(tmp_path):
     assert choose_dtype(65_535) == np.uint16 and choose_dtype(65_536) == np.uint32
     meta = prepare("abcdefghij" * 10, BigVocabTokenizer(), tmp_path)
     assert meta["dtype"] == "uint32"
-    assert (tmp_path / "train.bin").stat().st_size == 4 * meta["n_train_tokens"] == 4 * 90
-    assert read_bin(tmp_path / "train.bin", "uint32")[0] == 65_000 + ord("a")
+    assert (tmp_path / "train-00000.bin").stat().st_size == 4 * meta["n_train_tokens"] == 4 * 90
+    assert read_bin(tmp_path / "train-00000.bin", "uint32")[0] == 65_000 + ord("a")
     meta = prepare("abcdefghij" * 10, CharTokenizer.from_text("abcdefghij"), tmp_path)
-    assert meta["dtype"] == "uint16" and (tmp_path / "train.bin").stat().st_size == 2 * 90
+    assert meta["dtype"] == "uint16" and (tmp_path / "train-00000.bin").stat().st_size == 2 * 90
     with pytest.raises(DataError, match="cannot hold ids up to 69999"):
         prepare("abc" * 10, BigVocabTokenizer(), tmp_path, dtype="uint16")
 
@@ -120,7 +126,7 @@ def test_split_is_first_90_percent_of_characters(tmp_path, shakespeare):
     tok = CharTokenizer.from_text(shakespeare)
     meta = prepare(shakespeare, tok, tmp_path, chunk_chars=777)  # many chunks, one cut inside a chunk
     n = len(shakespeare)
-    train, val = read_bin(tmp_path / "train.bin"), read_bin(tmp_path / "val.bin")
+    train, val = read_split(tmp_path, "train"), read_split(tmp_path, "val")
     assert tok.decode(train) == shakespeare[: int(n * 0.9)]  # nanoGPT shakespeare_char's split
     assert tok.decode(val) == shakespeare[int(n * 0.9):]
     assert meta["n_train_tokens"] == len(train) and meta["n_val_tokens"] == len(val)
@@ -138,13 +144,15 @@ def test_parallel_prepare_is_byte_identical(tmp_path, shakespeare, kind):
     serial = prepare([data], tok, tmp_path / "serial", num_workers=0, chunk_chars=2_000)
     parallel = prepare([data], tok, tmp_path / "parallel", num_workers=2, chunk_chars=2_000)
     assert serial == parallel and serial["eos_between_docs"]
-    for name in ("train.bin", "val.bin"):
+    names = sorted(f.name for f in (tmp_path / "serial").iterdir())
+    assert names == sorted(f.name for f in (tmp_path / "parallel").iterdir())
+    for name in names:
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes()
-    ids = np.concatenate([read_bin(tmp_path / "serial" / "train.bin"), read_bin(tmp_path / "serial" / "val.bin")])
+    ids = np.concatenate([read_split(tmp_path / "serial", s) for s in ("train", "val")])
     assert (ids == tok.eos_id).sum() == 2
     if kind == "byte":  # without eos, files equal the text they join (chunking does not change bytes)
         prepare([data], tok, tmp_path / "noeos", add_eos_between_docs=False, chunk_chars=2_000)
-        both = np.concatenate([read_bin(tmp_path / "noeos" / s) for s in ("train.bin", "val.bin")])
+        both = np.concatenate([read_split(tmp_path / "noeos", s) for s in ("train", "val")])
         assert both.tolist() == ByteTokenizer().encode(read_text(data))
 
 
@@ -180,7 +188,7 @@ def prepared(tmp_path, shakespeare) -> Path:
 
 def test_sample_batch_shapes_shift_and_seed(prepared):
     ds = TokenDataset(prepared, block_size=64)
-    data = read_bin(prepared / "train.bin")
+    data = read_split(prepared, "train")
     batch = ds.sample_batch(8, torch.Generator().manual_seed(1))
     assert list(batch) == ["input_ids", "labels"]
     x, y = batch["input_ids"], batch["labels"]
@@ -196,7 +204,7 @@ def test_sample_batch_shapes_shift_and_seed(prepared):
 
 def test_iter_eval_covers_split_deterministically(prepared):
     ds = TokenDataset(prepared, block_size=100, split="val")
-    data = torch.from_numpy(read_bin(prepared / "val.bin").astype(np.int64))
+    data = torch.from_numpy(read_split(prepared, "val").astype(np.int64))
     n, T = len(data), 100
     batches = [(b["input_ids"], b["labels"]) for b in ds.iter_eval(batch_size=7)]
     assert len(batches) == ds.num_eval_batches(7) == -(-((n - 1) // T) // 7)
@@ -221,7 +229,7 @@ def test_iter_eval_covers_split_deterministically(prepared):
 
 
 def test_token_dataset_errors(prepared):
-    n_val = len(read_bin(prepared / "val.bin"))
+    n_val = len(read_split(prepared, "val"))
     with pytest.raises(DataError, match=rf"has {n_val} tokens, but block_size=10000 needs at least 10001"):
         TokenDataset(prepared, block_size=10_000, split="val")
     with pytest.raises(DataError, match="nowhere does not exist"):
@@ -236,9 +244,9 @@ def test_token_dataset_errors(prepared):
         TokenDataset(np.arange(20), block_size=4, vocab_size=10)
     with pytest.raises(DataError, match=r"Token id -1 .* outside the vocabulary"):
         TokenDataset(np.arange(-1, 19), block_size=4, vocab_size=32)
-    vocab = int(read_bin(prepared / "train.bin").max()) + 1  # a file is scanned: the exact limit passes
+    vocab = int(read_split(prepared, "train").max()) + 1  # a file is scanned: the exact limit passes
     TokenDataset(prepared, block_size=8, vocab_size=vocab)
-    with pytest.raises(DataError, match=rf"Token id {vocab - 1} in .*train.bin"):
+    with pytest.raises(DataError, match=rf"Token id {vocab - 1} in .*train-00000.bin"):
         TokenDataset(prepared, block_size=8, vocab_size=vocab - 1)
 
 
@@ -293,8 +301,114 @@ def test_cli_prepare(tmp_path, shakespeare, capsys, monkeypatch):
     stdout = capsys.readouterr().out.strip().splitlines()
     assert len(stdout) == 1 and "train" in stdout[0] and str(out) in stdout[0]
     tok = load_tokenizer(out / "tokenizer")
-    assert tok.decode(read_bin(out / "train.bin")) == shakespeare[: int(len(shakespeare) * 0.9)]
+    assert tok.decode(read_split(out, "train")) == shakespeare[: int(len(shakespeare) * 0.9)]
 
     assert main(["prepare", "--data", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.txt does not exist" in err[0]
+
+
+# ------------------------------------------------------------------------------------------------ shards, formats
+def test_a_sharded_split_reads_as_its_concatenation(tmp_path, shakespeare):
+    """Training reads any number of shards as one stream: the same batches, from the same seed, as the ids
+    concatenated in one array (windows spanning two shards included)."""
+    tok = CharTokenizer.from_text(shakespeare)
+    meta = prepare(shakespeare, tok, tmp_path, shard_bytes=5_000, chunk_chars=1_000)
+    assert len(meta["shards"]["train"]) >= 10 and len(meta["shards"]["val"]) >= 2
+    for split in ("train", "val"):
+        ids = read_split(tmp_path, split)
+        sharded, flat = TokenDataset(tmp_path, 64, split=split), TokenDataset(ids, 64)
+        assert sharded.num_tokens == len(ids) == meta[f"n_{split}_tokens"]
+        for seed in range(3):
+            a = sharded.sample_batch(32, torch.Generator().manual_seed(seed))
+            b = flat.sample_batch(32, torch.Generator().manual_seed(seed))
+            assert all(torch.equal(a[k], b[k]) for k in a)
+        rows = torch.tensor([1, 5])
+        a = sharded.sample_batch(8, torch.Generator().manual_seed(7), rows=rows)["input_ids"]
+        assert torch.equal(a, flat.sample_batch(8, torch.Generator().manual_seed(7))["input_ids"][rows])
+        assert all(torch.equal(x["labels"], y["labels"]) for x, y in zip(sharded.iter_eval(4, pad_last=True),
+                                                                         flat.iter_eval(4, pad_last=True)))
+        assert torch.equal(sharded[len(sharded) - 1]["input_ids"], flat[len(flat) - 1]["input_ids"])
+    assert tok.decode(read_split(tmp_path, "train")) == shakespeare[: int(len(shakespeare) * 0.9)]
+
+
+def test_a_directory_of_format_1_still_reads(tmp_path, shakespeare):
+    """train.bin / val.bin with a meta.json without shards (an earlier llmcore's output) train as before."""
+    tok = CharTokenizer.from_text(shakespeare)
+    meta = prepare(shakespeare, tok, tmp_path / "new")
+    old = tmp_path / "old"
+    old.mkdir()
+    for split in ("train", "val"):
+        read_split(tmp_path / "new", split).tofile(old / f"{split}.bin")
+    legacy = {k: v for k, v in meta.items() if k not in ("shards", "n_docs", "text_field", "shard_bytes")}
+    (old / "meta.json").write_text(json.dumps({**legacy, "format_version": 1}), encoding="utf-8")
+    a, b = TokenDataset(old, 32), TokenDataset(tmp_path / "new", 32)
+    assert a.path == old / "train.bin" and a.num_tokens == b.num_tokens
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(a.sample_batch(4, g)["input_ids"], b.sample_batch(4, torch.Generator().manual_seed(0))["input_ids"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["shards"]["train"][0].update(file="../../etc/x.bin"), r"shards.train\[0\].file"),
+    (lambda m: m["shards"]["train"][0].update(file="val-00000.bin"), r"shards.train\[0\].file"),
+    (lambda m: m["shards"]["val"][0].update(tokens=-1), r"shards.val\[0\].tokens"),
+    (lambda m: m["shards"]["val"][0].update(tokens=m["shards"]["val"][0]["tokens"] + 1), "the sum of the val"),
+    (lambda m: m.pop("shards"), "field 'shards'"),
+])
+def test_a_damaged_shard_index_is_refused(prepared, edit, message):
+    meta = json.loads((prepared / "meta.json").read_text())
+    edit(meta)
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=message):
+        TokenDataset(prepared, 8, split="val")
+
+
+def test_jsonl_globs_and_codecs(tmp_path, monkeypatch):
+    import lzma
+
+    (tmp_path / "a.jsonl").write_text('{"text": "first record"}\n\n{"text": ""}\n{"body": "x", "text": "second\\n"}\n',
+                                      encoding="utf-8")
+    with lzma.open(tmp_path / "b.txt.xz", "wt", encoding="utf-8") as f:
+        f.write("xz text")
+    assert read_text(tmp_path / "a.jsonl") == "first record\nsecond\n"  # blank lines and empty texts skipped
+    assert read_text([str(tmp_path / "*.jsonl"), tmp_path / "b.txt.xz"]) == "first record\nsecond\nxz text"
+    assert read_text(tmp_path) == "xz text"  # a directory: text files only
+    meta = prepare([tmp_path / "a.jsonl"], ByteTokenizer(), tmp_path / "out")
+    assert meta["n_docs"] == 2 and meta["eos_between_docs"]
+    with pytest.raises(DataError, match=r"pattern .*nothing\*.txt.* matches no file"):
+        read_text(str(tmp_path / "nothing*.txt"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl: the record at byte offset 15 has no string field 'text'"):
+        prepare([tmp_path / "bad.jsonl"], ByteTokenizer(), tmp_path / "out")
+    (tmp_path / "other.jsonl").write_text('{"txt": "ok"}\n', encoding="utf-8")
+    assert prepare([tmp_path / "other.jsonl"], ByteTokenizer(), tmp_path / "out", text_field="txt",
+                   val_fraction=0)["n_chars"] == 2
+    (tmp_path / "c.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    monkeypatch.setitem(__import__("sys").modules, "zstandard", None)
+    with pytest.raises(DataError, match=r"c.txt.zst is zstandard-compressed; .* pip install zstandard"):
+        read_text(tmp_path / "c.txt.zst")
+
+
+def test_large_files_are_cut_at_line_ends(tmp_path):
+    from llmcore.data.parts import plan_parts
+
+    lines = [f"line {i} " * (i % 7 + 1) + "\n" for i in range(500)]
+    big = tmp_path / "big.txt"
+    big.write_text("".join(lines) + "no newline at the end", encoding="utf-8")
+    parts = plan_parts([big], 1_000)
+    data = big.read_bytes()
+    assert len(parts) > 10 and parts[0].start == 0 and parts[-1].end == len(data) and parts[-1].file_end
+    for a, b in zip(parts, parts[1:]):
+        assert a.end == b.start and data[a.end - 1:a.end] == b"\n" and a.end - a.start >= 1_000
+    assert plan_parts([big], 1_000) == parts  # a function of the file and the size only
+
+
+def test_pool_and_dask_workers_encode_on_one_thread(shakespeare):
+    from llmcore.data.parts import one_thread
+
+    sp = build_tokenizer("sp", shakespeare, vocab_size=400)
+    single = one_thread(sp)
+    assert sp.num_threads == -1 and single.num_threads == 1  # a copy: the caller's tokenizer is left alone
+    assert single.encode(shakespeare[:20_000]) == sp.encode(shakespeare[:20_000])
+    byte = ByteTokenizer()
+    assert one_thread(byte) is byte

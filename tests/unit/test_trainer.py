@@ -294,7 +294,7 @@ def test_cli_train_resume_and_eval(tmp_path, text_file, capsys):
                *TINY) == 0
     assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()
             if "val_loss" in r] == [2, 4]
-    assert (out / "samples.txt").is_file() and (out / "data" / "train.bin").is_file()
+    assert (out / "samples.txt").is_file() and (out / "data" / "train-00000.bin").is_file()
     capsys.readouterr()
     assert cli("eval", "--model", out, "--max-batches", 2) == 0
     assert "val split): loss" in capsys.readouterr().out

@@ -210,7 +210,7 @@ def prepared(tmp_path):
 BAD_META = {
     "dtype float64": ({"dtype": "float64"}, "field 'dtype' is 'float64', expected one of uint16, uint32"),
     "dtype bool": ({"dtype": "bool"}, "field 'dtype'"),
-    "format_version 99": ({"format_version": 99}, "field 'format_version' is 99, expected 1"),
+    "format_version 99": ({"format_version": 99}, "field 'format_version' is 99, expected one of 1, 2"),
     "vocab_size a string": ({"vocab_size": "32"}, "field 'vocab_size'"),
     "uint16 too small": ({"vocab_size": 70_000}, "field 'dtype' is 'uint16', expected uint32"),
     "negative count": ({"n_train_tokens": -5}, "field 'n_train_tokens'"),

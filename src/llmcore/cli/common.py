@@ -48,12 +48,15 @@ HELP = {
     "progress": "show a progress bar",
     "num_samples": "text samples printed at the end",
     # RunConfig (data and model choice)
-    "data": "UTF-8 text files, .gz files or directories of *.txt / *.txt.gz (default: the bundled Shakespeare)",
+    "data": "UTF-8 text files (.txt, .gz, .xz, .zst, .jsonl), glob patterns or directories of *.txt / *.txt.gz "
+            "(default: the bundled Shakespeare)",
     "tokenizer": "char (alphabet of the data), byte (UTF-8 bytes), sp (train a sentencepiece BPE on the data) "
                  "or a saved tokenizer directory",
     "vocab_size": "vocabulary size for --tokenizer sp (default: 4096)",
     "val_fraction": "share of the data, taken from the end (text) or at random (examples), held out for "
                     "validation",
+    "dask": "tokenize on Dask: local:N (a local cluster of N worker processes) or a scheduler address "
+            "(tcp://host:8786), needs pip install 'llmcore[dask]'; the prepared data is the same as without",
     "preset": f"model shape preset: {', '.join(PRESETS)} (llmcore.config.PRESETS)",
     "arch": "registered architecture to build (llmcore.registry.ARCHITECTURES; see --import)",
     # GenerationConfig
@@ -70,7 +73,8 @@ HELP = {
     "sliding_window": "generate past the model's context by keeping only the last max_seq_len tokens",
 }
 
-METAVARS = {"data": "PATH", "tokenizer": "char|byte|sp|DIR", "preset": "NAME", "arch": "NAME"}
+METAVARS = {"data": "PATH", "tokenizer": "char|byte|sp|DIR", "preset": "NAME", "arch": "NAME",
+            "dask": "local:N|ADDRESS"}
 
 # Fields whose value is one of a fixed set (the dataclass validates them too; this makes argparse list them).
 CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("float32", "bfloat16")}

@@ -20,13 +20,14 @@ from ..training.config import TrainConfig
 from ..training.run import RunConfig, split_overrides
 from .common import add_dataclass_args, add_model_command, add_set_arg, given, make_config, parse_sets
 
-RUN_FLAGS = ["data", "tokenizer", "vocab_size", "val_fraction", "preset", "arch"]  # RunConfig fields
+RUN_FLAGS = ["data", "tokenizer", "vocab_size", "val_fraction", "dask", "preset", "arch"]  # RunConfig fields
 TRAIN_FLAGS = ["max_steps", "batch_size", "grad_accum", "lr", "eval_interval", "patience", "seed", "device",
                "dtype", "compile", "progress"]  # TrainConfig fields
 
 
-RUN_HELP = {"data": "UTF-8 text files, .gz files or directories of *.txt / *.txt.gz, or one `llmcore prepare` "
-                    "output directory, used as is (default: the bundled Shakespeare)"}
+RUN_HELP = {"data": "UTF-8 text files (.txt, .gz, .xz, .zst, .jsonl), glob patterns or directories of *.txt / "
+                    "*.txt.gz, or one `llmcore prepare` output directory, used as is (default: the bundled "
+                    "Shakespeare)"}
 
 
 def add_train_args(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:

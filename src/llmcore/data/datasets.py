@@ -1,7 +1,9 @@
 """Torch-facing datasets of token streams: windows of prepared token files, and of re-tokenized raw text.
 
 - :class:`TokenDataset` — nanoGPT's ``get_batch`` as an object: random ``block_size`` windows from a flat id
-  file (``np.memmap``) for training, and sequential non-overlapping windows for evaluation.
+  file (``np.memmap``) for training, and sequential non-overlapping windows for evaluation. A split prepared
+  as several shards reads as their concatenation (:class:`ShardedIds`, each shard memory-mapped), so the
+  batches a seed draws depend on the ids only, never on how many shards hold them.
 - :class:`OnTheFlyTextDataset` — the same ``sample_batch`` interface over raw text, re-tokenized at every draw
   with subword sampling (``tokenizer.encode(span, sample=True)``), so each epoch sees new segmentations
   (subword regularisation, Kudo 2018, arXiv:1804.10959; BPE-dropout, arXiv:1910.13267).
@@ -30,7 +32,7 @@ import torch
 
 from ..errors import DataError, TokenizerError
 from ..inputs import IGNORE_INDEX
-from .shards import load_meta
+from .layout import load_meta, split_files
 
 Batch = dict[str, torch.Tensor]
 _CHUNK = 1 << 24  # ids scanned at a time when checking a token file's range
@@ -71,13 +73,58 @@ def _to_device(t: torch.Tensor, device: str | torch.device | None) -> torch.Tens
     return t.to(device)
 
 
+class ShardedIds:
+    """Several id files read as one 1-D array, their concatenation; each is memory-mapped when read.
+
+    Supports what :class:`TokenDataset` reads: ``len``, contiguous slices (``ids[a:b]``) and integer index
+    arrays of any shape (``ids[starts[:, None] + arange]``); a window may span two shards. A fresh memmap per
+    read, as for a single file, so pages do not pile up as resident memory.
+    """
+
+    def __init__(self, files: Sequence[Path], counts: Sequence[int], dtype: np.dtype) -> None:
+        self.files, self.dtype = list(files), np.dtype(dtype)
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # shard k: [offsets[k], offsets[k+1])
+        self.shape = (int(self.offsets[-1]),)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _shard(self, k: int) -> np.ndarray:
+        return np.memmap(self.files[k], dtype=self.dtype, mode="r")
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("ShardedIds slices take step 1")
+            pieces = [np.empty(0, self.dtype)]
+            first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+            for k in range(max(first, 0), len(self.files)):
+                lo, hi = self.offsets[k], self.offsets[k + 1]
+                if lo >= stop:
+                    break
+                pieces.append(self._shard(k)[max(start, lo) - lo:min(stop, hi) - lo])
+            return np.concatenate(pieces)
+        idx = np.asarray(key, dtype=np.int64)
+        flat = idx.ravel()
+        if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} ids")
+        which = np.searchsorted(self.offsets, flat, side="right") - 1  # the shard of each index
+        out = np.empty(flat.shape, dtype=self.dtype)
+        for k in np.unique(which):
+            sel = which == k
+            out[sel] = self._shard(int(k))[flat[sel] - self.offsets[k]]
+        return out.reshape(idx.shape)
+
+
 class TokenDataset(torch.utils.data.Dataset):
     """Windows of ``block_size`` tokens from one split of a prepared corpus.
 
     Args:
-        path_or_array: a directory written by :func:`llmcore.data.prepare` (reads ``{split}.bin`` and the
-            dtype from ``meta.json``), one ``.bin`` file (dtype from ``meta.json`` beside it, or ``dtype``),
-            or the ids themselves (numpy array, 1-D tensor or list).
+        path_or_array: a directory written by :func:`llmcore.data.prepare` (reads the split's shards, in
+            the order and with the dtype ``meta.json`` gives; an earlier llmcore's ``{split}.bin`` too), one
+            ``.bin`` file (dtype from ``meta.json`` beside it, or ``dtype``), or the ids themselves (numpy
+            array, 1-D tensor or list).
         block_size: tokens per window; each window needs ``block_size + 1`` tokens (inputs plus next-token
             targets).
         split: ``"train"`` or ``"val"`` when ``path_or_array`` is a directory.
@@ -107,15 +154,12 @@ class TokenDataset(torch.utils.data.Dataset):
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise DataError(f"rank={rank} and world_size={world_size}: need world_size >= 1 and 0 <= rank < world_size")
         self.block_size, self.split, self.rank, self.world_size = block_size, split, rank, world_size
-        self.path: Path | None = None
+        self.path: Path | None = None  # the file, or the directory of a split in several shards
         self.array: np.ndarray | None = None
+        self.shards: list[tuple[Path, int]] = []
         if isinstance(path_or_array, (str, os.PathLike)):
-            self.path, self.dtype = self._locate(Path(path_or_array), split, dtype)
-            size = self.path.stat().st_size
-            if size % self.dtype.itemsize:
-                raise DataError(f"{self.path} has {size} bytes, not a whole number of {self.dtype.name} ids; "
-                                "it is truncated or the dtype is wrong; run `llmcore prepare` again")
-            self.num_tokens = size // self.dtype.itemsize
+            self.path, self.dtype, self.shards = self._locate(Path(path_or_array), split, dtype)
+            self.num_tokens = sum(n for _, n in self.shards)
         else:
             if isinstance(path_or_array, torch.Tensor):
                 path_or_array = path_or_array.detach().cpu().numpy()
@@ -141,35 +185,47 @@ class TokenDataset(torch.utils.data.Dataset):
             check_ids_in_vocab(hi, lo, vocab_size, f"{self.path or 'the given ids'}")
 
     @staticmethod
-    def _locate(path: Path, split: str, dtype: Any) -> tuple[Path, np.dtype]:
+    def _file_tokens(file: Path, np_dtype: np.dtype, expected: int | None, meta_file: Path | None) -> int:
+        if not file.is_file():
+            where = f"; run `llmcore prepare --out {file.parent}` again" if meta_file else ""
+            raise DataError(f"{file} does not exist{where}")
+        size = file.stat().st_size
+        if expected is not None and size != expected * np_dtype.itemsize:
+            raise DataError(f"{file} has {size} bytes, but {meta_file} says it holds {expected} {np_dtype.name} ids "
+                            f"({expected * np_dtype.itemsize} bytes); the files do not belong together: run "
+                            f"`llmcore prepare --out {file.parent}` again")
+        if size % np_dtype.itemsize:
+            raise DataError(f"{file} has {size} bytes, not a whole number of {np_dtype.name} ids; "
+                            "it is truncated or the dtype is wrong; run `llmcore prepare` again")
+        return size // np_dtype.itemsize
+
+    @classmethod
+    def _locate(cls, path: Path, split: str, dtype: Any) -> tuple[Path, np.dtype, list[tuple[Path, int]]]:
+        """(what messages name, dtype, [(token file, ids)]) of a prepared directory's split or one .bin file."""
         if path.is_dir():
-            if split not in ("train", "val"):
-                raise DataError(f"split={split!r} is not one of 'train', 'val'")
             meta = load_meta(path)
-            file = path / f"{split}.bin"
-            if not file.is_file():
-                raise DataError(f"{file} does not exist; run `llmcore prepare --out {path}` again")
+            files = split_files(path, split, meta)
             np_dtype = _id_dtype(dtype or meta["dtype"])
-            expected = meta.get(f"n_{split}_tokens")
-            if expected is not None and file.stat().st_size != expected * np_dtype.itemsize:
-                raise DataError(f"{file} has {file.stat().st_size} bytes, but {path / 'meta.json'} says "
-                                f"n_{split}_tokens={expected} of {np_dtype.name} ({expected * np_dtype.itemsize} "
-                                f"bytes); the files do not belong together: run `llmcore prepare --out {path}` again")
-            return file, np_dtype
+            shards = [(f, cls._file_tokens(f, np_dtype, n, path / "meta.json")) for f, n in files]
+            where = shards[0][0] if len(shards) == 1 else path / f"{split}-*.bin"
+            return where, np_dtype, shards
         if not path.is_file():
             raise DataError(f"{path} does not exist; pass a directory written by `llmcore prepare` or a .bin file")
         if dtype is None:
             if not (path.parent / "meta.json").is_file():
                 raise DataError(f"{path} has no meta.json beside it; pass dtype='uint16' or 'uint32'")
             dtype = load_meta(path.parent)["dtype"]
-        return path, _id_dtype(dtype)
+        np_dtype = _id_dtype(dtype)
+        return path, np_dtype, [(path, cls._file_tokens(path, np_dtype, None, None))]
 
-    def data(self) -> np.ndarray:
-        """The ids as a 1-D array (a fresh read-only memmap for files)."""
+    def data(self) -> np.ndarray | ShardedIds:
+        """The ids as a 1-D array (a fresh read-only memmap for one file, :class:`ShardedIds` for several)."""
         if self.array is not None:
             return self.array
+        if len(self.shards) != 1:
+            return ShardedIds([f for f, _ in self.shards], [n for _, n in self.shards], self.dtype)
         # a new memmap per call, as nanoGPT does: a long-lived one lets its pages pile up as resident memory
-        return np.memmap(self.path, dtype=self.dtype, mode="r")
+        return np.memmap(self.shards[0][0], dtype=self.dtype, mode="r")
 
     def _windows(self, data: np.ndarray, starts: torch.Tensor | np.ndarray, length: int) -> torch.Tensor:
         idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)  # (B, length)
@@ -318,4 +374,4 @@ class OnTheFlyTextDataset:
         return {"input_ids": _to_device(x, device), "labels": _to_device(y, device)}
 
 
-__all__ = ["OnTheFlyTextDataset", "TokenDataset", "check_ids_in_vocab"]
+__all__ = ["OnTheFlyTextDataset", "ShardedIds", "TokenDataset", "check_ids_in_vocab"]

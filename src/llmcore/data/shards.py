@@ -1,30 +1,40 @@
-"""Tokenize a corpus once into flat id files (``train.bin``, ``val.bin``) plus ``meta.json``.
+"""Tokenize a corpus once into token shards (``train-00000.bin``, ``val-00000.bin``, ...) plus ``meta.json``.
 
-The output is nanoGPT's format: each ``.bin`` is a raw little-endian array of token ids (``uint16`` when the
-vocabulary fits, else ``uint32``) with no header, readable with ``np.memmap(path, dtype, mode="r")``; the
-dtype and counts are in ``meta.json``. The split is by position, exactly as nanoGPT's ``shakespeare_char``:
-the text is cut at character ``int(n_chars * (1 - val_fraction))``; the part before goes to train, the rest
-to val, and each part is tokenized on its own.
+Each shard is nanoGPT's format: a raw little-endian array of token ids (``uint16`` when the vocabulary fits,
+else ``uint32``) with no header, readable with ``np.memmap(path, dtype, mode="r")``; ``meta.json`` is the
+index: the dtype, the counts, and each split's shards in order (``"shards"``). A split is the concatenation of
+its shards (:class:`~llmcore.data.TokenDataset` reads it so, memory-mapped). The split is by position, exactly
+as nanoGPT's ``shakespeare_char``: the text is cut at character ``int(n_chars * (1 - val_fraction))``; the part
+before goes to train, the rest to val.
+
+Shards follow the inputs, never the machine: every input file is one part, or several byte ranges of about
+``shard_bytes`` cut after a newline when it is large and uncompressed (:mod:`llmcore.data.parts`); each part
+becomes one shard (the part holding the train/val cut, two). So ``prepare`` writes the same files, byte for
+byte, in one process, with ``num_workers`` processes, or on a Dask cluster (``dask="local:4"`` or a scheduler
+address, :mod:`llmcore.data.dask_prepare`), and the same ``meta.json``.
 
 Memory stays flat for corpora larger than RAM: a first pass counts characters (and checks UTF-8), a second
-streams the text in chunks of at most ``chunk_chars`` characters, cut after a newline where possible, and
-appends each chunk's ids to the output file. Chunks are tokenized in worker processes when
-``num_workers >= 2``, in order, so the files are byte-identical to an in-process run. Cutting at a newline
-changes nothing for byte and character tokenizers, nor for llmcore's sentencepiece models (no piece spans
-``"\\n"``); a line longer than ``chunk_chars`` is cut after a space, or anywhere as a last resort.
+streams each part in chunks of at most ``chunk_chars`` characters, cut after a newline where possible, and
+appends each chunk's ids to the part's shard. Locally, chunks are tokenized in worker processes when
+``num_workers >= 2``, in order; on Dask each part is one task. Cutting at a newline changes nothing for byte
+and character tokenizers, nor for llmcore's sentencepiece models (no piece spans ``"\\n"``); a line longer than
+``chunk_chars`` is cut after a space, or anywhere as a last resort. Shards are staged in a hidden directory and
+moved into place before ``meta.json`` is written, last and atomically: a failed run leaves no index.
 
-This file does not train tokenizers itself; :func:`build_tokenizer` only picks and calls one.
+Directories prepared by earlier llmcore versions (``train.bin`` / ``val.bin``, ``format_version`` 1) are read
+as before. This file does not train tokenizers itself; :func:`build_tokenizer` only picks and calls one.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import sys
 import tempfile
+import uuid
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -34,132 +44,70 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import DataError, TokenizerError
-from ..io import atomic_write_bytes, read_json
+from ..errors import ConfigError, DataError, TokenizerError
+from ..io import atomic_write_bytes
 from . import corpora
+from .layout import (
+    FORMAT_VERSION,
+    META_FILE,
+    check_meta,
+    choose_dtype,
+    load_meta,
+    remove_token_files,
+    split_files,
+)
+from .parts import (
+    BOUNDARY,
+    SPLITS,
+    ChunkEncoder,
+    Count,
+    Job,
+    Part,
+    Piece,
+    Settings,
+    count_part,
+    describe,
+    job_chunks,
+    one_thread,
+    part_stream,
+    plan_parts,
+    write_units,
+)
 
-META_FILE = "meta.json"
-SPLITS = ("train", "val")
-FORMAT_VERSION = 1
-CHUNK_CHARS = 1_000_000  # ~1 MB of text per task: big enough to amortise IPC, small enough to stay flat
+CHUNK_CHARS = 1_000_000  # ~1 MB of text per tokenizer call: big enough to amortise IPC, small enough to stay flat
+SHARD_BYTES = 32 << 20  # input bytes per part (shard): a Dask task of a few seconds to a minute
 DEFAULT_SP_VOCAB = 4096
-_BOUNDARY = object()  # marks the end of one document (file) in the character stream
+STAGING_PREFIX = ".llmcore-prepare-"  # hidden directory in out_dir the shards are written into before the index
 
 TextOrPaths = str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
-def choose_dtype(vocab_size: int) -> np.dtype:
-    """``uint16`` when every id fits (vocab_size <= 65535, as nanoGPT), else ``uint32``."""
-    return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
+# ------------------------------------------------------------------------------------------------ inputs
+def _inputs(text_or_paths: TextOrPaths) -> tuple[str | list[Path], list[str]]:
+    """The text itself or the resolved files, and their names for meta.json ``sources``."""
+    if isinstance(text_or_paths, str):
+        if "\n" not in text_or_paths and len(text_or_paths) < 4096 and os.path.exists(text_or_paths):
+            warnings.warn(
+                f"prepare() got the str {text_or_paths!r}, which names an existing path; a str is "
+                "tokenized as text. Pass a Path (or a list) to read the file.", stacklevel=3)
+        if not text_or_paths:
+            raise DataError("the text to prepare is empty; pass some text or the paths of text files")
+        return text_or_paths, ["<text>"]
+    files = corpora.resolve_paths(text_or_paths)
+    bundled = text_or_paths is None
+    return files, [f"bundled:{p.name}" if bundled else str(p) for p in files]
 
 
-# ------------------------------------------------------------------------------------------------ sources
-class _Source:
-    """The input as a list of documents that can each be streamed twice (count, then tokenize)."""
-
-    def __init__(self, text_or_paths: TextOrPaths, block_chars: int) -> None:
-        if isinstance(text_or_paths, str):
-            if "\n" not in text_or_paths and len(text_or_paths) < 4096 and os.path.exists(text_or_paths):
-                warnings.warn(
-                    f"prepare() got the str {text_or_paths!r}, which names an existing path; a str is "
-                    "tokenized as text. Pass a Path (or a list) to read the file.", stacklevel=3)
-            if not text_or_paths:
-                raise DataError("the text to prepare is empty; pass some text or the paths of text files")
-            self.text: str | None = text_or_paths
-            self.files: list[Path] = []
-            self.names = ["<text>"]
-        else:
-            self.text = None
-            self.files = corpora.resolve_paths(text_or_paths)
-            bundled = text_or_paths is None
-            self.names = [f"bundled:{p.name}" if bundled else str(p) for p in self.files]
-        self.block_chars = block_chars
-
-    def docs(self) -> list[Iterator[str]]:
-        if self.text is not None:
-            t, n = self.text, self.block_chars
-            return [(t[i:i + n] for i in range(0, len(t), n))]  # slices, so no piece is huge
-        return [corpora.iter_file_text(p) for p in self.files]
-
-    def stream(self) -> Iterator[Any]:
-        """The joined character stream as text pieces, with ``_BOUNDARY`` between documents."""
-        docs = self.docs()
-        for i, doc in enumerate(docs):
-            last = ""
-            for piece in doc:
-                last = piece[-1]
-                yield piece
-            if i < len(docs) - 1:
-                if last != "\n":
-                    yield corpora.DOC_SEPARATOR
-                yield _BOUNDARY
+def iter_text(text_or_paths: TextOrPaths, text_field: str = "text") -> Iterator[str]:
+    """The corpus as text pieces, documents joined as prepare joins them (for tokenizer training)."""
+    inputs, _ = _inputs(text_or_paths)
+    parts = plan_parts(inputs, SHARD_BYTES)
+    for i, part in enumerate(parts):
+        yield from (p for p in part_stream(part, text_field, final=i == len(parts) - 1) if p is not BOUNDARY)
 
 
-def _cut(s: str, start: int, limit: int) -> int:
-    """End of the chunk of ``s`` that starts at ``start``: after the last newline (else space) before ``limit``."""
-    for sep in ("\n", " "):
-        i = s.rfind(sep, start, limit)
-        if i >= 0:
-            return i + 1
-    return limit
-
-
-def _tasks(stream: Iterator[Any], n_split: int, chunk_chars: int, eos_id: int | None) -> Iterator[tuple[int, Any]]:
-    """(split index, text chunk or eos id) in output order; text is cut at ``n_split`` characters exactly.
-
-    Chunk ends depend only on the text (never on how it arrived in pieces), so any reader gives the same chunks.
-    """
-    split, pos = 0, 0
-    buf: list[str] = []
-    size = 0
-
-    def drain(final: bool) -> Iterator[tuple[int, str]]:
-        nonlocal buf, size
-        s, start = "".join(buf), 0
-        while len(s) - start > chunk_chars or (final and start < len(s)):
-            end = _cut(s, start, start + chunk_chars) if len(s) - start > chunk_chars else len(s)
-            yield split, s[start:end]
-            start = end
-        buf, size = [s[start:]], len(s) - start
-
-    for piece in stream:
-        if piece is _BOUNDARY:
-            if eos_id is not None:
-                yield from drain(final=True)
-                yield split, eos_id
-            continue
-        if split == 0 and pos + len(piece) > n_split:  # the train/val cut falls inside this piece
-            head, piece = piece[: n_split - pos], piece[n_split - pos:]
-            buf.append(head)
-            yield from drain(final=True)
-            split, pos = 1, n_split
-        buf.append(piece)
-        size += len(piece)
-        pos += len(piece)
-        if size > chunk_chars:
-            yield from drain(final=False)
-    yield from drain(final=True)
-
-
-# ------------------------------------------------------------------------------------------------ encoding
-class _ChunkEncoder:
-    """text chunk -> raw bytes of its ids in the output dtype, with the ids checked against the vocabulary."""
-
-    def __init__(self, tokenizer: Any, dtype: str, vocab_size: int) -> None:
-        self.tokenizer, self.dtype, self.vocab_size = tokenizer, np.dtype(dtype), vocab_size
-        # sentencepiece may have subword sampling switched on; prepared data must be deterministic
-        params = inspect.signature(tokenizer.encode).parameters
-        self.kwargs = {"sample": False} if "sample" in params else {}
-
-    def __call__(self, chunk: str) -> bytes:
-        ids = np.asarray(self.tokenizer.encode(chunk, **self.kwargs), dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            bad = int(ids.max() if ids.max() >= self.vocab_size else ids.min())
-            raise DataError(f"the tokenizer produced id {bad}, outside its vocab_size={self.vocab_size}")
-        return ids.astype(self.dtype).tobytes()
-
-
-_worker_encoder: _ChunkEncoder | None = None
+# ------------------------------------------------------------------------------------------------ local runner
+_worker_encoder: ChunkEncoder | None = None
 
 
 def _init_worker(payload: Any, dtype: str, vocab_size: int) -> None:
@@ -168,12 +116,16 @@ def _init_worker(payload: Any, dtype: str, vocab_size: int) -> None:
         from ..tokenizer import load_tokenizer
 
         payload = load_tokenizer(payload)
-    _worker_encoder = _ChunkEncoder(payload, dtype, vocab_size)
+    _worker_encoder = ChunkEncoder(one_thread(payload), dtype, vocab_size)
 
 
 def _encode_in_worker(chunk: str) -> bytes:
     assert _worker_encoder is not None, "worker not initialised"
     return _worker_encoder(chunk)
+
+
+def _count_in_worker(args: tuple[Part, str]) -> Count:
+    return count_part(*args)
 
 
 def _mp_context() -> Any:
@@ -191,42 +143,90 @@ def _worker_payload(tokenizer: Any, ctx: Any, tmp: str) -> Any:
         return Path(tokenizer.save(Path(tmp) / "tokenizer"))
 
 
-def _encoded(tasks: Iterator[tuple[int, Any]], encoder: _ChunkEncoder, tokenizer: Any,
-             num_workers: int, dtype: np.dtype) -> Iterator[tuple[int, bytes, int]]:
-    """(split, id bytes, characters consumed) in task order; at most 2 tasks per worker in flight."""
-    def eos_bytes(i: int) -> bytes:
-        return np.asarray([i], dtype=dtype).tobytes()
+class LocalRunner:
+    """Both passes in this process, or over a pool of ``num_workers`` processes (chunks in flight, in order)."""
 
-    if num_workers < 2:
-        for split, item in tasks:
-            yield (split, eos_bytes(item), 0) if isinstance(item, int) else (split, encoder(item), len(item))
-        return
-    ctx = _mp_context()
-    with tempfile.TemporaryDirectory(prefix="llmcore-prepare-") as tmp:
-        payload = _worker_payload(tokenizer, ctx, tmp)
-        with ctx.Pool(num_workers, initializer=_init_worker,
-                      initargs=(payload, dtype.str, encoder.vocab_size)) as pool:
-            pending: deque = deque()  # bounded, so a huge corpus is never queued up in memory
-            for split, item in tasks:
-                if isinstance(item, int):
-                    pending.append((split, None, item))
-                else:
-                    pending.append((split, pool.apply_async(_encode_in_worker, (item,)), len(item)))
-                while len(pending) > 2 * num_workers:
-                    yield _resolve(pending.popleft(), eos_bytes)
-            while pending:
-                yield _resolve(pending.popleft(), eos_bytes)
+    def __init__(self, tokenizer: Any, encoder: ChunkEncoder, num_workers: int) -> None:
+        self.tokenizer, self.encoder, self.num_workers = tokenizer, encoder, num_workers
+        self.pool: Any = None
 
+    def __enter__(self) -> LocalRunner:
+        if self.num_workers >= 2:
+            ctx = _mp_context()
+            self._tmp = tempfile.TemporaryDirectory(prefix="llmcore-prepare-")
+            payload = _worker_payload(self.tokenizer, ctx, self._tmp.name)
+            self.pool = ctx.Pool(self.num_workers, initializer=_init_worker,
+                                 initargs=(payload, self.encoder.dtype.str, self.encoder.vocab_size))
+        return self
 
-def _resolve(entry: tuple, eos_bytes: Any) -> tuple[int, bytes, int]:
-    split, result, n = entry
-    return (split, eos_bytes(n), 0) if result is None else (split, result.get(), n)
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self._tmp.cleanup()
+
+    def count(self, parts: list[Part], text_field: str) -> list[Count]:
+        if self.pool is None or len(parts) < 2:
+            return [count_part(p, text_field) for p in parts]
+        return self.pool.map(_count_in_worker, [(p, text_field) for p in parts], chunksize=1)
+
+    def encode(self, jobs: list[Job], settings: Settings, bar: Any) -> list[Piece]:
+        units = ((job.part.index, split, item) for job in jobs for split, item in job_chunks(job, settings))
+        return write_units(self._encoded(units), settings, bar.update)
+
+    def _encoded(self, units: Iterator[tuple[int, int, Any]]) -> Iterator[tuple[int, int, bytes, int]]:
+        """(part, split, id bytes, characters) in unit order; at most 2 chunks per worker in flight."""
+        enc = self.encoder
+        if self.pool is None:
+            for part, split, item in units:
+                yield (part, split, enc.eos(item), 0) if isinstance(item, int) else (part, split, enc(item), len(item))
+            return
+        pending: deque = deque()  # bounded, so a huge corpus is never queued up in memory
+        for part, split, item in units:
+            if isinstance(item, int):
+                pending.append((part, split, None, item))
+            else:
+                pending.append((part, split, self.pool.apply_async(_encode_in_worker, (item,)), len(item)))
+            while len(pending) > 2 * self.num_workers:
+                yield self._resolve(pending.popleft())
+        while pending:
+            yield self._resolve(pending.popleft())
+
+    def _resolve(self, entry: tuple) -> tuple[int, int, bytes, int]:
+        part, split, result, n = entry
+        return (part, split, self.encoder.eos(n), 0) if result is None else (part, split, result.get(), n)
 
 
 # ------------------------------------------------------------------------------------------------ prepare
 def check_val_fraction(val_fraction: float) -> None:
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1); e.g. 0.1 keeps the last 10% for val")
+
+
+def plan_jobs(parts: list[Part], counts: list[Count], val_fraction: float,
+              names: list[str], text_field: str) -> tuple[list[Job], int, int, int]:
+    """The pass-2 jobs (parts with text), n_chars, the train/val cut (in characters) and the document count."""
+    with_docs = [i for i, c in enumerate(counts) if c.docs]
+    final = with_docs[-1] if with_docs else -1
+    docs_of = [0] * len(names)
+    for part, c in zip(parts, counts):
+        docs_of[part.source] += c.docs
+    for name, docs in zip(names, docs_of):  # a JSONL file whose records are all empty
+        if not docs:
+            raise DataError(f"{name} has no record with text in field {text_field!r}; remove it or pass the "
+                            "field that holds the text (text_field=..., --text-field)")
+    sizes = [c.chars - (i == final and c.last_sep) for i, c in enumerate(counts)]
+    n_chars = sum(sizes)
+    n_split = int(n_chars * (1 - val_fraction))  # nanoGPT: data[:int(n*0.9)] / data[int(n*0.9):]
+    if n_split == 0 or (val_fraction > 0 and n_split == n_chars):
+        raise DataError(f"the text has only {n_chars} characters, too few to split with val_fraction="
+                        f"{val_fraction}; give more text or change val_fraction")
+    jobs, start = [], 0
+    for part, size in zip(parts, sizes):
+        if size:
+            jobs.append(Job(part, min(max(n_split - start, 0), size), part.index == final, size))
+        start += size
+    return jobs, n_chars, n_split, sum(c.docs for c in counts)
 
 
 def prepare(
@@ -239,139 +239,132 @@ def prepare(
     dtype: str | np.dtype | None = None,
     add_eos_between_docs: bool = True,
     progress: bool | None = None,
+    shard_bytes: int = SHARD_BYTES,
+    text_field: str = "text",
+    dask: Any = None,
 ) -> dict[str, Any]:
-    """Tokenize text or files into ``out_dir/{train,val}.bin`` and ``out_dir/meta.json``; returns the meta.
+    """Tokenize text or files into ``out_dir/{train,val}-NNNNN.bin`` and ``out_dir/meta.json``; returns the meta.
 
     Args:
-        text_or_paths: a ``str`` is the text itself; a ``Path``, a list of paths (files or directories) are
-            read with :mod:`llmcore.data.corpora`; ``None`` is the bundled Shakespeare corpus.
+        text_or_paths: a ``str`` is the text itself; a ``Path``, a list of paths (files, directories or glob
+            patterns) are read with :mod:`llmcore.data.corpora` (``.txt``, ``.gz``, ``.xz``, ``.zst``,
+            ``.jsonl``); ``None`` is the bundled Shakespeare corpus.
         tokenizer: any llmcore tokenizer (``encode``, ``vocab_size``, ``eos_id``).
-        out_dir: created if missing; existing ``.bin``/``meta.json`` files there are replaced.
-        val_fraction: the last this share of *characters* becomes ``val.bin`` (0 leaves val empty).
-        num_workers: worker processes; ``None`` picks the CPU count for inputs of more than a few chunks and
-            in-process otherwise; 0 or 1 is in-process. The output does not depend on it.
+        out_dir: created if missing; existing token files and ``meta.json`` there are replaced.
+        val_fraction: the last this share of *characters* becomes the val split (0 leaves val empty).
+        num_workers: local worker processes; ``None`` picks the CPU count for inputs of more than a few chunks
+            and in-process otherwise; 0 or 1 is in-process. The output does not depend on it.
         chunk_chars: the most characters tokenized in one call (bounds memory; see the module docstring).
         dtype: ``"uint16"``/``"uint32"`` to override :func:`choose_dtype` (must hold every id).
-        add_eos_between_docs: put the tokenizer's eos id between files (no effect without an eos token
-            or with a single document).
+        add_eos_between_docs: put the tokenizer's eos id between documents (files, JSONL records); no effect
+            without an eos token or with a single document.
         progress: tqdm bar over characters; ``None`` shows it only when stderr is a terminal.
+        shard_bytes: an uncompressed file larger than this is split into byte ranges of about this size, cut
+            after a newline; each range (and each compressed file) is one shard and, on Dask, one task.
+        text_field: the field of a JSONL record that holds its text.
+        dask: prepare on Dask instead of locally (``pip install 'llmcore[dask]'``): ``"local:N"`` starts a
+            local cluster of N worker processes, any other string is a scheduler address
+            (``"tcp://host:8786"``), or a ``distributed.Client``. The workers must see the input files and
+            ``out_dir`` at the same paths (a shared filesystem). The output does not depend on it.
     """
     check_val_fraction(val_fraction)
     if chunk_chars < 1:
         raise DataError(f"chunk_chars={chunk_chars} must be a positive number of characters")
+    if not (isinstance(shard_bytes, int) and shard_bytes >= 1):
+        raise DataError(f"shard_bytes={shard_bytes!r} must be a positive number of bytes, e.g. {SHARD_BYTES}")
+    if dask is not None and num_workers not in (None, 0, 1):
+        raise ConfigError(f"num_workers={num_workers} and dask={dask!r} exclude each other: with Dask the "
+                          "cluster's workers tokenize; drop one")
     vocab_size = int(tokenizer.vocab_size)
     np_dtype = choose_dtype(vocab_size) if dtype is None else np.dtype(dtype)
     if np_dtype.kind != "u" or vocab_size - 1 > np.iinfo(np_dtype).max:
         raise DataError(f"dtype={np_dtype.name} cannot hold ids up to {vocab_size - 1}; use "
                         f"{choose_dtype(vocab_size).name} (or leave dtype=None)")
-    eos_id = tokenizer.eos_id if add_eos_between_docs else None
+    inputs, names = _inputs(text_or_paths)
+    parts = plan_parts(inputs, shard_bytes)
+    encoder = ChunkEncoder(tokenizer, np_dtype.str, vocab_size)
+    if dask is not None:
+        from .dask_prepare import DaskRunner
 
-    source = _Source(text_or_paths, chunk_chars)
-    n_chars = sum(len(p) for p in source.stream() if p is not _BOUNDARY)  # pass 1: count and check UTF-8
-    n_split = int(n_chars * (1 - val_fraction))  # nanoGPT: data[:int(n*0.9)] / data[int(n*0.9):]
-    if n_split == 0 or (val_fraction > 0 and n_split == n_chars):
-        raise DataError(f"the text has only {n_chars} characters, too few to split with val_fraction="
-                        f"{val_fraction}; give more text or change val_fraction")
-    if num_workers is None:
-        num_workers = min(os.cpu_count() or 1, 8) if n_chars > 4 * chunk_chars else 0
-    encoder = _ChunkEncoder(tokenizer, np_dtype.str, vocab_size)
+        runner: Any = DaskRunner(dask, tokenizer)
+    else:
+        if num_workers is None:
+            size = len(inputs) if isinstance(inputs, str) else sum(p.stat().st_size for p in inputs)
+            num_workers = min(os.cpu_count() or 1, 8) if size > 4 * chunk_chars else 0
+        runner = LocalRunner(tokenizer, encoder, num_workers)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp_paths = [out / f"{s}.bin.tmp" for s in SPLITS]
-    counts = [0, 0]
+    for stale in out.glob(STAGING_PREFIX + "*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = out / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     show = sys.stderr.isatty() if progress is None else progress
-    try:
-        files = [open(p, "wb") for p in tmp_paths]
+    with runner:
+        counts = runner.count(parts, text_field)  # pass 1: characters, documents, UTF-8 check
+        jobs, n_chars, n_split, n_docs = plan_jobs(parts, counts, val_fraction, names, text_field)
+        eos_id = tokenizer.eos_id if add_eos_between_docs and n_docs > 1 else None
+        settings = Settings(chunk_chars, eos_id, np_dtype.str, vocab_size, text_field, str(staging.resolve()))
+        staging.mkdir()
         try:
-            tasks = _tasks(source.stream(), n_split, chunk_chars, eos_id)  # pass 2: tokenize and append
             with tqdm(total=n_chars, unit="char", unit_scale=True, desc="prepare", disable=not show) as bar:
-                for split, data, n in _encoded(tasks, encoder, tokenizer, num_workers, np_dtype):
-                    files[split].write(data)
-                    counts[split] += len(data) // np_dtype.itemsize
-                    bar.update(n)
+                pieces = runner.encode(jobs, settings, bar)  # pass 2: tokenize each part into its shard(s)
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "vocab_size": vocab_size,
+                "dtype": np_dtype.name,
+                "n_train_tokens": 0,
+                "n_val_tokens": 0,
+                "n_chars": n_chars,
+                "n_train_chars": n_split,
+                "n_val_chars": n_chars - n_split,
+                "val_fraction": val_fraction,
+                "split": "by position: characters [0, int(n_chars * (1 - val_fraction))) -> train, the rest -> val",
+                "tokenizer": getattr(tokenizer, "kind", "") or type(tokenizer).__name__,
+                "bos_id": tokenizer.bos_id,
+                "eos_id": tokenizer.eos_id,
+                "pad_id": tokenizer.pad_id,
+                "eos_between_docs": eos_id is not None,
+                "n_docs": n_docs,
+                "sources": names,
+                "text_field": text_field,
+                "chunk_chars": chunk_chars,
+                "shard_bytes": shard_bytes,
+            }
+            _finalize(out, staging, parts, pieces, np_dtype.itemsize, meta)
         finally:
-            for f in files:
-                f.close()
-        for tmp, split in zip(tmp_paths, SPLITS):
-            os.replace(tmp, out / f"{split}.bin")
-    finally:
-        for tmp in tmp_paths:
-            tmp.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+    return meta
 
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "vocab_size": vocab_size,
-        "dtype": np_dtype.name,
-        "n_train_tokens": counts[0],
-        "n_val_tokens": counts[1],
-        "n_chars": n_chars,
-        "n_train_chars": n_split,
-        "n_val_chars": n_chars - n_split,
-        "val_fraction": val_fraction,
-        "split": "by position: characters [0, int(n_chars * (1 - val_fraction))) -> train.bin, the rest -> val.bin",
-        "tokenizer": getattr(tokenizer, "kind", "") or type(tokenizer).__name__,
-        "bos_id": tokenizer.bos_id,
-        "eos_id": tokenizer.eos_id,
-        "pad_id": tokenizer.pad_id,
-        "eos_between_docs": eos_id is not None and len(source.names) > 1,
-        "sources": source.names,
-        "chunk_chars": chunk_chars,
-    }
+
+def _finalize(out: Path, staging: Path, parts: list[Part], pieces: list[Piece], itemsize: int,
+              meta: dict[str, Any]) -> None:
+    """Name the staged pieces ``{split}-NNNNN.bin`` in corpus order, move them into ``out``, write the index last."""
+    shards: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    moves = []
+    for piece in sorted(pieces, key=lambda p: (p.split, p.part)):
+        file, part = staging / piece.file, parts[piece.part]
+        if file.stat().st_size != piece.tokens * itemsize:  # a task that wrote and reported different things
+            raise DataError(f"{file} has {file.stat().st_size} bytes, not the {piece.tokens} ids its task reported "
+                            f"for {describe(part)}; run prepare again")
+        if piece.tokens == 0:
+            continue
+        split = SPLITS[piece.split]
+        name = f"{split}-{len(shards[split]):05d}.bin"
+        shards[split].append({"file": name, "tokens": piece.tokens, "chars": piece.chars, "source": part.source,
+                              "range": [part.start, part.end]})
+        moves.append((file, out / name))
+    meta["n_train_tokens"], meta["n_val_tokens"] = (sum(e["tokens"] for e in shards[s]) for s in SPLITS)
+    meta["shards"] = shards
+    (out / META_FILE).unlink(missing_ok=True)  # from here until the new index is written, out has none
+    remove_token_files(out)
+    for src, dst in moves:
+        os.replace(src, dst)
     atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    return meta
-
-
-SUPPORTED_DTYPES = ("uint16", "uint32")  # what prepare writes; anything else would reinterpret the bytes
-
-
-def _meta_error(file: Path, field: str, value: Any, expected: str) -> DataError:
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    return DataError(f"{file}: field {field!r} is {shown}, expected {expected}; the prepared data is damaged or "
-                     f"was not written by this llmcore: run `llmcore prepare --out {file.parent}` again.")
-
-
-def check_meta(file: Path, meta: Any) -> dict[str, Any]:
-    """Check a ``meta.json`` against its schema (``format_version``, ``dtype``, counts); returns it."""
-    if not isinstance(meta, dict):
-        raise _meta_error(file, "(top level)", meta, "a JSON object")
-
-    def count(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    if "format_version" in meta and meta["format_version"] != FORMAT_VERSION:  # files before the key: version 1
-        raise _meta_error(file, "format_version", meta["format_version"], f"{FORMAT_VERSION} (the only format "
-                          "this llmcore reads)")
-    if "dtype" not in meta:
-        raise DataError(f"{file}: field 'dtype' is missing, expected one of {', '.join(SUPPORTED_DTYPES)}; run "
-                        f"`llmcore prepare --out {file.parent}` again.")
-    if meta["dtype"] not in SUPPORTED_DTYPES:
-        raise _meta_error(file, "dtype", meta["dtype"], f"one of {', '.join(SUPPORTED_DTYPES)}")
-    for key in ("n_train_tokens", "n_val_tokens", "n_chars", "n_train_chars", "n_val_chars"):
-        if key in meta and not count(meta[key]):
-            raise _meta_error(file, key, meta[key], "an integer >= 0")
-    if "vocab_size" in meta:
-        v = meta["vocab_size"]
-        if not (count(v) and v >= 1):
-            raise _meta_error(file, "vocab_size", v, "an integer >= 1")
-        if v - 1 > np.iinfo(np.dtype(meta["dtype"])).max:
-            raise _meta_error(file, "dtype", meta["dtype"], f"{choose_dtype(v).name}: {meta['dtype']} cannot "
-                              f"hold ids up to vocab_size - 1 = {v - 1}")
-    for key in ("bos_id", "eos_id", "pad_id"):
-        if key in meta and meta[key] is not None and not count(meta[key]):
-            raise _meta_error(file, key, meta[key], "null or an integer >= 0")
-    return meta
-
-
-def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read ``meta.json`` written by :func:`prepare` (schema-checked), with an error that says how to create it."""
-    file = Path(directory) / META_FILE
-    return check_meta(file, read_json(file, f"token-shard metadata written by `llmcore prepare --out {directory}` "
-                                      "(run it first)", DataError))
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers
-def build_tokenizer(spec: Any, text_or_paths: TextOrPaths = None, vocab_size: int | None = None) -> Any:
+def build_tokenizer(spec: Any, text_or_paths: TextOrPaths = None, vocab_size: int | None = None,
+                    text_field: str = "text") -> Any:
     """The tokenizer a command line asks for.
 
     Args:
@@ -380,6 +373,7 @@ def build_tokenizer(spec: Any, text_or_paths: TextOrPaths = None, vocab_size: in
             :data:`DEFAULT_SP_VOCAB`), a saved tokenizer directory, or a tokenizer object (returned as is).
         text_or_paths: the training text, as for :func:`prepare` (``None``: bundled Shakespeare).
         vocab_size: only for ``"sp"``.
+        text_field: the text field of JSONL inputs.
     """
     from ..tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, load_tokenizer
 
@@ -392,14 +386,12 @@ def build_tokenizer(spec: Any, text_or_paths: TextOrPaths = None, vocab_size: in
     if name == "byte":
         return ByteTokenizer()
     if name in ("char", "sp", "sentencepiece"):
-        source = _Source(text_or_paths, CHUNK_CHARS)
+        pieces = iter_text(text_or_paths, text_field)
         if name == "char":  # streamed: the alphabet of a corpus larger than memory still fits
             alphabet: set[str] = set()
-            for piece in source.stream():
-                if piece is not _BOUNDARY:
-                    alphabet.update(piece)
+            for piece in pieces:
+                alphabet.update(piece)
             return CharTokenizer.from_text("".join(sorted(alphabet)))
-        pieces = (p for p in source.stream() if p is not _BOUNDARY)
         return SentencePieceTokenizer.train(input=_lines(pieces), vocab_size=vocab_size or DEFAULT_SP_VOCAB,
                                             model_type="bpe")
     if Path(name).is_dir():
@@ -418,4 +410,5 @@ def _lines(pieces: Iterator[str]) -> Iterator[str]:
         yield rest
 
 
-__all__ = ["CHUNK_CHARS", "DEFAULT_SP_VOCAB", "build_tokenizer", "choose_dtype", "load_meta", "prepare"]
+__all__ = ["CHUNK_CHARS", "DEFAULT_SP_VOCAB", "SHARD_BYTES", "build_tokenizer", "check_meta", "choose_dtype",
+           "load_meta", "prepare", "split_files"]

@@ -56,7 +56,7 @@ class Tokenizer(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.kind:
+        if cls.__dict__.get("kind"):  # a subclass that does not name its own kind leaves the parent's in place
             _KINDS[cls.kind] = cls
 
     # ---------------------------------------------------------------- what each kind provides

@@ -42,6 +42,7 @@ class RunConfig:
     tokenizer: str = "char"  # char | byte | sp | a saved tokenizer directory
     vocab_size: int | None = None  # for tokenizer "sp" (the data layer's default when None)
     val_fraction: float = 0.1  # last share of the text held out for validation
+    dask: str | None = None  # prepare the data on Dask: "local:N" or a scheduler address (same output as without)
     preset: str = "char-small"  # ModelConfig preset the model starts from
     arch: str = "TransformerLM"  # name in llmcore.registry.ARCHITECTURES
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides, e.g. {"dropout": 0.1}
@@ -56,9 +57,13 @@ class RunConfig:
                     "in [0, 1); e.g. 0.1 holds out the last 10% for validation (0: no validation)")
         check_field(self, "vocab_size", lambda v: v is None or is_int(v, 1), "None or a positive integer")
         check_field(self, "resume", lambda v: isinstance(v, bool), "True or False")
+        if self.dask is not None:
+            from ..data.dask_prepare import check_spec
+
+            check_spec(self.dask)
         split_overrides({**self.model, **self.train})  # unknown keys fail now, not after data preparation
         if (prepared := self.prepared_dir()) is not None and (self.tokenizer != "char" or self.vocab_size is not None):
-            # The ids in train.bin are those of the directory's own tokenizer; another one would mis-read them.
+            # The ids in its shards are those of the directory's own tokenizer; another one would mis-read them.
             raise ConfigError(f"--data {prepared} is a prepared directory with its own tokenizer; drop --tokenizer "
                               "and --vocab-size (or pass the text files to tokenize them anew).")
 
@@ -116,13 +121,11 @@ def architecture(name: str) -> type:
 
 
 # ---------------------------------------------------------------------------------------------- data
-PREPARED_FILES = ("meta.json", "train.bin", "val.bin")  # what `llmcore prepare` writes beside tokenizer/
-
-
 def is_prepared_dir(path: Path) -> bool:
-    """Whether ``path`` is a ``llmcore prepare`` output (meta.json, train.bin and tokenizer/)."""
-    return path.is_dir() and (path / "meta.json").is_file() and (path / "train.bin").is_file() \
-        and (path / "tokenizer").is_dir()
+    """Whether ``path`` is a ``llmcore prepare`` output (meta.json, train tokens and tokenizer/)."""
+    from ..data.layout import looks_prepared
+
+    return looks_prepared(path)
 
 
 def _fingerprint(config: RunConfig) -> dict[str, Any]:
@@ -163,7 +166,7 @@ def _prepared(data_dir: Path) -> bool:
 
 
 def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv, wanted: dict[str, Any]) -> Any:
-    """Tokenizer + ``data_dir/{train,val}.bin``; rank 0 builds them (unless already there), the others wait.
+    """Tokenizer + the token shards in ``data_dir``; rank 0 builds them (unless already there), the others wait.
 
     ``wanted`` is the command's data fingerprint (:func:`_fingerprint`), stamped as ``source.json``."""
     from ..data import build_tokenizer, prepare
@@ -185,7 +188,7 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv, wante
             paths = [Path(p) for p in config.data] if config.data else None
             tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
             tokenizer.save(data_dir / "tokenizer")
-            prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction)
+            prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction, dask=config.dask)
             write_text(stamp, json.dumps(wanted, indent=2) + "\n")
     from . import distributed as dist
 
@@ -199,9 +202,12 @@ def _link_prepared(src: Path, data_dir: Path) -> None:
     import os
     import shutil
 
+    from ..data.layout import META_FILE, remove_token_files, token_file_names
+
     data_dir.mkdir(parents=True, exist_ok=True)
-    for name in PREPARED_FILES:
-        (data_dir / name).unlink(missing_ok=True)
+    (data_dir / META_FILE).unlink(missing_ok=True)
+    remove_token_files(data_dir)
+    for name in [META_FILE, *token_file_names(src)]:
         if (src / name).is_file():
             try:
                 os.link(src / name, data_dir / name)
