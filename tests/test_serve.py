@@ -33,6 +33,8 @@ from llmcore.generation import generate  # noqa: E402
 from llmcore.tokenizer import CharTokenizer, load_tokenizer  # noqa: E402
 from llmcore.translation.translator import Translator  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("serve")  # one worker runs this file, so its servers start once
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:!?'\n"
 CONTEXT = 256
@@ -50,7 +52,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m llmcore serve`` in a subprocess; ``stop()`` ends it."""
+    """``python -m llmcore serve`` in a subprocess; ``ready()`` waits for /health, ``stop()`` ends it."""
 
     def __init__(self, model_dir: Path, *flags: str) -> None:
         self.port = free_port()
@@ -58,13 +60,15 @@ class Server:
         cmd = [sys.executable, "-m", "llmcore", "serve", "--model", str(model_dir), "--port", str(self.port),
                "--threads", "1", *flags]
         self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def ready(self) -> Server:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited: {self.proc.stdout.read()}")
             try:
                 if self.get("/health")[0] == 200:
-                    return
+                    return self
             except OSError:
                 time.sleep(0.2)
         self.stop()
@@ -96,6 +100,42 @@ class Server:
             self.proc.kill()
 
 
+class ThreadServer(Server):
+    """The same application on uvicorn in a thread of this process (no second torch import to wait for):
+    ``build_service`` + ``create_app`` + ``bind``, what ``llmcore serve`` runs after parsing its flags."""
+
+    def __init__(self, model_dir: Path, **settings) -> None:
+        import threading
+
+        import uvicorn
+
+        from llmcore.serve.app import create_app
+        from llmcore.serve.protocol import Limits
+        from llmcore.serve.server import bind, build_service
+
+        rows, limit = settings.pop("max_batch_rows"), settings.pop("max_tokens_limit")
+        self.service = build_service(TransformerLM.from_pretrained(model_dir), load_tokenizer(model_dir), "tiny",
+                                     max_batch_rows=rows, limits=Limits(max_tokens=limit, max_n=rows), **settings)
+        sock = bind("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.service), log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        self.proc = None
+
+    def ready(self) -> Server:
+        deadline = time.monotonic() + 60
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.service.engine.stop()
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
@@ -108,10 +148,35 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    s = Server(model_dir, "--max-tokens-limit", "200", "--max-body-bytes", "4096")
-    yield s
-    s.stop()
+def servers(model_dir, tmp_path_factory):
+    """Both servers:
+
+    * ``llmcore serve`` in a subprocess, with small limits so that the bad requests below can reach them;
+    * in a thread, one request at a time, one waiting at most, a key: for 401, 429 and a client that leaves
+      mid-stream (a longer context, so that the stream it leaves would run for seconds).
+    """
+    torch.manual_seed(0)
+    tok = CharTokenizer(ALPHABET)
+    long_dir = tmp_path_factory.mktemp("serve") / "long"
+    TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=2048)).save_pretrained(
+        long_dir, tokenizer=tok)
+    started = [Server(model_dir, "--max-tokens-limit", "200", "--max-body-bytes", "4096")]
+    started.append(ThreadServer(long_dir, max_batch_rows=1, max_queue=1, api_key="s3cret", max_tokens_limit=2000))
+    try:
+        yield [s.ready() for s in started]
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def small_server(servers):
+    return servers[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +208,12 @@ def test_models_health_and_playground(server):
     assert "llmcore playground" in page and "<script src=" not in page  # one self-contained page, no CDN
 
 
-def test_greedy_completion_equals_llmcore_generate(server, model_dir):
-    out = subprocess.run([sys.executable, "-m", "llmcore", "generate", "--model", str(model_dir), "--prompt",
-                          "Hello there", "--max-new-tokens", "24"], env=env(), capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+def test_greedy_completion_equals_llmcore_generate(server, model_dir, capsys):
+    from llmcore.cli import main
+
+    capsys.readouterr()
+    assert main(["generate", "--model", str(model_dir), "--prompt", "Hello there", "--max-new-tokens", "24"]) == 0
+    out = capsys.readouterr().out
     expected = out[len("Hello there"):-1]  # the command prints prompt + continuation + newline
     resp = greedy(server.client(), "Hello there", 24)
     assert resp.choices[0].text == expected
@@ -280,21 +347,6 @@ def test_wrong_method_and_client_errors(server):
         server.client().completions.create(model="other", prompt="a", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="context length"):
         server.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a" * 300}])
-
-
-@pytest.fixture(scope="module")
-def small_server(tmp_path_factory):
-    """One request at a time, one waiting at most, a key: for 401, 429 and a client that leaves mid-stream
-    (a longer context, so that the stream it leaves would run for seconds)."""
-    torch.manual_seed(0)
-    tok = CharTokenizer(ALPHABET)
-    d = tmp_path_factory.mktemp("serve") / "long"
-    TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=2048)).save_pretrained(
-        d, tokenizer=tok)
-    s = Server(d, "--model-name", "tiny", "--max-batch-rows", "1", "--max-queue", "1", "--api-key", "s3cret",
-               "--max-tokens-limit", "2000")
-    yield s
-    s.stop()
 
 
 def test_api_key_queue_full_and_disconnect(small_server):
