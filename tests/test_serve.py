@@ -4,16 +4,15 @@ The model is a tiny random TransformerLM (CharTokenizer, language tags and trans
 model answers completions, chat and translations). Equivalences, as elsewhere in the suite: greedy server
 text = ``llmcore generate``; 16 concurrent streams = the same requests one at a time; seeded sampling =
 ``generate(seed=...)`` in-process. Every bad request gets its 4xx JSON error and the server keeps serving.
-A second server (one row at a time, a queue of one, an API key) covers 401, 429 and client disconnects.
+A second server (the same application on uvicorn in a thread of this process: one row at a time, a queue of
+one, an API key) covers 401, 429 and client disconnects. The servers live in ``serve_servers.py``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,68 +31,12 @@ from llmcore import ModelConfig, TransformerLM  # noqa: E402
 from llmcore.generation import generate  # noqa: E402
 from llmcore.tokenizer import CharTokenizer, load_tokenizer  # noqa: E402
 from llmcore.translation.translator import Translator  # noqa: E402
+from serve_servers import Server, ThreadServer  # noqa: E402
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+pytestmark = pytest.mark.xdist_group("serve")  # one worker runs this file, so its servers start once
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:!?'\n"
 CONTEXT = 256
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m llmcore serve`` in a subprocess; ``stop()`` ends it."""
-
-    def __init__(self, model_dir: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "llmcore", "serve", "--model", str(model_dir), "--port", str(self.port),
-               "--threads", "1", *flags]
-        self.proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stdout.read()}")
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the server did not answer /health within 90 s")
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def post(self, path: str, obj, raw: bytes | None = None, headers: dict | None = None):
-        data = raw if raw is not None else json.dumps(obj).encode()
-        return self.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})})
-
-    def client(self, key: str = "unused"):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +51,35 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir):
-    s = Server(model_dir, "--max-tokens-limit", "200", "--max-body-bytes", "4096")
-    yield s
-    s.stop()
+def servers(model_dir, tmp_path_factory):
+    """Both servers:
+
+    * ``llmcore serve`` in a subprocess, with small limits so that the bad requests below can reach them;
+    * in a thread, one request at a time, one waiting at most, a key: for 401, 429 and a client that leaves
+      mid-stream (a longer context, so that the stream it leaves would run for seconds).
+    """
+    torch.manual_seed(0)
+    tok = CharTokenizer(ALPHABET)
+    long_dir = tmp_path_factory.mktemp("serve") / "long"
+    TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=2048)).save_pretrained(
+        long_dir, tokenizer=tok)
+    started = [Server(model_dir, "--max-tokens-limit", "200", "--max-body-bytes", "4096")]
+    started.append(ThreadServer(long_dir, max_batch_rows=1, max_queue=1, api_key="s3cret", max_tokens_limit=2000))
+    try:
+        yield [s.ready() for s in started]
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers):
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def small_server(servers):
+    return servers[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +111,12 @@ def test_models_health_and_playground(server):
     assert "llmcore playground" in page and "<script src=" not in page  # one self-contained page, no CDN
 
 
-def test_greedy_completion_equals_llmcore_generate(server, model_dir):
-    out = subprocess.run([sys.executable, "-m", "llmcore", "generate", "--model", str(model_dir), "--prompt",
-                          "Hello there", "--max-new-tokens", "24"], env=env(), capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+def test_greedy_completion_equals_llmcore_generate(server, model_dir, capsys):
+    from llmcore.cli import main
+
+    capsys.readouterr()
+    assert main(["generate", "--model", str(model_dir), "--prompt", "Hello there", "--max-new-tokens", "24"]) == 0
+    out = capsys.readouterr().out
     expected = out[len("Hello there"):-1]  # the command prints prompt + continuation + newline
     resp = greedy(server.client(), "Hello there", 24)
     assert resp.choices[0].text == expected
@@ -282,21 +252,6 @@ def test_wrong_method_and_client_errors(server):
         server.client().chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a" * 300}])
 
 
-@pytest.fixture(scope="module")
-def small_server(tmp_path_factory):
-    """One request at a time, one waiting at most, a key: for 401, 429 and a client that leaves mid-stream
-    (a longer context, so that the stream it leaves would run for seconds)."""
-    torch.manual_seed(0)
-    tok = CharTokenizer(ALPHABET)
-    d = tmp_path_factory.mktemp("serve") / "long"
-    TransformerLM(ModelConfig.from_preset("debug", vocab_size=tok.vocab_size, max_seq_len=2048)).save_pretrained(
-        d, tokenizer=tok)
-    s = Server(d, "--model-name", "tiny", "--max-batch-rows", "1", "--max-queue", "1", "--api-key", "s3cret",
-               "--max-tokens-limit", "2000")
-    yield s
-    s.stop()
-
-
 def test_api_key_queue_full_and_disconnect(small_server):
     s = small_server
     with pytest.raises(openai.AuthenticationError):
@@ -329,37 +284,6 @@ def test_missing_extra_is_one_line_and_status_2(model_dir, capsys, monkeypatch):
     assert len(err) == 1 and "pip install 'llmcore[serve]'" in err[0]
 
 
-NODE_HARNESS = r"""
-// The playground's script under Node (fetch and streams built in) with a stub DOM: the page's own code
-// requests and parses the server's event stream; the stub only records what it would show.
-const fs = require("fs"), vm = require("vm");
-const [script, base, prompt] = process.argv.slice(2);
-const els = {};
-const node = (id) => els[id] || (els[id] = {
-  id, value: "", textContent: "", disabled: false, listeners: {}, children: [],
-  classList: { toggle() {}, add() {}, remove() {} },
-  addEventListener(type, fn) { this.listeners[type] = fn; },
-  appendChild(child) { this.children.push(child); return child; },
-});
-globalThis.document = {
-  getElementById: node,
-  createElement: () => ({ className: "", textContent: "" }),
-  createTextNode: (data) => ({ data, appendData(more) { this.data += more; } }),
-};
-const realFetch = fetch;
-globalThis.fetch = (url, options) => realFetch(base + url, options);
-Object.assign(node("max_tokens"), { value: "12" }); Object.assign(node("temperature"), { value: "0" });
-Object.assign(node("top_p"), { value: "1" }); Object.assign(node("top_k"), { value: "0" });
-Object.assign(node("prompt"), { value: prompt }); Object.assign(node("model"), { textContent: "connecting…" });
-vm.runInThisContext(fs.readFileSync(script, "utf8"));
-(async () => {
-  for (let i = 0; i < 200 && node("model").textContent.startsWith("connecting"); i++) await new Promise((r) => setTimeout(r, 25));
-  await node("generate").listeners.click();
-  const out = node("output").children.map((c) => c.textContent !== undefined ? c.textContent : c.data).join("");
-  console.log(JSON.stringify({ model: node("model").textContent, output: out, stats: node("stats").textContent,
-                               error: node("error").textContent }));
-})();
-"""
 
 
 def test_playground_script_streams_under_node(server, tmp_path):
@@ -373,8 +297,8 @@ def test_playground_script_streams_under_node(server, tmp_path):
     with urllib.request.urlopen(server.url + "/", timeout=30) as r:
         page = r.read().decode()
     (tmp_path / "page.js").write_text(re.search(r"<script>(.*)</script>", page, re.S).group(1))
-    (tmp_path / "harness.js").write_text(NODE_HARNESS)
-    out = subprocess.run([node, str(tmp_path / "harness.js"), str(tmp_path / "page.js"), server.url, "Once upon"],
+    harness = Path(__file__).parent / "fixtures" / "playground_harness.js"
+    out = subprocess.run([node, str(harness), str(tmp_path / "page.js"), server.url, "Once upon"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
