@@ -88,7 +88,21 @@ def setup(device: torch.device, env: DistEnv | None = None) -> tuple[DistEnv, bo
         return env, False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if restart_count() > 0 and "MASTER_ADDR" in os.environ:
+        # torchrun keeps one TCPStore across restarts (rendezvous store sharing) and init_process_group adds no
+        # per-attempt prefix, so a restarted rank could read the dead attempt's gloo/NCCL addresses and wait
+        # forever to connect to them (seen here: every other restart hung in ProcessGroupGloo's connectFullMesh).
+        # A prefix per restart keeps each attempt's keys apart.
+        from datetime import timedelta
+
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # then every rank is a client
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world_size,
+                              is_master=env.rank == 0 and not agent_store, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend, store=dist.PrefixStore(f"llmcore/restart{restart_count()}/", store),
+                                rank=env.rank, world_size=env.world_size)
+    else:
+        dist.init_process_group(backend=backend)
     return env, True
 
 
