@@ -40,6 +40,8 @@ SCRIPTS = {
     "benchmarks/tokenizer.py": (["--repeats", "1", "--vocab-size", "1000"], "list of", [], [], 300),
     "benchmarks/prepare.py": (["--size-mb", "1", "--files", "2", "--vocab-size", "1000", "--work", "{OUT}"],
                               "identical outputs: yes", [], ["distributed"], 300),
+    "benchmarks/serve.py": (["--max-tokens", "4", "--requests", "2", "--concurrency", "1", "2", "--repeats", "1"],
+                            "| how | concurrency |", [], ["starlette", "uvicorn", "openai"], 300),
     "benchmarks/translation_archs.py": (["--repeats", "2", "--vocab-size", "3000"], "ms/step", [], [], 300),
 }
 SKIP = {"examples/alibi_parallel.py"}  # tested by its own test module
