@@ -30,6 +30,8 @@ SCRIPTS = {
                                 ["model/config.json", "model/model.safetensors", "data/meta.json"], [], 300),
     "examples/lstm_vs_transformer.py": (["--quick", "--out", "{OUT}"], "--- LSTM sample ---",
                                         ["transformer/config.json", "lstm/config.json"], [], 300),
+    "examples/multimodal_shapes.py": (["--quick", "--out", "{OUT}"], "saved models, sample images and results.json",
+                                      ["results.json", "results.md", "multimodal_shapes.png"], [], 300),
     "examples/overfitting.py": (["--quick", "--out", "{OUT}", "--plot", "{OUT}/overfitting.png"], "| all four |",
                                 ["overfitting.png"], ["matplotlib"], 300),
     "examples/translate_en_zh.py": (["--quick", "--out", "{OUT}"], "saved models and results.json",

@@ -17,6 +17,14 @@ length:
   --no-sliding-window fails instead, before anything is printed; then the default --max-new-tokens is
   capped to the room the prompt leaves.
 
+images:
+  --image FILE conditions a multimodal model (PrefixFusionLM, CrossAttentionFusionLM; examples/multimodal_shapes.py
+  trains both) on one image: .npy (uint8 (H, W, C)) always, PNG / JPEG with the vision extra
+  (pip install 'llmcore[vision]', Pillow). It must have the size and channels the model's vision encoder takes;
+  --resize-image resizes it instead (Pillow). --image on a text-only model is an error. A multimodal model
+  without --image generates from the text alone (its language model; a note on stderr says so). The shapes
+  models were trained on "<bos> question answer": pass --add-bos --prompt "what is in the image?".
+
 --stop takes backslash escapes (\\n, \\t, \\\\, \\uXXXX), so --stop "\\n" stops at the end of a line.
 --stream prints text as it is produced; errors are raised before the prompt is printed.
 """
@@ -105,6 +113,40 @@ def notices(config: GenerationConfig, prompt_len: int, max_seq_len: int | None) 
     return out
 
 
+def image_inputs(args: argparse.Namespace, model: Any, device: Any) -> dict[str, Any]:
+    """The decoding keywords of ``--image`` (``{}`` without it), after one-line checks naming the fix."""
+    import torch
+
+    from ..errors import ConfigError, DataError
+    from ..multimodal import images_to_tensor, load_image
+
+    fusion = callable(getattr(model, "decoding_inputs", None))
+    if args.image is None:
+        if fusion:
+            print(f"llmcore generate: note: no --image: {type(model).__name__} generates from the text alone (its "
+                  "language model); pass --image FILE to condition it on an image", file=sys.stderr)
+        return {}
+    if not fusion:
+        raise ConfigError(f"--image needs a multimodal model (PrefixFusionLM or CrossAttentionFusionLM), but "
+                          f"{args.model} holds a {type(model).__name__}, which reads text only; drop --image, or "
+                          "pass a fusion model directory (examples/multimodal_shapes.py saves two).")
+    shape = model.image_shape
+    if shape is None:
+        raise ConfigError(f"{args.model} reads precomputed features (its config.vision is empty), not images, so "
+                          "--image cannot feed it; call model.generate(ids, features=...) from Python "
+                          "(llmcore.multimodal.load_features).")
+    channels, height, width = shape
+    pixels = load_image(args.image, channels=channels)  # DataError: unreadable, wrong dtype or channel count
+    if pixels.shape[:2] != (height, width):
+        if not args.resize_image:
+            raise DataError(f"{args.image} is {pixels.shape[0]}x{pixels.shape[1]} pixels, the model takes "
+                            f"{height}x{width}; resize it, or pass --resize-image (bilinear, needs Pillow).")
+        pixels = load_image(args.image, image_size=height, channels=channels, resize=True)
+    images = images_to_tensor(pixels[None], image_size=height, channels=channels).to(device)
+    with torch.no_grad():
+        return model.decoding_inputs(images=images)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -115,21 +157,25 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(getattr(args, "device", field_default(TrainConfig, "device")))
     tokenizer = _load_tokenizer(args.tokenizer or args.model)
     model = load_model_dir(args.model, device=device)
+    extra = image_inputs(args, model, device)  # {} without --image; a prefix or cross-attention memory with it
     ids = tokenizer.encode(args.prompt, add_bos=args.add_bos)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    if not ids and "inputs_embeds" in extra:
+        input_ids = None  # the image prefix alone is the prompt
+    context = len(ids) + (extra["inputs_embeds"].shape[1] if "inputs_embeds" in extra else 0)  # positions used
     max_seq_len = getattr(getattr(model, "config", None), "max_seq_len", None)
     with warnings.catch_warnings():  # the Python UserWarning is replaced by the one-line notice below
         warnings.simplefilter("ignore", UserWarning)
-        config = make_config(GenerationConfig, options_from_args(args, len(ids), max_seq_len))
-    check_decoding_memory(config, 1, len(ids), getattr(model, "config", None), device)
+        config = make_config(GenerationConfig, options_from_args(args, context, max_seq_len))
+    check_decoding_memory(config, 1, context, getattr(model, "config", None), device)
     if args.stream and config.num_beams > 1:
         raise GenerationError("--stream cannot be combined with --num-beams > 1; beam search picks the best "
                               "hypothesis only at the end.")
-    for line in notices(config, len(ids), max_seq_len):
+    for line in notices(config, context, max_seq_len):
         print(f"llmcore generate: {line}", file=sys.stderr)
     out = sys.stdout
     if args.stream:
-        deltas = stream(model, input_ids, config=config, tokenizer=tokenizer)
+        deltas = stream(model, input_ids, config=config, tokenizer=tokenizer, **extra)
         # The first step validates the request and runs the prefill: only then is anything printed, so an
         # error never follows a half-written line.
         first = next(deltas, "")
@@ -140,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
             out.flush()
         out.write("\n")
     else:
-        seq = generate(model, input_ids, config=config, tokenizer=tokenizer)
-        new = seq[0, input_ids.shape[1]:].tolist()
+        seq = generate(model, input_ids, config=config, tokenizer=tokenizer, **extra)
+        new = seq[0, len(ids) if input_ids is not None else 0:].tolist()
         out.write(args.prompt + tokenizer.decode(new) + "\n")
     return 0
 
@@ -166,5 +212,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "\\t, \\\\ and \\uXXXX are interpreted (repeatable)")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to the prompt")
     p.add_argument("--stream", action="store_true", help="print text as it is produced")
+    p.add_argument("--image", default=None, help="an image for a multimodal model: .npy (uint8 (H, W, C)), or PNG / "
+                   "JPEG with the vision extra (see 'images' above)")
+    p.add_argument("--resize-image", action="store_true",
+                   help="resize --image to the size the model takes (bilinear, needs Pillow) instead of failing")
     add_dataclass_args(p, TrainConfig, ["device"])
     p.set_defaults(func=run)

@@ -156,25 +156,39 @@ class ImageTextDataset(ExampleDataset):
     learns to produce (a caption, or a question followed by its answer).
 
     A batch is ``{"input_ids": (B, T), "attention_mask": (B, T), key: (B, ...), "labels": (B, T)}`` with the
-    texts right-padded and labels equal to ``input_ids`` except padding and, per example, the first
-    ``prompt_lengths[i]`` tokens (``IGNORE_INDEX``: a question is read, not predicted); the loss shifts them.
+    texts right-padded (T = the longest text - 1) and ``labels`` the already-shifted next tokens, as every
+    llmcore dataset gives them to :func:`~llmcore.training.lm_loss`: ``labels[:, t]`` is the text's token
+    ``t + 1``, or ``IGNORE_INDEX`` where that token is padding or one of the first ``prompt_lengths[i]``
+    tokens (a question is read, not predicted; its tokens are still inputs). So with ``[bos] + question +
+    answer + [eos]`` and ``prompt_lengths[i] = 1 + len(question)``, only the answer and ``eos`` are targets.
 
     Args:
         inputs: (N, C, H, W) float images in [0, 1], or (N, S, d) precomputed features.
-        texts: N lists of token ids (e.g. ``[bos] + encode(caption) + [eos]``).
+        texts: the texts, lists of token ids (e.g. ``[bos] + encode(caption) + [eos]``), at least 2 each.
         pad_id: the id written into padding.
-        prompt_lengths: per example, the leading tokens that get no loss (default 0 for all).
+        prompt_lengths: per text, the leading tokens that get no loss (default 0 for all).
         key: the batch key of ``inputs``, ``"images"`` or ``"features"`` (the fusion models' keywords).
+        input_index: per text, the row of ``inputs`` it belongs to, so many texts (a caption and questions)
+            share one stored image; default: text ``i`` belongs to ``inputs[i]`` (then N = len(texts)).
     """
 
     def __init__(self, inputs: torch.Tensor, texts: Sequence[Sequence[int]], pad_id: int,
-                 prompt_lengths: Sequence[int] | None = None, key: str = "images") -> None:
-        if len(inputs) != len(texts) or not texts:
+                 prompt_lengths: Sequence[int] | None = None, key: str = "images",
+                 input_index: Sequence[int] | None = None) -> None:
+        if not texts or (input_index is None and len(inputs) != len(texts)):
             raise DataError(f"ImageTextDataset got {len(inputs)} inputs and {len(texts)} texts; give one "
-                            "non-empty text per image (and at least one).")
+                            "text per image (and at least one), or input_index= naming each text's image.")
         if key not in ("images", "features"):
             raise DataError(f"key={key!r} must be 'images' or 'features'.")
         self.inputs, self.texts, self.pad_id, self.key = inputs, [list(t) for t in texts], pad_id, key
+        short = next((i for i, t in enumerate(self.texts) if len(t) < 2), None)
+        if short is not None:
+            raise DataError(f"text {short} has {len(self.texts[short])} token(s); each text needs at least 2 (an "
+                            "input and the next token to predict), e.g. [bos] + ids.")
+        self.input_index = list(range(len(texts))) if input_index is None else [int(i) for i in input_index]
+        if len(self.input_index) != len(texts) or any(not 0 <= i < len(inputs) for i in self.input_index):
+            raise DataError(f"input_index needs one row of inputs (0..{len(inputs) - 1}) per text; got "
+                            f"{len(self.input_index)} entries for {len(texts)} texts.")
         self.prompt_lengths = list(prompt_lengths) if prompt_lengths is not None else [0] * len(texts)
         if len(self.prompt_lengths) != len(texts):
             raise DataError(f"{len(self.prompt_lengths)} prompt_lengths for {len(texts)} texts.")
@@ -190,4 +204,6 @@ class ImageTextDataset(ExampleDataset):
         width = max(len(self.texts[i]) for i in every)
         labels = [[IGNORE_INDEX] * self.prompt_lengths[i] + self.texts[i][self.prompt_lengths[i]:] for i in indices]
         ids, mask, labels = collate_pad([self.texts[i] for i in indices], self.pad_id, labels=labels, width=width)
-        return {"input_ids": ids, "attention_mask": mask, self.key: self.inputs[list(indices)], "labels": labels}
+        rows = self.inputs[[self.input_index[i] for i in indices]]
+        # Inputs are tokens 0..T-2, targets tokens 1..T-1 (the loss does not shift).
+        return {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], self.key: rows, "labels": labels[:, 1:]}

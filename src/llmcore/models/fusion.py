@@ -116,6 +116,24 @@ class _Fusion:
                             f"features (B, N, {self.config.feature_dim}), not images.")
         return self.encoder(images if images is not None else features)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(channels, height, width) of the images the encoder takes; None when it reads precomputed features."""
+        if not self.config.vision:
+            return None
+        from ..multimodal.encoders import VisionConfig
+
+        v = VisionConfig.from_dict(self.config.vision)
+        return v.channels, v.image_size, v.image_size
+
+    def decoding_inputs(self, images: torch.Tensor | None = None,
+                        features: torch.Tensor | None = None) -> dict[str, Any]:
+        """The keyword arguments that condition :func:`~llmcore.generation.generate` / ``stream`` /
+        ``beam_search`` (called as functions, on this model) on ``images`` or ``features``:
+        ``{"inputs_embeds": prefix}`` for prefix fusion, ``{"model_kwargs": {"memory": ...}}`` for
+        cross-attention fusion. ``model.generate(ids, images=...)`` does the same in one call."""
+        raise NotImplementedError
+
     def _init_fusion(self) -> None:
         """After the LM's init (which walks every module): the encoder's own scheme, and the gates at 0."""
         if hasattr(self.encoder, "init_weights"):
@@ -143,6 +161,10 @@ class PrefixFusionLM(_Fusion, TransformerLM):
     def prefix(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
         """The N prefix embeddings (B, N, d_model), in the embedding's dtype."""
         return self.projector(self.encode(images, features)).to(self.tok_embeddings.weight.dtype)
+
+    def decoding_inputs(self, images: torch.Tensor | None = None,
+                        features: torch.Tensor | None = None) -> dict[str, Any]:
+        return {"inputs_embeds": self.prefix(images, features)}
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, position_ids: torch.Tensor | None = None,
@@ -234,6 +256,10 @@ class CrossAttentionFusionLM(_Fusion, TransformerLM):
         """The features the cross-attention reads, (B, N, d_model)."""
         return self.feature_proj(self.encode(images, features)).to(self.tok_embeddings.weight.dtype)
 
+    def decoding_inputs(self, images: torch.Tensor | None = None,
+                        features: torch.Tensor | None = None) -> dict[str, Any]:
+        return {"model_kwargs": {"memory": self.memory(images, features)}}
+
     def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, rope: Any, kv_cache: KVCache | None,
                    attn_weights: list[torch.Tensor] | None, memory: torch.Tensor | None = None,
                    memory_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -276,8 +302,7 @@ class CrossAttentionFusionLM(_Fusion, TransformerLM):
             return super().generate(input_ids, attention_mask, **kwargs)
         if "model_kwargs" in kwargs:
             raise ConfigError("CrossAttentionFusionLM.generate passes the image features itself; drop model_kwargs.")
-        return generate(self, input_ids, attention_mask, model_kwargs={"memory": self.memory(images, features)},
-                        **kwargs)
+        return generate(self, input_ids, attention_mask, **self.decoding_inputs(images, features), **kwargs)
 
 
 __all__ = ["FusionConfig", "PrefixFusionLM", "CrossAttentionFusionLM", "GatedCrossAttentionBlock",

@@ -12,8 +12,9 @@
   parser and the metrics: :func:`caption_exact_match`, :func:`attribute_accuracy`, :func:`qa_accuracy`, and
   the majority-answer baseline (:func:`majority_answers`).
 
-The fusion models that put these features into a language model (prefix, gated cross-attention) build on
-:class:`~llmcore.models.TransformerLM`; they are not part of this package yet.
+The fusion models that put these features into a language model (prefix, gated cross-attention) are in
+:mod:`llmcore.models.fusion`; ``docs/concepts/multimodal.md`` compares them, and
+``examples/multimodal_shapes.py`` trains both on the shapes data.
 """
 
 from __future__ import annotations
