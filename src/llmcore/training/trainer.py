@@ -313,7 +313,11 @@ class Trainer:
         mean_loss = float(dist.all_reduce_sum(total, env)) / count
         grad_norm = None
         if cfg.grad_clip:
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            # in the model's parameter order, not the optimizer's: a rebuilt optimizer (gradual unfreezing after
+            # a resume) lists its groups in another order, and the norm's float sum would differ in the last bit
+            rank = {id(p): i for i, p in enumerate(self.model.parameters())}
+            params = sorted((p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None),
+                            key=lambda p: rank.get(id(p), len(rank)))
             grad_norm = fsdp.scalar(nn.utils.clip_grad_norm_(params, cfg.grad_clip))  # global norm over shards
         if not math.isfinite(mean_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
