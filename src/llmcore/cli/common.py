@@ -333,6 +333,27 @@ def load_model_dir(directory: str | Path, device: Any = "cpu", merge: bool = Fal
     return load_model(d, device=device)
 
 
+# = llmcore.modules.quantized.SCHEMES, spelled out so that building the parser does not import torch (tested)
+QUANTIZE_SCHEMES = ("int8",)
+
+
+def add_quantize_arg(parser: argparse.ArgumentParser) -> None:
+    """``--quantize SCHEME`` (generate, translate, serve): int8 weights for faster CPU decoding."""
+    parser.add_argument("--quantize", default=None, choices=QUANTIZE_SCHEMES,
+                        help="quantize the model's linear layers on load (int8: per-channel weights, ~4x fewer "
+                             "bytes per step; faster on CPU; see docs/guides/quantization.md)")
+
+
+def maybe_quantize(model: Any, scheme: str | None) -> Any:
+    """``model.quantize(scheme)`` unless ``scheme`` is None or the model was saved quantized that way."""
+    if scheme is None or (getattr(model, "quantization", None) or {}).get("scheme") == scheme:
+        return model
+    if not hasattr(model, "quantize"):
+        raise ConfigError(f"--quantize: a {type(model).__name__} cannot be quantized (it is not an llmcore "
+                          "model with save_pretrained / quantize); drop --quantize.")
+    return model.quantize(scheme)
+
+
 def load_classifier(directory: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """(SequenceClassifier, tokenizer) from ``directory`` (a model or LoRA adapter directory); a model of another
     kind is a CheckpointError naming the fix."""

@@ -40,7 +40,15 @@ from typing import Any
 from ..errors import GenerationError
 from ..generation.config import GenerationConfig
 from ..training.config import TrainConfig
-from .common import add_dataclass_args, add_model_command, field_default, flag_name, given, make_config
+from .common import (
+    add_dataclass_args,
+    add_model_command,
+    add_quantize_arg,
+    field_default,
+    flag_name,
+    given,
+    make_config,
+)
 
 SAMPLING = ("temperature", "top_k", "top_p", "min_p")  # used only with --do-sample
 DECODING = ["max_new_tokens", *SAMPLING, "repetition_penalty", "no_repeat_ngram_size", "num_beams", "seed"]
@@ -152,11 +160,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..generation import generate, stream
     from ..generation.config import check_decoding_memory
-    from .common import load_model_dir, resolve_device
+    from .common import load_model_dir, maybe_quantize, resolve_device
 
     device = resolve_device(getattr(args, "device", field_default(TrainConfig, "device")))
     tokenizer = _load_tokenizer(args.tokenizer or args.model)
-    model = load_model_dir(args.model, device=device)
+    model = maybe_quantize(load_model_dir(args.model, device=device), args.quantize)
     extra = image_inputs(args, model, device)  # {} without --image; a prefix or cross-attention memory with it
     ids = tokenizer.encode(args.prompt, add_bos=args.add_bos)
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
@@ -212,6 +220,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "\\t, \\\\ and \\uXXXX are interpreted (repeatable)")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to the prompt")
     p.add_argument("--stream", action="store_true", help="print text as it is produced")
+    add_quantize_arg(p)
     p.add_argument("--image", default=None, help="an image for a multimodal model: .npy (uint8 (H, W, C)), or PNG / "
                    "JPEG with the vision extra (see 'images' above)")
     p.add_argument("--resize-image", action="store_true",

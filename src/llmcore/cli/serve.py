@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..training.config import TrainConfig
-from .common import add_dataclass_args, add_model_command, field_default
+from .common import add_dataclass_args, add_model_command, add_quantize_arg, field_default
 
 LIMITS = {  # flag -> (default, lowest allowed)
     "max_batch_rows": (16, 1), "max_queue": (64, 1), "max_tokens_limit": (1024, 1), "max_body_bytes": (1 << 20, 1024),
@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.server import build_service
     from ..serve.server import run as serve
     from ..tokenizer import load_tokenizer
-    from .common import load_model_dir, resolve_device
+    from .common import load_model_dir, maybe_quantize, resolve_device
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = resolve_device(getattr(args, "device", field_default(TrainConfig, "device")))
-    model = load_model_dir(args.model, device=device)
+    model = maybe_quantize(load_model_dir(args.model, device=device), args.quantize)
     tok_dir = resolve_model_dir(args.tokenizer or args.model)
     tokenizer = load_tokenizer(tok_dir)
     name = args.model_name or Path(os.path.normpath(str(args.model))).name
@@ -79,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, default=LIMITS["max_body_bytes"][0], metavar="N",
                    help="largest request body accepted (413 beyond it)")
     p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's BOS token to text prompts")
+    add_quantize_arg(p)
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's own)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (info also logs every request)")

@@ -22,7 +22,15 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from ..generation.config import MAX_NEW_TOKENS_LIMIT, GenerationConfig, check_decoding_memory
 from ..training.config import TrainConfig
-from .common import add_dataclass_args, add_model_command, decode_utf8, given, make_config, read_stdin_text
+from .common import (
+    add_dataclass_args,
+    add_model_command,
+    add_quantize_arg,
+    decode_utf8,
+    given,
+    make_config,
+    read_stdin_text,
+)
 
 DECODING = ["num_beams", "no_repeat_ngram_size"]  # GenerationConfig fields the translator takes
 DEVICE = ["batch_size", "device"]  # TrainConfig fields
@@ -46,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_args(p, TrainConfig, DEVICE)
     p.add_argument("--src-tag", default=None, help="source-language tag (default: from the model, else <2en>)")
     p.add_argument("--tgt-tag", default=None, help="target-language tag (default: from the model, else <2zh>)")
+    add_quantize_arg(p)
     p.add_argument("--too-long", choices=("truncate", "error"), default="truncate",
                    help="sentences beyond the source context: cut with a warning (default) or fail")
     p.set_defaults(func=run)
@@ -79,7 +88,7 @@ def read_inputs(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..translation.translator import Translator  # torch and the models load only when the command runs
-    from .common import resolve_device
+    from .common import maybe_quantize, resolve_device
 
     decoding = make_config(GenerationConfig, given(args, GenerationConfig, DECODING, TRANSLATE_DEFAULTS))  # checked first
     train = make_config(TrainConfig, given(args, TrainConfig, DEVICE))
@@ -95,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                               "what it has); pass --model DIR, a translator you trained (docs/guides/translate.md).")
     translator = Translator.from_pretrained(args.model, device=resolve_device(train.device),
                                             src_lang_tag=args.src_tag, tgt_lang_tag=args.tgt_tag)
+    maybe_quantize(translator.model, args.quantize)
     # Sources and outputs both fit the model's context: a bound on the tokens of every row.
     check_decoding_memory(decoding.replace(max_new_tokens=0), min(train.batch_size, len(lines)), translator.max_len,
                           translator.model.config, translator.device)

@@ -31,6 +31,7 @@ from ..io import (  # noqa: F401
     save_safetensors,
     tied_duplicates,
 )
+from ..modules.quantized import SCHEMES, check_scheme, has_quantized, int8_structure, quantize_linears
 from ..registry import ARCHITECTURES, same_definition
 
 
@@ -101,6 +102,9 @@ class PreTrainedMixin:
         with a tokenizer, also the files ``transformers.AutoTokenizer`` reads (see ``models.hf.save_hf``).
         """
         d = Path(directory)
+        if format == "hf" and has_quantized(self):
+            raise CheckpointError("A quantized model cannot be saved in the Hugging Face layout (it has no int8 "
+                                  "weights); save the float model, or use format='llmcore'.")
         d.mkdir(parents=True, exist_ok=True)
         if format == "hf":
             from .hf import save_hf
@@ -112,12 +116,42 @@ class PreTrainedMixin:
             dups = tied_duplicates(self)
             state = {k: v for k, v in self.state_dict().items() if k not in dups}
             save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
-            atomic_write_json(d / CONFIG_NAME, pretrained_meta(type(self), self.config))
+            meta = pretrained_meta(type(self), self.config)
+            if getattr(self, "quantization", None):
+                meta["quantization"] = self.quantization  # rebuilt on load; the weights are not re-quantized
+            atomic_write_json(d / CONFIG_NAME, meta)
         else:
             raise CheckpointError(f"Unknown save format {format!r}; use 'llmcore' or 'hf'.")
         if tokenizer is not None:
             tokenizer.save(d / "tokenizer")
         return d
+
+    def quantize(self, scheme: str = "int8", skip: tuple[str, ...] = ()) -> Any:
+        """Quantize every ``nn.Linear`` (the LM head included) for inference, in place; returns the model.
+
+        ``"int8"``: per-output-channel int8 weights, activations quantized per row at run time
+        (:class:`llmcore.modules.quantized.Int8Linear`). ``skip`` names modules to keep in float.
+        ``save_pretrained`` then writes the int8 weights and their scales, and ``from_pretrained`` loads them
+        without quantizing again. Embeddings and norms stay in float (an embedding tied to the head keeps
+        its float copy for the lookup).
+
+        Raises:
+            ConfigError: an unknown scheme; a model in training mode (quantize after ``model.eval()``: int8
+                layers have no gradient); a model already quantized.
+        """
+        check_scheme(scheme)
+        if not isinstance(self, nn.Module):
+            raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")
+        if self.training:
+            raise ConfigError(f"{type(self).__name__} is in training mode; quantization is for inference (int8 "
+                              "layers have no gradient). Call model.eval() first, after training.")
+        if has_quantized(self):
+            raise ConfigError(f"{type(self).__name__} is already quantized "
+                              f"({getattr(self, 'quantization', {}).get('scheme', 'int8')}); load the float model "
+                              "to quantize it another way.")
+        names = quantize_linears(self, scheme, skip)
+        self.quantization = {"scheme": scheme, "modules": names}
+        return self
 
     @classmethod
     def config_from_meta(cls, meta: dict[str, Any]) -> Any:
@@ -145,14 +179,36 @@ class PreTrainedMixin:
                 config = target.config_from_meta(meta)
             except ConfigError as e:  # a field of the wrong type or value: say which file it is in
                 raise CheckpointError(f"{d / CONFIG_NAME}: {e}") from e
+            quant = _saved_quantization(meta, d)
+
+            def build() -> nn.Module:
+                model = target(config)
+                if quant is not None:  # int8 layers in place of the saved ones, filled by the int8 weights on disk
+                    int8_structure(model, quant["modules"])
+                    model.quantization = quant
+                return model
+
             # headers first, then a meta-device build: an untrusted config costs what the weights on disk cost
-            model = io.load_checked(lambda: target(config), d, str(d / WEIGHTS_NAME), config)
+            model = io.load_checked(build, d, str(d / WEIGHTS_NAME), config)
         else:
             from .hf import load_hf
 
             model = load_hf(d, cls)
         model.eval()  # like Hugging Face: a loaded model is for inference until a trainer calls .train()
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def _saved_quantization(meta: dict[str, Any], directory: Path) -> dict[str, Any] | None:
+    """The ``quantization`` entry of a saved ``config.json`` (``{"scheme", "modules"}``), checked, or None."""
+    q = meta.get("quantization")
+    if q is None:
+        return None
+    where = directory / CONFIG_NAME
+    if not isinstance(q, dict) or q.get("scheme") not in SCHEMES or not isinstance(q.get("modules"), list) \
+            or not all(isinstance(n, str) and len(n) < 512 for n in q["modules"]) or len(q["modules"]) > 100_000:
+        raise CheckpointError(f"{where}: 'quantization' must be {{'scheme': one of {list(SCHEMES)}, 'modules': "
+                              "[module names]}; the file is damaged or from another program. Re-save the model.")
+    return {"scheme": q["scheme"], "modules": list(q["modules"])}
 
 
 def _resolve_architecture(cls: type, arch: Any, directory: Path) -> type:

@@ -58,6 +58,7 @@ from torch import nn
 
 from .. import rundir
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError, TrainingInterrupted
+from ..modules.quantized import has_quantized
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import fsdp
@@ -92,6 +93,9 @@ class Trainer:
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         if not hasattr(train_data, "sample_batch"):
             raise DataError(f"train_data ({type(train_data).__name__}) needs sample_batch(batch_size, generator).")
+        if has_quantized(model):
+            raise TrainingError(f"{type(model).__name__} is quantized (int8 layers have no gradient); train the "
+                                "float model and quantize it after training (model.quantize('int8')).")
         self.model, self.train_data, self.val_data, self.tokenizer = model, train_data, val_data, tokenizer
         self.strategies = list(strategies)
         self.loss_fn = loss_fn or functools.partial(default_loss, label_smoothing=self.config.label_smoothing,
