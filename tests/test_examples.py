@@ -46,7 +46,16 @@ SCRIPTS = {
                             "| how | concurrency |", [], ["starlette", "uvicorn", "openai"], 300),
     "benchmarks/translation_archs.py": (["--repeats", "2", "--vocab-size", "3000"], "ms/step", [], [], 300),
 }
-SKIP = {"examples/alibi_parallel.py"}  # tested by its own test module
+SCRIPTS |= {
+    "benchmarks/decode.py": (["--layers", "2", "--new", "8", "--repeats", "1", "--batches", "2", "--threads", "1"],
+                             "int8 / transformers fp32", [], ["transformers"], 300),
+    "benchmarks/quantize.py": (["--models", "shakespeare", "--prompts", "2", "--new", "8", "--repeats", "1"],
+                               "| shakespeare |", [], [], 300),
+    "benchmarks/run.py": (["--quick", "--only", "decode", "--out", "{OUT}"], "benchmark suite finished",
+                          ["decode.md"], ["transformers"], 300),
+}
+# tested by its own test module; the package files of ``python -m benchmarks`` (run.py is tested above)
+SKIP = {"examples/alibi_parallel.py", "benchmarks/__init__.py", "benchmarks/__main__.py"}
 
 
 def test_every_script_is_covered():  # fast: runs in the default suite

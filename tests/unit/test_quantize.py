@@ -155,7 +155,7 @@ def test_seq2seq_quantizes_and_reloads(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- refusals
-def test_bad_quantization_requests_are_refused_with_the_fix():
+def test_bad_quantization_requests_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="Unknown quantization scheme 'int3'.*int8"):
         tiny_lm().quantize("int3")
     with pytest.raises(ConfigError, match="training mode.*model.eval"):
@@ -163,10 +163,13 @@ def test_bad_quantization_requests_are_refused_with_the_fix():
     q = tiny_lm().quantize("int8")
     with pytest.raises(ConfigError, match="already quantized"):
         q.quantize("int8")
-    with pytest.raises(TrainingError, match="quantized.*train the float model"):
-        from llmcore.training import Trainer
+    from llmcore.training import Trainer
 
-        Trainer(q, {"max_steps": 1, "device": "cpu", "progress": False}, train_data=_NoData())
+    trainer = Trainer(q, {"max_steps": 1, "device": "cpu", "progress": False, "out_dir": str(tmp_path / "run")},
+                      train_data=_NoData())
+    with pytest.raises(TrainingError, match="quantized.*train the float model"):
+        trainer.fit()
+    assert not (tmp_path / "run").exists()  # refused before the run directory is claimed
     emb = q.tok_embeddings.weight.detach().clone().requires_grad_(True)
     with pytest.raises(ConfigError, match="inference"):
         q.lm_head(emb[:2])

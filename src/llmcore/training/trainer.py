@@ -93,9 +93,6 @@ class Trainer:
         self.config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
         if not hasattr(train_data, "sample_batch"):
             raise DataError(f"train_data ({type(train_data).__name__}) needs sample_batch(batch_size, generator).")
-        if has_quantized(model):
-            raise TrainingError(f"{type(model).__name__} is quantized (int8 layers have no gradient); train the "
-                                "float model and quantize it after training (model.quantize('int8')).")
         self.model, self.train_data, self.val_data, self.tokenizer = model, train_data, val_data, tokenizer
         self.strategies = list(strategies)
         self.loss_fn = loss_fn or functools.partial(default_loss, label_smoothing=self.config.label_smoothing,
@@ -186,6 +183,9 @@ class Trainer:
         ``resume=True`` continues the newest complete checkpoint in ``out_dir`` exactly where it stopped.
         """
         cfg = self.config
+        if has_quantized(self.model):  # evaluate() works on one; training has nothing to update
+            raise TrainingError(f"{type(self.model).__name__} is quantized (int8 layers have no gradient); train "
+                                "the float model and quantize it after training (model.quantize('int8')).")
         owner = cfg.out_dir is not None and self.env.is_main  # only rank 0 writes, so only it locks
         if owner:
             rundir.claim_dir(cfg.out_dir, "llmcore Trainer.fit")
