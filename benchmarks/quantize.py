@@ -9,6 +9,7 @@ agreement with fp32, decode tokens/s (fp32, int8, bf16), in one process.
 * **Speed**: greedy decoding of ``--new`` tokens at batch 1 and 8, median of ``--repeats``, interleaved.
 
     python benchmarks/quantize.py                 # both bundled models (~3 min on 1 thread)
+    python benchmarks/quantize.py --kernels       # also the int8 / int4 kernel candidates (+3 min)
     python benchmarks/quantize.py --models shakespeare --prompts 4 --new 16 --repeats 1   # smoke test
 """
 
@@ -87,6 +88,80 @@ def measure(name: str, n_prompts: int, new: int, repeats: int) -> dict:
     }
 
 
+def kernel_candidates(batch: int, repeats: int) -> dict[str, float]:
+    """ms for the matmuls of one GPT-2-small decode step (12 x [qkv, out, fc, proj] + the 50257-row head) at
+    ``batch`` rows, for each int8 / int4 kernel PyTorch (and torchao, when installed) offers on CPU. Every layer
+    has its own weights, so they stream from memory as in real decoding instead of sitting in cache."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    from llmcore.modules.quantized import Int8Linear
+
+    shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12 + [(768, 50257)]
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(o, i, generator=g) * 0.02 for i, o in shapes]
+    x = {i: torch.randn(batch, i, generator=g) for i in (768, 3072)}
+    xb = {k: v.bfloat16() for k, v in x.items()}
+    cands: dict[str, list] = {}
+    cands["fp32 F.linear"] = [(lambda w=w: F.linear(x[w.shape[1]], w)) for w in weights]
+    wb = [w.bfloat16() for w in weights]
+    cands["bf16 F.linear"] = [(lambda w=w: F.linear(xb[w.shape[1]], w)) for w in wb]
+    q = [Int8Linear.from_linear(_linear(w)) for w in weights]
+    cands["int8 fbgemm dynamic (llmcore Int8Linear)"] = [(lambda m=m: m(x[m.in_features])) for m in q]
+    wo = [(m.weight, m.scale) for m in q]
+    cands["int8 weight-only _weight_int8pack_mm, fp32 x"] = [
+        (lambda w=w, s=s: torch._weight_int8pack_mm(x[w.shape[1]], w, s)) for w, s in wo]
+    cands["int8 weight-only _weight_int8pack_mm, bf16 x"] = [
+        (lambda w=w, s=s: torch._weight_int8pack_mm(xb[w.shape[1]], w, s.bfloat16())) for w, s in wo]
+    # int4, groups of 64 (the CPU kernel needs the output size divisible by 16: the 50257-row head is not, so it
+    # runs in fbgemm int8 in this row)
+    int4 = []
+    for w, m in zip(weights, q):
+        o, i = w.shape
+        if o % 16:
+            int4.append(lambda m=m: m(x[m.in_features]))
+            continue
+        groups = w.reshape(o, i // 64, 64)
+        s4 = groups.abs().amax(-1) / 7
+        q4 = (torch.clamp(torch.round(groups / s4[..., None]), -8, 7).to(torch.int32) + 8).reshape(o, i)
+        packed = torch._convert_weight_to_int4pack_for_cpu(q4, 1)
+        sz = torch.stack([s4.t(), torch.zeros_like(s4.t())], -1).bfloat16().contiguous()
+        int4.append(lambda p=packed, sz=sz, i=i: torch._weight_int4pack_mm_for_cpu(xb[i], p, 64, sz))
+    cands["int4 weight-only _weight_int4pack_mm_for_cpu (g64), bf16 x"] = int4
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        mods = []
+        for w in weights:
+            m = torch.nn.Sequential(_linear(w))
+            quantize_(m, Int8WeightOnlyConfig())
+            mods.append(m)
+        cands["torchao Int8WeightOnlyConfig (eager)"] = [(lambda m=m: m(x[m[0].in_features])) for m in mods]
+    except ImportError:
+        pass
+    with torch.inference_mode():
+        out = {}
+        for name, fns in cands.items():
+            for f in fns:
+                f()
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for f in fns:
+                    f()
+                times.append(time.perf_counter() - t)
+            out[name] = statistics.median(times) * 1e3
+    return out
+
+
+def _linear(w: torch.Tensor) -> torch.nn.Linear:
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    lin.weight.data = w
+    return lin
+
+
 def table(results: list[dict]) -> str:
     lines = ["| model | val ppl fp32 | int8 | bf16 | int8 / fp32 ppl | greedy agreement int8 (rows identical) "
              "| bf16 (rows identical) | decode tok/s b1 fp32 / int8 | b8 fp32 / int8 | weights MB fp32 / int8 |",
@@ -112,8 +187,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument("--kernels", action="store_true",
+                   help="also time the candidate int8 kernels on one GPT-2-small decode step's matmuls")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kernels:
+        rows = {b: kernel_candidates(b, max(args.repeats, 3)) for b in (1, 8)}
+        print(f"| kernel ({args.threads} thread(s)), ms per GPT-2-small decode step | batch 1 | batch 8 |\n|---|---:|---:|")
+        for name in rows[1]:
+            print(f"| {name} | {rows[1][name]:.1f} | {rows[8][name]:.1f} |")
+        print()
     results = [measure(m, args.prompts, args.new, args.repeats) for m in args.models]
     for r in results:
         print(json.dumps(r))
