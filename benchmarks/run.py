@@ -36,6 +36,7 @@ DOCS = HERE.parent / "docs" / "benchmarks.md"
 SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "decode": ("decode.py", [], ["--layers", "2", "--new", "16", "--repeats", "1"]),
     "quantize": ("quantize.py", [], ["--models", "shakespeare", "--prompts", "4", "--new", "16", "--repeats", "1"]),
+    "kernels": ("quantize.py", ["--kernels", "--models"], ["--kernels", "--models", "--repeats", "1"]),
     "generate": ("generate.py", [], ["--quick", "--repeats", "1"]),
     "train": ("train.py", [], ["--steps", "2", "--warmup", "1"]),
     "tokenizer": ("tokenizer.py", [], ["--repeats", "1", "--vocab-size", "1000"]),

@@ -28,6 +28,7 @@ from .positional import (
     apply_rotary,
     build_positions,
 )
+from .quantized import Int8Linear, quantize_linears
 from .utils import eval_mode, num_parameters
 
 __all__ = [
@@ -37,5 +38,5 @@ __all__ = [
     "LayerNorm", "RMSNorm", "MLP", "SwiGLU", "NORMS", "MLPS", "build_norm", "build_mlp", "dropout",
     "AbsolutePositions", "RotaryPositions", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
     "RotaryEmbedding", "apply_rotary", "build_positions", "POS_ENCODINGS",
-    "init_weights", "mark_residual", "eval_mode", "num_parameters",
+    "init_weights", "mark_residual", "eval_mode", "num_parameters", "Int8Linear", "quantize_linears",
 ]
