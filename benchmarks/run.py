@@ -39,6 +39,8 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "kernels": ("quantize.py", ["--kernels", "--models"], ["--kernels", "--models", "--repeats", "1"]),
     "generate": ("generate.py", [], ["--quick", "--repeats", "1"]),
     "train": ("train.py", [], ["--steps", "2", "--warmup", "1"]),
+    "train-gpt2": ("train_gpt2.py", ["--memory"], ["--layers", "1", "--seq", "64", "--steps", "1", "--threads", "1",
+                                                  "--dtypes", "fp32"]),
     "tokenizer": ("tokenizer.py", [], ["--repeats", "1", "--vocab-size", "1000"]),
     "serve": ("serve.py", [], ["--max-tokens", "4", "--requests", "2", "--concurrency", "1", "2", "--repeats", "1"]),
 }

@@ -51,6 +51,8 @@ SCRIPTS |= {
                              "int8 / transformers fp32", [], ["transformers"], 300),
     "benchmarks/quantize.py": (["--models", "shakespeare", "--prompts", "2", "--new", "8", "--repeats", "1"],
                                "| shakespeare |", [], [], 300),
+    "benchmarks/train_gpt2.py": (["--layers", "1", "--seq", "32", "--steps", "1", "--warmup", "0", "--threads", "1",
+                                  "--dtypes", "fp32"], "llmcore / nanoGPT-eq.", [], ["transformers"], 300),
     "benchmarks/run.py": (["--quick", "--only", "decode", "--out", "{OUT}"], "benchmark suite finished",
                           ["decode.md"], ["transformers"], 300),
 }
