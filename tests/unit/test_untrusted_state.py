@@ -347,3 +347,24 @@ def test_cli_fresh_run_on_a_prepared_dir_with_bad_meta_writes_nothing(tmp_path, 
     assert code == 2 and len(err.strip().splitlines()) == 1 and "field 'dtype'" in err, err
     assert not out.exists() or not any(out.rglob("*"))  # nothing linked or written into the run directory
     assert snapshot(data) == before
+
+
+def test_cli_resume_with_another_tokenizer_is_refused_before_the_data_is_prepared(cli_run, tmp_path, capsys):
+    # OUT/data gone (deleted to save space, say): a resume would prepare it anew from the flags' tokenizer; the
+    # fingerprint is checked first, so the refusal leaves the run directory as it was, no OUT/data written.
+    out = tmp_path / "run"
+    shutil.copytree(cli_run / "run", out)
+    shutil.rmtree(out / "data")
+    before = snapshot(out)
+    capsys.readouterr()
+    code = main(["train", "--data", str(cli_run / "a.txt"), "--out", str(out), "--max-steps", "8", "--resume",
+                 "--tokenizer", "byte", *ARGS])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "trained with another tokenizer" in lines[0], lines[0]
+    assert not (out / "data").exists() and snapshot(out) == before
+    # the run's own tokenizer (the same char alphabet from the same text) re-prepares the data and resumes
+    assert main(["train", "--data", str(cli_run / "a.txt"), "--out", str(out), "--max-steps", "6", "--resume",
+                 *ARGS]) == 0
+    assert ckpt.latest_checkpoint(out).name == "ckpt-000006"
