@@ -431,9 +431,52 @@ def trainer_snapshot(trainer: Any) -> dict[str, Any]:
         "tokenizer_sha256": getattr(trainer, "tokenizer_sha256", None),  # ... and another tokenizer too
         "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
         "train_config": trainer.config.to_dict(),
-        "strategies": [s.state_dict() if hasattr(s, "state_dict") and not isinstance(s, nn.Module) else None
-                       for s in trainer.strategies],
+        "strategies": [s.state_dict() if _keeps_state(s) else None for s in trainer.strategies],
     }
+
+
+def _keeps_state(strategy: Any) -> bool:  # what trainer_snapshot saves a state for
+    return hasattr(strategy, "state_dict") and not isinstance(strategy, nn.Module)
+
+
+def check_strategies(path: Path, meta: dict[str, Any], strategies: list[Any]) -> None:
+    """Refuse checkpoint ``path`` unless its ``strategies`` states fit this run's strategies (set up already):
+    one entry per strategy, a state only where the strategy keeps one, and each value one the strategy accepts
+    for this model (its ``check_state``, e.g. GradualUnfreeze's ``n_unfrozen`` within the model's layer groups).
+    Checkpoints without the key (older ones) skip the check; the schema has already checked the types."""
+    saved = meta.get("strategies")
+    if saved is None:
+        return
+    file, names = path / STATE_NAME, [type(s).__name__ for s in strategies]
+    fix = "resume with the model and strategies the run was trained with, or train into a new --out directory"
+    if len(saved) != len(strategies):
+        raise CheckpointError(f"{file}: field 'strategies' holds {len(saved)} states, but this run has "
+                              f"{len(strategies)} strategies ({', '.join(names) or 'none'}); {fix}.")
+    for i, (strategy, state) in enumerate(zip(strategies, saved)):
+        if state is None:
+            continue
+        if not _keeps_state(strategy) or not callable(getattr(strategy, "load_state_dict", None)):
+            raise CheckpointError(f"{file}: field 'strategies[{i}]' holds a state, but {names[i]} keeps none; "
+                                  f"the checkpoint is damaged or of another run: {fix}.")
+        check = getattr(strategy, "check_state", None)
+        try:
+            if callable(check):
+                check(state)
+        except (LLMCoreError, ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{file}: field 'strategies[{i}]' ({names[i]}): {e}; the checkpoint is damaged "
+                                  f"or of another model: delete this checkpoint directory, or {fix}.") from e
+
+
+def check_trainable(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Refuse checkpoint ``path`` when its ``trainable`` list names parameters this model does not have (a
+    tampered or foreign list would otherwise be dropped silently, freezing what the run trained)."""
+    if "trainable" not in meta:
+        return
+    unknown = sorted(set(meta["trainable"]) - {n for n, _ in unwrap(model).named_parameters()})
+    if unknown:
+        raise CheckpointError(f"{path / STATE_NAME}: field 'trainable' names {len(unknown)} parameter(s) this model "
+                              f"does not have ({', '.join(unknown[:3])}); the checkpoint is damaged or of another "
+                              "model: resume with the same model and strategies, or delete this checkpoint directory.")
 
 
 def restore_trainable(model: nn.Module, meta: dict[str, Any]) -> None:
@@ -464,7 +507,8 @@ def find_resume_checkpoint(out_dir: str | Path | None) -> Path:
     return ckpt
 
 
-__all__ = ["save_checkpoint", "read_checkpoint", "validate_state", "tokenizer_fingerprint", "check_tokenizer", "load_model_weights", "load_optimizer", "list_checkpoints",
+__all__ = ["save_checkpoint", "read_checkpoint", "validate_state", "tokenizer_fingerprint", "check_tokenizer", "check_strategies",
+           "check_trainable", "load_model_weights", "load_optimizer", "list_checkpoints",
            "latest_checkpoint", "find_resume_checkpoint", "prune_checkpoints", "capture_rng", "restore_rng",
            "model_tensors", "strip_prefixes", "config_diff", "trainer_snapshot", "restore_trainable",
            "restore_trainer", "CHECKPOINT_DIR"]
