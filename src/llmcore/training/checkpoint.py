@@ -25,6 +25,9 @@ Nothing goes through ``pickle``, ``torch.save`` or ``torch.load``, so loading a 
 Optimizer state is keyed by parameter *name*, not position, so it survives changes in how the groups are laid
 out (e.g. a strategy that unfroze layers added groups over time).
 
+Links: every save first checks that nothing under the run directory is a symbolic link (one swapped in since
+the last save, e.g. ``trainer_state`` or a checkpoint replaced by a link to elsewhere, is refused, not followed).
+
 Atomicity: everything is written into ``ckpt-000250.tmp/`` and the directory is renamed when complete. A run
 killed at any moment, even mid-save, leaves only complete ``ckpt-XXXXXX`` directories behind, and loading
 ignores anything else (``*.tmp``, ``*.old``). If the disk fills up mid-save (an ``OSError`` ENOSPC, or the
@@ -52,6 +55,7 @@ from torch import nn
 from ..errors import CheckpointError, LLMCoreError
 from ..io import atomic_write_json, fsync_tree, is_disk_full, read_json
 from ..models.pretrained import architecture_name, load_state_dict_checked, save_safetensors, tied_duplicates
+from ..rundir import refuse_symlinks
 from . import sharded
 from .distributed import DistEnv, all_gather_tensor, all_reduce_sum, model_class, unwrap
 from .fsdp import is_dtensor, is_sharded
@@ -253,6 +257,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
     if is_sharded(model):
         return _save_sharded(out_dir, step, {"model": model_tensors(model), "optimizer": opt_tensors}, meta,
                              env or DistEnv(), device or torch.device("cpu"))
+    refuse_symlinks(out_dir)  # a link swapped in since the last save (trainer_state, a checkpoint, tokenizer/)
     try:
         _fresh_dir(tmp)
         save_safetensors(model_tensors(model), tmp / MODEL_NAME, metadata={"format": "pt", "step": str(step)})
@@ -325,7 +330,7 @@ def _save_sharded(out_dir: str | Path, step: int, groups: dict[str, dict[str, to
         sharded.check_complete(tmp, index)
         _publish(tmp, final, old, {sharded.INDEX_NAME: index, STATE_NAME: meta})
 
-    attempt(lambda: _fresh_dir(tmp) if env.is_main else None)
+    attempt(lambda: (refuse_symlinks(out_dir), _fresh_dir(tmp)) if env.is_main else None)  # (see save_checkpoint)
     attempt(lambda: [sharded.write_local(tmp, g, local, env, step) for g, (_, local) in plans.items()])
     attempt(publish if env.is_main else lambda: None)
     return final
