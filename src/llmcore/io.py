@@ -280,6 +280,61 @@ def is_disk_full(e: BaseException) -> bool:
     return "os error 28" in text or "No space left" in text or "StorageFull" in text
 
 
+# ---------------------------------------------------------------------------------------------- output dirs
+_WRITE_FIX = "choose a writable directory (check its permissions, and that the disk is not mounted read-only)"
+
+
+def writable_dir(path: str | os.PathLike, what: str = "output directory",
+                 error: type[LLMCoreError] = CheckpointError) -> Path:
+    """Check, before any work and without creating anything, that ``path`` is a directory this process may
+    write into, or one it may create (the nearest existing parent is a writable directory).
+
+    Raises ``error`` naming the path and the fix: ``path`` (or a parent) is a file, or not writable (no write
+    permission, a read-only mount). ``os.access`` asks the kernel, so a read-only mount is seen even by root;
+    permission bits are not checked for root, who may write anyway (as the writes will)."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == p else f"cannot be created: {probe} is a file"
+        raise error(f"{what} {p} {where}, not a directory; choose a directory to write into.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "is not writable" if probe == p else f"cannot be created: {probe} is not writable"
+        raise error(f"{what} {p} {where} ({os.strerror(errno.EROFS) if _read_only(probe) else 'permission denied'}"
+                    f"); {_WRITE_FIX}.")
+    return p
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def cannot_write(path: str | os.PathLike, e: OSError, what: str = "output directory",
+                 error: type[LLMCoreError] = CheckpointError) -> LLMCoreError:
+    """The one-line error for an ``OSError`` raised while writing into ``path`` (permissions, read-only
+    mount, disk full), naming the file it happened on."""
+    where = f" at {e.filename}" if e.filename and str(e.filename) != str(path) else ""
+    if is_disk_full(e):
+        return error(f"disk full while writing the {what} {path}{where}; free space and rerun.")
+    return error(f"Cannot write the {what} {path} ({e.strerror or e}{where}); {_WRITE_FIX}.")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str = "output directory",
+            error: type[LLMCoreError] = CheckpointError) -> Any:
+    """Check ``path`` with :func:`writable_dir`, then run the block, turning an ``OSError`` inside it into the
+    one-line ``error`` of :func:`cannot_write` (so a save into a read-only directory is never a traceback)."""
+    writable_dir(path, what, error)
+    try:
+        yield Path(path)
+    except OSError as e:
+        raise cannot_write(path, e, what, error) from e
+
+
 def weight_files(directory: str | os.PathLike) -> list[Path]:
     """The safetensors files of a model directory: ``model.safetensors``, or the shards its index names.
 
@@ -479,7 +534,8 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
     return model
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "read_json",
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "writable_dir",
+           "cannot_write", "writing", "read_json",
            "read_jsonl", "atomic_write_json", "confined_file", "read_bounded", "save_safetensors", "weight_files",
            "read_state_dict", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
            "raise_mismatch", "load_state_dict_checked", "load_checked"]

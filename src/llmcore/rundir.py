@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .io import writable_dir
 
 MARKER_NAME = ".llmcore-run"
 LOCK_NAME = ".llmcore-lock"
@@ -122,6 +123,7 @@ def claim_dir(path: str | os.PathLike, created_by: str, flag: str = "--out",
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise CheckpointError(f"{flag} {p} is a file, not a directory; {_FIX}.")
+    writable_dir(p, flag)  # read-only (or under a file): refused now, before the command does any work
     if p.is_dir():
         refuse_symlinks(p, flag)
         marker = read_marker(p)

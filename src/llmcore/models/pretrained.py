@@ -30,6 +30,7 @@ from ..io import (  # noqa: F401
     read_state_dict,
     save_safetensors,
     tied_duplicates,
+    writing,
 )
 from ..registry import ARCHITECTURES, same_definition
 
@@ -101,22 +102,23 @@ class PreTrainedMixin:
         with a tokenizer, also the files ``transformers.AutoTokenizer`` reads (see ``models.hf.save_hf``).
         """
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        if format == "hf":
-            from .hf import save_hf
-
-            save_hf(self, d, tokenizer=tokenizer)
-        elif format == "llmcore":
-            if not isinstance(self, nn.Module):
-                raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")
-            dups = tied_duplicates(self)
-            state = {k: v for k, v in self.state_dict().items() if k not in dups}
-            save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
-            atomic_write_json(d / CONFIG_NAME, pretrained_meta(type(self), self.config))
-        else:
+        if format not in ("hf", "llmcore"):
             raise CheckpointError(f"Unknown save format {format!r}; use 'llmcore' or 'hf'.")
-        if tokenizer is not None:
-            tokenizer.save(d / "tokenizer")
+        with writing(d, "model directory"):  # a read-only or file path: one CheckpointError line, nothing written
+            if format == "hf":
+                from .hf import save_hf
+
+                save_hf(self, d, tokenizer=tokenizer)
+            else:
+                if not isinstance(self, nn.Module):
+                    raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")
+                d.mkdir(parents=True, exist_ok=True)
+                dups = tied_duplicates(self)
+                state = {k: v for k, v in self.state_dict().items() if k not in dups}
+                save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
+                atomic_write_json(d / CONFIG_NAME, pretrained_meta(type(self), self.config))
+            if tokenizer is not None:
+                tokenizer.save(d / "tokenizer")
         return d
 
     @classmethod
