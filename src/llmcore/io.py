@@ -505,7 +505,11 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     """Refuse float tensors holding NaN or inf (one pass over the weights): such a model only produces NaN."""
     import torch
 
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    def finite(v: torch.Tensor) -> bool:  # in chunks of 2**20 values: the temporaries stay small
+        flat = v.detach().reshape(-1)
+        return all(bool(torch.isfinite(c).all()) for c in flat.split(2**20))
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not finite(v)]
     if bad:
         shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
         raise CheckpointError(f"{source} holds NaN or inf values in {len(bad)} tensor(s) ({shown}); the weights are "
@@ -521,21 +525,94 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
     2. a config with more layers than stored tensors is refused (:func:`check_layers`);
     3. the model is built on the ``meta`` device and compared (:func:`build_checked`); one CheckpointError
        lists every mismatch, and computed tables far larger than the weights are refused;
-    4. only then is the real model built and the weights copied in.
+    4. only then is the real model built, and each tensor read from the files straight into it
+       (:func:`read_into`), then checked for NaN / inf (:func:`check_finite`): the peak is about one copy of
+       the weights (the model), where a state dict beside the model made it two.
     """
     header, size = read_header(directory)
     if config is not None:
         check_layers(config, header, source)
     build_checked(build, header, source, size)
-    state = read_state_dict(directory)
-    check_finite(state, source)
     model = build()
-    load_state_dict_checked(model, state, source=source)
+    _raise_state_mismatch(model, header, source)  # again, for a class that could not be built on meta
+    loaded = read_into(model, directory, source)
+    check_finite(loaded, source)
     return model
+
+
+def _data_layout(f: Path) -> tuple[int, dict[str, tuple[str, list[int], int, int]]]:
+    """``(where the data starts, {name: (dtype code, shape, begin, end)})`` from a safetensors file's header.
+
+    The file has passed ``safe_open`` (:func:`read_header`), which checks that the offsets tile the data exactly;
+    the bounds are checked again here since the file is read anew."""
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n > MAX_JSON_BYTES:
+                raise ValueError(f"a header of {n} bytes")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as e:
+        raise _unreadable(f, e) from e
+    if not isinstance(header, dict):
+        raise _unreadable(f, ValueError("the header is not a JSON object"))
+    layout = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in entry["data_offsets"])
+            layout[name] = (str(entry["dtype"]), [int(d) for d in entry["shape"]], begin, end)
+        except (KeyError, TypeError, ValueError) as e:
+            raise _unreadable(f, ValueError(f"header entry {name!r} is {entry!r}")) from e
+    return 8 + n, layout
+
+
+def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> dict[str, torch.Tensor]:
+    """Copy every stored tensor of a directory's weights straight from the files into ``model``'s parameters
+    and persistent buffers, one tensor at a time; returns ``{name: the model's tensor}`` of those loaded.
+
+    Reading with ``readinto`` into the tensors' own memory (no ``mmap``, no intermediate state dict) keeps the
+    peak at the model's size: loading needs about 1x the weights, not 2x. A stored dtype other than the model's
+    goes through one temporary of that tensor's size. Names, shapes and dtypes must have been checked against
+    the model (:func:`check_against`); a tensor whose bytes are not all in the file is a CheckpointError.
+    """
+    import torch
+
+    dups = tied_duplicates(model)
+    targets = {k: v for k, v in model.state_dict().items() if k not in dups}
+    loaded: dict[str, torch.Tensor] = {}
+    for f in weight_files(directory):
+        start, layout = _data_layout(f)
+        with open(f, "rb", buffering=0) as fh, torch.no_grad():
+            for name, (code, shape, begin, end) in sorted(layout.items(), key=lambda kv: kv[1][2]):
+                target = targets.get(name)
+                if target is None or name in loaded:
+                    continue  # a tied duplicate stored too (it is the same tensor as its first name)
+                dtype = getattr(torch, _ST_DTYPES.get(code, ""), None)
+                numel = 1
+                for dim in shape:
+                    numel *= dim
+                if dtype is None or end - begin != numel * dtype.itemsize or list(target.shape) != shape:
+                    raise _unreadable(f, ValueError(f"tensor {name!r} is {code} {shape} in bytes [{begin}, {end})"))
+                direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
+                buf = target if direct else torch.empty(shape, dtype=dtype)
+                if numel:
+                    fh.seek(start + begin)
+                    view = memoryview(buf.reshape(-1).view(torch.uint8).numpy())
+                    while len(view):
+                        got = fh.readinto(view)
+                        if not got:
+                            raise _unreadable(f, ValueError(f"the data of tensor {name!r} is cut short"))
+                        view = view[got:]
+                if not direct:
+                    target.copy_(buf)
+                loaded[name] = target
+    return loaded
 
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "writable_dir",
            "cannot_write", "writing", "read_json",
            "read_jsonl", "atomic_write_json", "confined_file", "read_bounded", "save_safetensors", "weight_files",
-           "read_state_dict", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
+           "read_state_dict", "read_into", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
            "raise_mismatch", "load_state_dict_checked", "load_checked"]

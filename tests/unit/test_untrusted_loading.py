@@ -442,3 +442,36 @@ def child_fails(out: dict, *words: str) -> str:
     line = assert_one_line_error(subprocess.CompletedProcess(out["argv"], out["rc"], "", out["err"]), *words)
     assert out["dst"] is None or not out["dst"].exists()
     return line
+
+
+# ----------------------------------------------------------------------------------- peak memory of a load
+PEAK_CHILD = textwrap.dedent("""
+    import json, resource, sys, tempfile
+    import torch
+    from llmcore import ModelConfig, TransformerLM
+    torch.set_num_threads(1)
+    tiny = TransformerLM(ModelConfig.from_preset("debug", vocab_size=64)).save_pretrained(tempfile.mkdtemp() + "/t")
+    TransformerLM.from_pretrained(tiny)  # the same code path once: imports, kernels, allocator arenas
+    base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()  # resident now
+    model = TransformerLM.from_pretrained(sys.argv[1])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert next(model.parameters()).abs().sum() > 0
+    print(json.dumps({"grown": peak - base}))
+""")
+
+
+def test_loading_a_model_peaks_near_one_copy_of_its_weights(tmp_path):
+    """from_pretrained reads each tensor straight into the built model (no state dict beside it): the peak RSS
+    of a load grows by about the weights' size (was 2x: the model plus a full copy of the file)."""
+    torch.manual_seed(0)
+    cfg = llmcore.ModelConfig.from_preset("debug", vocab_size=8192, d_model=512, n_layers=6, n_heads=8,
+                                          max_seq_len=128)
+    d = TransformerLM(cfg).save_pretrained(tmp_path / "m")
+    weights = (d / "model.safetensors").stat().st_size  # ~90 MiB
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(llmcore.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(d)], capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert child.returncode == 0, child.stderr[-2000:]
+    grown = json.loads(child.stdout.strip().splitlines()[-1])["grown"]
+    assert grown < 1.5 * weights + 16 * 2**20, f"loading grew the peak RSS by {grown / weights:.2f}x the weights"
