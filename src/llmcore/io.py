@@ -535,9 +535,42 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
     build_checked(build, header, source, size)
     model = build()
     _raise_state_mismatch(model, header, source)  # again, for a class that could not be built on meta
+    if _direct_targets(model) is None:  # a module that loads its state its own way: through load_state_dict
+        state = read_state_dict(directory)
+        check_finite(state, source)
+        load_state_dict_checked(model, state, source=source)
+        return model
     loaded = read_into(model, directory, source)
     check_finite(loaded, source)
     return model
+
+
+def _direct_targets(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """``{state-dict name: the parameter or buffer itself, detached}`` (tied duplicates left out), or None when
+    some module customises loading (``_load_from_state_dict``, load hooks) or its state dict names tensors
+    that are not its own parameters / buffers: writing into those would bypass what the module does."""
+    from torch import nn
+
+    for m in model.modules():
+        if (type(m)._load_from_state_dict is not nn.Module._load_from_state_dict or m._load_state_dict_pre_hooks
+                or getattr(m, "_load_state_dict_post_hooks", None)):
+            return None
+    dups = tied_duplicates(model)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        if name in dups:
+            continue
+        try:
+            own = model.get_parameter(name)
+        except AttributeError:
+            try:
+                own = model.get_buffer(name)
+            except AttributeError:
+                return None
+        if own.data_ptr() != value.data_ptr():
+            return None
+        out[name] = own.detach()  # the same memory; writable through numpy without autograd
+    return out
 
 
 def _data_layout(f: Path) -> tuple[int, dict[str, tuple[str, list[int], int, int]]]:
@@ -579,8 +612,10 @@ def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> di
     """
     import torch
 
-    dups = tied_duplicates(model)
-    targets = {k: v for k, v in model.state_dict().items() if k not in dups}
+    targets = _direct_targets(model)
+    if targets is None:
+        raise CheckpointError(f"{type(model).__name__} customises how its state is loaded; load {source} with "
+                              "load_state_dict_checked(model, read_state_dict(directory)) instead.")
     loaded: dict[str, torch.Tensor] = {}
     for f in weight_files(directory):
         start, layout = _data_layout(f)
@@ -596,7 +631,7 @@ def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> di
                 if dtype is None or end - begin != numel * dtype.itemsize or list(target.shape) != shape:
                     raise _unreadable(f, ValueError(f"tensor {name!r} is {code} {shape} in bytes [{begin}, {end})"))
                 direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
-                buf = target if direct else torch.empty(shape, dtype=dtype)
+                buf = target if direct else torch.empty(shape, dtype=dtype, device="cpu")
                 if numel:
                     fh.seek(start + begin)
                     view = memoryview(buf.reshape(-1).view(torch.uint8).numpy())

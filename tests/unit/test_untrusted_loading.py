@@ -487,3 +487,22 @@ def test_loading_a_model_peaks_near_one_copy_of_its_weights(tmp_path):
     assert child.returncode == 0, child.stderr[-2000:]
     grown = json.loads(child.stdout.strip().splitlines()[-1])["grown"]
     assert grown < 1.5 * weights + 16 * 2**20, f"loading grew the peak RSS by {grown / weights:.2f}x the weights"
+
+
+def test_a_model_with_its_own_load_hooks_still_loads_through_them(tmp_path):
+    """Reading straight into the parameters would bypass a module's load hooks: such a model takes the
+    load_state_dict path (about 2x the weights, as before)."""
+    calls = []
+
+    class HookedLM(TransformerLM):
+        def __init__(self, config):
+            super().__init__(config)
+            self._register_load_state_dict_pre_hook(lambda *args, **kwargs: calls.append(1))
+
+    torch.manual_seed(0)
+    src = HookedLM(llmcore.ModelConfig.from_preset("debug", vocab_size=64))
+    d = src.save_pretrained(tmp_path / "m")
+    loaded = HookedLM.from_pretrained(d)
+    assert calls, "the load hook was not called"
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(loaded(ids), src.eval()(ids), rtol=0, atol=0)
