@@ -276,8 +276,9 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume:  # a damaged or foreign checkpoint, or another tokenizer, is refused before the data is
         path = ckpt.find_resume_checkpoint(out)  # (re)prepared: OUT/data may be gone, and preparing it anew
         meta = ckpt.read_checkpoint(path)  # from the flags would overwrite it before the Trainer's own check
-        planned = run_tokenizer(config, out / "data")
-        ckpt.check_tokenizer(path, meta, ckpt.tokenizer_fingerprint(planned))
+        if dist.detect().is_main:  # rank 0 prepares the data (the others load it after the barrier)
+            planned = run_tokenizer(config, out / "data")
+            ckpt.check_tokenizer(path, meta, ckpt.tokenizer_fingerprint(planned))
     # the data exist and a prepared directory's meta.json is valid, before a byte is written
     wanted = _fingerprint(config)
     if config.resume and (differ := resume_data_differences(wanted, out / "data")):
