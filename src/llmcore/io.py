@@ -628,18 +628,22 @@ def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> di
                 numel = 1
                 for dim in shape:
                     numel *= dim
-                if dtype is None or end - begin != numel * dtype.itemsize or list(target.shape) != shape:
+                if (dtype is None or not 0 <= begin <= end or end - begin != numel * dtype.itemsize
+                        or list(target.shape) != shape):
                     raise _unreadable(f, ValueError(f"tensor {name!r} is {code} {shape} in bytes [{begin}, {end})"))
                 direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
                 buf = target if direct else torch.empty(shape, dtype=dtype, device="cpu")
                 if numel:
-                    fh.seek(start + begin)
                     view = memoryview(buf.reshape(-1).view(torch.uint8).numpy())
-                    while len(view):
-                        got = fh.readinto(view)
-                        if not got:
-                            raise _unreadable(f, ValueError(f"the data of tensor {name!r} is cut short"))
-                        view = view[got:]
+                    try:
+                        fh.seek(start + begin)
+                        while len(view):
+                            got = fh.readinto(view)
+                            if not got:
+                                raise ValueError(f"the data of tensor {name!r} is cut short")
+                            view = view[got:]
+                    except (OSError, ValueError) as e:
+                        raise _unreadable(f, e) from e
                 if not direct:
                     target.copy_(buf)
                 loaded[name] = target
