@@ -280,6 +280,61 @@ def is_disk_full(e: BaseException) -> bool:
     return "os error 28" in text or "No space left" in text or "StorageFull" in text
 
 
+# ---------------------------------------------------------------------------------------------- output dirs
+_WRITE_FIX = "choose a writable directory (check its permissions, and that the disk is not mounted read-only)"
+
+
+def writable_dir(path: str | os.PathLike, what: str = "output directory",
+                 error: type[LLMCoreError] = CheckpointError) -> Path:
+    """Check, before any work and without creating anything, that ``path`` is a directory this process may
+    write into, or one it may create (the nearest existing parent is a writable directory).
+
+    Raises ``error`` naming the path and the fix: ``path`` (or a parent) is a file, or not writable (no write
+    permission, a read-only mount). ``os.access`` asks the kernel, so a read-only mount is seen even by root;
+    permission bits are not checked for root, who may write anyway (as the writes will)."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == p else f"cannot be created: {probe} is a file"
+        raise error(f"{what} {p} {where}, not a directory; choose a directory to write into.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "is not writable" if probe == p else f"cannot be created: {probe} is not writable"
+        raise error(f"{what} {p} {where} ({os.strerror(errno.EROFS) if _read_only(probe) else 'permission denied'}"
+                    f"); {_WRITE_FIX}.")
+    return p
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def cannot_write(path: str | os.PathLike, e: OSError, what: str = "output directory",
+                 error: type[LLMCoreError] = CheckpointError) -> LLMCoreError:
+    """The one-line error for an ``OSError`` raised while writing into ``path`` (permissions, read-only
+    mount, disk full), naming the file it happened on."""
+    where = f" at {e.filename}" if e.filename and str(e.filename) != str(path) else ""
+    if is_disk_full(e):
+        return error(f"disk full while writing the {what} {path}{where}; free space and rerun.")
+    return error(f"Cannot write the {what} {path} ({e.strerror or e}{where}); {_WRITE_FIX}.")
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str = "output directory",
+            error: type[LLMCoreError] = CheckpointError) -> Any:
+    """Check ``path`` with :func:`writable_dir`, then run the block, turning an ``OSError`` inside it into the
+    one-line ``error`` of :func:`cannot_write` (so a save into a read-only directory is never a traceback)."""
+    writable_dir(path, what, error)
+    try:
+        yield Path(path)
+    except OSError as e:
+        raise cannot_write(path, e, what, error) from e
+
+
 def weight_files(directory: str | os.PathLike) -> list[Path]:
     """The safetensors files of a model directory: ``model.safetensors``, or the shards its index names.
 
@@ -450,7 +505,11 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     """Refuse float tensors holding NaN or inf (one pass over the weights): such a model only produces NaN."""
     import torch
 
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    def finite(v: torch.Tensor) -> bool:  # in chunks of 2**20 values: the temporaries stay small
+        flat = v.detach().reshape(-1)
+        return all(bool(torch.isfinite(c).all()) for c in flat.split(2**20))
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not finite(v)]
     if bad:
         shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
         raise CheckpointError(f"{source} holds NaN or inf values in {len(bad)} tensor(s) ({shown}); the weights are "
@@ -466,20 +525,133 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
     2. a config with more layers than stored tensors is refused (:func:`check_layers`);
     3. the model is built on the ``meta`` device and compared (:func:`build_checked`); one CheckpointError
        lists every mismatch, and computed tables far larger than the weights are refused;
-    4. only then is the real model built and the weights copied in.
+    4. only then is the real model built, and each tensor read from the files straight into it
+       (:func:`read_into`), then checked for NaN / inf (:func:`check_finite`): the peak is about one copy of
+       the weights (the model), where a state dict beside the model made it two.
     """
     header, size = read_header(directory)
     if config is not None:
         check_layers(config, header, source)
     build_checked(build, header, source, size)
-    state = read_state_dict(directory)
-    check_finite(state, source)
     model = build()
-    load_state_dict_checked(model, state, source=source)
+    _raise_state_mismatch(model, header, source)  # again, for a class that could not be built on meta
+    if _direct_targets(model) is None:  # a module that loads its state its own way: through load_state_dict
+        state = read_state_dict(directory)
+        check_finite(state, source)
+        load_state_dict_checked(model, state, source=source)
+        return model
+    loaded = read_into(model, directory, source)
+    check_finite(loaded, source)
     return model
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "read_json",
+def _direct_targets(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """``{state-dict name: the parameter or buffer itself, detached}`` (tied duplicates left out), or None when
+    some module customises loading (``_load_from_state_dict``, load hooks) or its state dict names tensors
+    that are not its own parameters / buffers: writing into those would bypass what the module does."""
+    from torch import nn
+
+    for m in model.modules():
+        if (type(m)._load_from_state_dict is not nn.Module._load_from_state_dict or m._load_state_dict_pre_hooks
+                or getattr(m, "_load_state_dict_post_hooks", None)):
+            return None
+    dups = tied_duplicates(model)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        if name in dups:
+            continue
+        try:
+            own = model.get_parameter(name)
+        except AttributeError:
+            try:
+                own = model.get_buffer(name)
+            except AttributeError:
+                return None
+        if own.data_ptr() != value.data_ptr():
+            return None
+        out[name] = own.detach()  # the same memory; writable through numpy without autograd
+    return out
+
+
+def _data_layout(f: Path) -> tuple[int, dict[str, tuple[str, list[int], int, int]]]:
+    """``(where the data starts, {name: (dtype code, shape, begin, end)})`` from a safetensors file's header.
+
+    The file has passed ``safe_open`` (:func:`read_header`), which checks that the offsets tile the data exactly;
+    the bounds are checked again here since the file is read anew."""
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n > MAX_JSON_BYTES:
+                raise ValueError(f"a header of {n} bytes")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as e:
+        raise _unreadable(f, e) from e
+    if not isinstance(header, dict):
+        raise _unreadable(f, ValueError("the header is not a JSON object"))
+    layout = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in entry["data_offsets"])
+            layout[name] = (str(entry["dtype"]), [int(d) for d in entry["shape"]], begin, end)
+        except (KeyError, TypeError, ValueError) as e:
+            raise _unreadable(f, ValueError(f"header entry {name!r} is {entry!r}")) from e
+    return 8 + n, layout
+
+
+def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> dict[str, torch.Tensor]:
+    """Copy every stored tensor of a directory's weights straight from the files into ``model``'s parameters
+    and persistent buffers, one tensor at a time; returns ``{name: the model's tensor}`` of those loaded.
+
+    Reading with ``readinto`` into the tensors' own memory (no ``mmap``, no intermediate state dict) keeps the
+    peak at the model's size: loading needs about 1x the weights, not 2x. A stored dtype other than the model's
+    goes through one temporary of that tensor's size. Names, shapes and dtypes must have been checked against
+    the model (:func:`check_against`); a tensor whose bytes are not all in the file is a CheckpointError.
+    """
+    import torch
+
+    targets = _direct_targets(model)
+    if targets is None:
+        raise CheckpointError(f"{type(model).__name__} customises how its state is loaded; load {source} with "
+                              "load_state_dict_checked(model, read_state_dict(directory)) instead.")
+    loaded: dict[str, torch.Tensor] = {}
+    for f in weight_files(directory):
+        start, layout = _data_layout(f)
+        with open(f, "rb", buffering=0) as fh, torch.no_grad():
+            for name, (code, shape, begin, end) in sorted(layout.items(), key=lambda kv: kv[1][2]):
+                target = targets.get(name)
+                if target is None or name in loaded:
+                    continue  # a tied duplicate stored too (it is the same tensor as its first name)
+                dtype = getattr(torch, _ST_DTYPES.get(code, ""), None)
+                numel = 1
+                for dim in shape:
+                    numel *= dim
+                if (dtype is None or not 0 <= begin <= end or end - begin != numel * dtype.itemsize
+                        or list(target.shape) != shape):
+                    raise _unreadable(f, ValueError(f"tensor {name!r} is {code} {shape} in bytes [{begin}, {end})"))
+                direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
+                buf = target if direct else torch.empty(shape, dtype=dtype, device="cpu")
+                if numel:
+                    view = memoryview(buf.reshape(-1).view(torch.uint8).numpy())
+                    try:
+                        fh.seek(start + begin)
+                        while len(view):
+                            got = fh.readinto(view)
+                            if not got:
+                                raise ValueError(f"the data of tensor {name!r} is cut short")
+                            view = view[got:]
+                    except (OSError, ValueError) as e:
+                        raise _unreadable(f, e) from e
+                if not direct:
+                    target.copy_(buf)
+                loaded[name] = target
+    return loaded
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "writable_dir",
+           "cannot_write", "writing", "read_json",
            "read_jsonl", "atomic_write_json", "confined_file", "read_bounded", "save_safetensors", "weight_files",
-           "read_state_dict", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
+           "read_state_dict", "read_into", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
            "raise_mismatch", "load_state_dict_checked", "load_checked"]

@@ -9,8 +9,9 @@ Three rules (issue 16), one helper each:
   ``metrics.jsonl``), a ``llmcore prepare`` output and a sweep directory are recognised by their layout and get
   the marker. Anything else that is not empty is refused before a byte is written.
 * **Never write through a symlink.** :func:`claim_dir` refuses a directory with a symbolic link anywhere inside
-  it, and the append writers open with ``O_NOFOLLOW`` (:func:`append_text`, :func:`write_text`), so a link
-  planted later still cannot redirect a write. (The directory itself may be reached through a link:
+  it, every checkpoint save checks again (:func:`refuse_symlinks`), and the append writers open with
+  ``O_NOFOLLOW`` (:func:`append_text`, :func:`write_text`), so a link planted later still cannot redirect a
+  write. (The directory itself may be reached through a link:
   ``runs -> /scratch/runs`` is the user's choice.)
 * **One writer per run directory.** :func:`lock_dir` takes an exclusive ``flock`` on ``.llmcore-lock`` in the
   directory, records the pid there and keeps it until :func:`unlock_dir` (re-entrant within a process). The
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .io import writable_dir
 
 MARKER_NAME = ".llmcore-run"
 LOCK_NAME = ".llmcore-lock"
@@ -98,6 +100,18 @@ def find_symlink(path: Path) -> Path | None:
     return None
 
 
+def refuse_symlinks(path: str | os.PathLike, flag: str = "--out") -> None:
+    """CheckpointError naming the first symbolic link inside directory ``path`` (none: nothing happens).
+
+    :func:`claim_dir` checks once, when a run starts; the checkpoint writer checks again before every save,
+    so a link swapped in mid-run (``trainer_state -> /elsewhere``, a checkpoint or ``tokenizer/`` replaced by a
+    link) is refused instead of followed. (Someone racing the save itself, between this check and the write,
+    is not defended against: see ``io._write_beside``.)"""
+    if (link := find_symlink(Path(path))) is not None:
+        raise CheckpointError(f"{flag} {path} contains the symbolic link {link}; llmcore never writes through a "
+                              "link. Remove it (copy the file in instead) or choose another directory.")
+
+
 def claim_dir(path: str | os.PathLike, created_by: str, flag: str = "--out",
               legacy: tuple[str, ...] = ("run", "prepared", "sweep"), mark: bool = True) -> Path:
     """Make ``path`` a directory llmcore may write into (see the module docstring), or raise CheckpointError.
@@ -109,10 +123,9 @@ def claim_dir(path: str | os.PathLike, created_by: str, flag: str = "--out",
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise CheckpointError(f"{flag} {p} is a file, not a directory; {_FIX}.")
+    writable_dir(p, flag)  # read-only (or under a file): refused now, before the command does any work
     if p.is_dir():
-        if (link := find_symlink(p)) is not None:
-            raise CheckpointError(f"{flag} {p} contains the symbolic link {link}; llmcore never writes through a "
-                                  "link. Remove it (copy the file in instead) or choose another directory.")
+        refuse_symlinks(p, flag)
         marker = read_marker(p)
         if marker is not None:
             return p
@@ -217,5 +230,6 @@ def unlock_dir(path: str | os.PathLike) -> None:
         os.close(held[0])  # closing the descriptor drops the flock
 
 
-__all__ = ["MARKER_NAME", "LOCK_NAME", "claim_dir", "mark_dir", "read_marker", "legacy_kind", "find_symlink", "lock_dir",
+__all__ = ["MARKER_NAME", "LOCK_NAME", "claim_dir", "mark_dir", "read_marker", "legacy_kind", "find_symlink", "refuse_symlinks",
+           "lock_dir",
            "unlock_dir", "append_text", "write_text", "refuse_symlink"]

@@ -310,7 +310,10 @@ CHILD = textwrap.dedent("""
     with open("/proc/self/status") as f:
         vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))  # address space: +1 GiB at most
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def hwm():  # this process's peak RSS (ru_maxrss would start at the forking parent's, e.g. pytest's, size)
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))  # KiB, as ru_maxrss on Linux
+    base = hwm()
     plan, report = json.loads(sys.argv[1]), open(sys.argv[2], "w")
 
     def say(**record):
@@ -339,7 +342,7 @@ CHILD = textwrap.dedent("""
                     os.close(copy)
             err.seek(0)
             text = err.read().decode("utf-8", "replace")
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # a high-water mark: cumulative over cases
+        peak = hwm()  # a high-water mark: cumulative over cases
         say(name=name, rc=rc, err=text, grown=(peak - base) * 1024, seconds=time.time() - t)
 """)
 
@@ -442,3 +445,64 @@ def child_fails(out: dict, *words: str) -> str:
     line = assert_one_line_error(subprocess.CompletedProcess(out["argv"], out["rc"], "", out["err"]), *words)
     assert out["dst"] is None or not out["dst"].exists()
     return line
+
+
+# ----------------------------------------------------------------------------------- peak memory of a load
+PEAK_CHILD = textwrap.dedent("""
+    import contextlib, json, sys, tempfile
+    import torch
+    from llmcore import ModelConfig, TransformerLM
+
+    def status(key):  # this process's own figures: ru_maxrss would start at the forking parent's size
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+    torch.set_num_threads(1)
+    tiny = TransformerLM(ModelConfig.from_preset("debug", vocab_size=64)).save_pretrained(tempfile.mkdtemp() + "/t")
+    TransformerLM.from_pretrained(tiny)  # the same code path once: imports, kernels, allocator arenas
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the resident set now (Linux >= 4.0)
+    base = status("VmRSS")
+    model = TransformerLM.from_pretrained(sys.argv[1])
+    grown = status("VmHWM") - base  # without the reset, an overestimate: the test can fail, never pass wrongly
+    assert next(model.parameters()).abs().sum() > 0
+    print(json.dumps({"grown": grown}))
+""")
+
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmHWM / VmRSS from /proc (Linux)")
+def test_loading_a_model_peaks_near_one_copy_of_its_weights(tmp_path):
+    """from_pretrained reads each tensor straight into the built model (no state dict beside it): the peak RSS
+    of a load grows by about the weights' size (was 2x: the model plus a full copy of the file)."""
+    torch.manual_seed(0)
+    cfg = llmcore.ModelConfig.from_preset("debug", vocab_size=8192, d_model=512, n_layers=6, n_heads=8,
+                                          max_seq_len=128)
+    d = TransformerLM(cfg).save_pretrained(tmp_path / "m")
+    weights = (d / "model.safetensors").stat().st_size  # ~90 MiB
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(llmcore.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(d)], capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert child.returncode == 0, child.stderr[-2000:]
+    grown = json.loads(child.stdout.strip().splitlines()[-1])["grown"]
+    assert grown < 1.5 * weights + 16 * 2**20, f"loading grew the peak RSS by {grown / weights:.2f}x the weights"
+
+
+def test_a_model_with_its_own_load_hooks_still_loads_through_them(tmp_path):
+    """Reading straight into the parameters would bypass a module's load hooks: such a model takes the
+    load_state_dict path (about 2x the weights, as before)."""
+    calls = []
+
+    class HookedLM(TransformerLM):
+        def __init__(self, config):
+            super().__init__(config)
+            self._register_load_state_dict_pre_hook(lambda *args, **kwargs: calls.append(1))
+
+    torch.manual_seed(0)
+    src = HookedLM(llmcore.ModelConfig.from_preset("debug", vocab_size=64))
+    d = src.save_pretrained(tmp_path / "m")
+    loaded = HookedLM.from_pretrained(d)
+    assert calls, "the load hook was not called"
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(loaded(ids), src.eval()(ids), rtol=0, atol=0)

@@ -165,6 +165,39 @@ def test_writers_never_follow_a_link_planted_during_the_run(tmp_path):
     assert victim.read_text() == "secret\n"
 
 
+def _swap_for_link(out: Path, name: str, victim: Path) -> dict[str, bytes | str] | bytes:
+    """Replace ``OUT/name`` by a link to ``victim`` (holding what was there); returns the victim's contents."""
+    os.rename(out / name, victim)
+    os.symlink(victim, out / name)
+    return snapshot(victim) if victim.is_dir() else victim.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["trainer_state", "trainer_state/ckpt-000002", "tokenizer", "model.safetensors"])
+def test_a_link_swapped_in_between_checkpoints_is_refused_not_followed(tmp_path, name):
+    from llmcore.data import TokenDataset
+    from llmcore.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    model = TransformerLM(ModelConfig.from_preset("debug", vocab_size=256, max_seq_len=16))
+    cfg = TrainConfig(max_steps=6, batch_size=2, warmup_steps=1, eval_interval=2, eval_batches=1, progress=False,
+                      num_samples=0, device="cpu", out_dir=str(out), keep_last=1)
+    data = TokenDataset(torch.randint(0, 256, (400,)), 16)
+    trainer = Trainer(model, cfg, data, data, tokenizer=ByteTokenizer())
+    swapped = {}
+    trainer.add_callback("on_step_end", lambda t, info: swapped.setdefault("before", _swap_for_link(
+        out, name, victim)) if info["step"] == 3 else None)  # after the checkpoint of step 2, before step 4's
+    with pytest.raises(CheckpointError, match="symbolic link") as info:
+        trainer.fit()
+    assert "\n" not in str(info.value) and name.split("/")[-1] in str(info.value), info.value
+    before = swapped["before"]
+    # nothing was written into (or deleted from) what the link points at: it is as it was at step 3
+    assert (snapshot(victim) if victim.is_dir() else victim.read_bytes()) == before
+    if victim.is_dir():
+        assert not any(p.name.startswith("ckpt-000004") for p in victim.rglob("*")), snapshot(victim)
+    assert (out / name).is_symlink()  # left for the user to look at; the run stopped at the save
+
+
 # ---------------------------------------------------------------------------------------------- convert
 def _model_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)

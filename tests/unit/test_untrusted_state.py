@@ -22,6 +22,7 @@ from llmcore import ModelConfig, TransformerLM
 from llmcore.cli import main
 from llmcore.data import TokenDataset
 from llmcore.errors import CheckpointError, DataError, TokenizerError
+from llmcore.finetune import DiscriminativeLR, GradualUnfreeze
 from llmcore.tokenizer import CharTokenizer, load_tokenizer
 from llmcore.training import TrainConfig, Trainer
 from llmcore.training import checkpoint as ckpt
@@ -34,13 +35,13 @@ def data(seed=0, n=400, V=32):
     return TokenDataset(torch.randint(0, V, (n,), generator=g), 8)
 
 
-def make_trainer(out, max_steps=8, tokenizer=None):
+def make_trainer(out, max_steps=8, tokenizer=None, strategies=()):
     torch.manual_seed(0)
     model = TransformerLM(ModelConfig.from_preset("debug", vocab_size=tokenizer.vocab_size if tokenizer else 32,
                                                   max_seq_len=16, dropout=0.1))
     cfg = TrainConfig(max_steps=max_steps, batch_size=2, warmup_steps=1, lr=1e-2, eval_interval=4, eval_batches=1,
                       progress=False, num_samples=0, device="cpu", out_dir=str(out), keep_last=2)
-    return Trainer(model, cfg, data(0), data(1), tokenizer=tokenizer)
+    return Trainer(model, cfg, data(0), data(1), tokenizer=tokenizer, strategies=strategies)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -166,6 +167,70 @@ def test_a_valid_checkpoint_still_resumes_exactly(tmp_path):
     edit_state(run_dir, lambda s: {k: v for k, v in s.items() if k not in ("format_version", "tokenizer_sha256")})
     losses = run(make_trainer(run_dir, max_steps=12, tokenizer=CharTokenizer(ALPHABET)), resume=True)
     assert sorted(losses) == [9, 10, 11, 12] and all(losses[s] == ref[s] for s in losses)
+
+
+# ------------------------------------------------------------------------------------------------ strategies
+def unfreezing():
+    """GradualUnfreeze (a state: how many of the debug model's layer groups train) and DiscriminativeLR (none)."""
+    return [GradualUnfreeze(every_n_steps=3), DiscriminativeLR(factor=2.0)]
+
+
+@pytest.fixture(scope="module")
+def unfrozen(tmp_path_factory):
+    out = tmp_path_factory.mktemp("unfrozen") / "run"
+    make_trainer(out, tokenizer=CharTokenizer(ALPHABET), strategies=unfreezing()).fit()
+    state = json.loads(state_file(out).read_text(encoding="utf-8"))
+    assert state["strategies"] == [{"n_unfrozen": 3}, None]  # 1 + 7 // 3 groups train at the last step
+    return out
+
+
+BAD_STRATEGY_STATES = {
+    # name: (change to trainer_state.json, what the error must say)
+    "n_unfrozen beyond the groups": (_set("strategies.0.n_unfrozen", 10**6), "'n_unfrozen' is 1000000, expected an "
+                                     "integer in [1, "),
+    "n_unfrozen zero": (_set("strategies.0.n_unfrozen", 0), "'n_unfrozen' is 0"),
+    "n_unfrozen negative": (_set("strategies.0.n_unfrozen", -3), "'n_unfrozen' is -3"),
+    "n_unfrozen a string": (_set("strategies.0.n_unfrozen", "3"), "'n_unfrozen' is '3'"),
+    "n_unfrozen a bool": (_set("strategies.0.n_unfrozen", True), "'n_unfrozen' is True"),
+    "n_unfrozen a float": (_set("strategies.0.n_unfrozen", 2.5), "'n_unfrozen' is 2.5"),
+    "n_unfrozen missing": (_set("strategies.0", {}), "expected {'n_unfrozen': N}"),
+    "unknown key": (_set("strategies.0", {"n_unfrozen": 2, "exec": "x"}), "expected {'n_unfrozen': N}"),
+    "a state for a stateless strategy": (_set("strategies.1", {"n_unfrozen": 2}),
+                                         "'strategies[1]' holds a state, but DiscriminativeLR keeps none"),
+    "one state too many": (lambda s: _set("strategies", [*s["strategies"], None])(s), "holds 3 states, but this run "
+                           "has 2 strategies (GradualUnfreeze, DiscriminativeLR)"),
+    "no states": (_set("strategies", []), "holds 0 states"),
+    "trainable names an unknown parameter": (lambda s: _set("trainable", [*s["trainable"], "blocks.99.w"])(s),
+                                             "field 'trainable' names 1 parameter(s) this model does not have "
+                                             "(blocks.99.w)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STRATEGY_STATES))
+def test_tampered_strategy_state_is_refused(unfrozen, tmp_path, case):
+    change, expected = BAD_STRATEGY_STATES[case]
+    out = tmp_path / "run"
+    shutil.copytree(unfrozen, out)
+    edit_state(out, change)
+    before = snapshot(out)
+    with pytest.raises(CheckpointError) as info:
+        make_trainer(out, max_steps=12, tokenizer=CharTokenizer(ALPHABET), strategies=unfreezing()).fit(resume=True)
+    msg = one_line(info.value)
+    assert expected in msg and str(state_file(out)) in msg, msg
+    assert snapshot(out) == before
+
+
+def test_intact_strategy_state_resumes_and_load_state_dict_checks_too(unfrozen, tmp_path, tiny_config):
+    out = tmp_path / "run"
+    shutil.copytree(unfrozen, out)
+    trainer = make_trainer(out, max_steps=10, tokenizer=CharTokenizer(ALPHABET), strategies=unfreezing())
+    assert trainer.fit(resume=True)["steps"] == 10 and trainer.strategies[0].n_unfrozen == 4
+    s = GradualUnfreeze(every_n_steps=2)  # the strategy refuses a bad state on its own (no silent clamping)
+    s.setup(TransformerLM(tiny_config))
+    with pytest.raises(CheckpointError, match=r"expected an integer in \[1, 4\]"):
+        s.load_state_dict({"n_unfrozen": 7})
+    s.load_state_dict({"n_unfrozen": 3})
+    assert s.trainable_groups() == ["blocks.0", "blocks.1", "head"]
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
@@ -347,3 +412,24 @@ def test_cli_fresh_run_on_a_prepared_dir_with_bad_meta_writes_nothing(tmp_path, 
     assert code == 2 and len(err.strip().splitlines()) == 1 and "field 'dtype'" in err, err
     assert not out.exists() or not any(out.rglob("*"))  # nothing linked or written into the run directory
     assert snapshot(data) == before
+
+
+def test_cli_resume_with_another_tokenizer_is_refused_before_the_data_is_prepared(cli_run, tmp_path, capsys):
+    # OUT/data gone (deleted to save space, say): a resume would prepare it anew from the flags' tokenizer; the
+    # fingerprint is checked first, so the refusal leaves the run directory as it was, no OUT/data written.
+    out = tmp_path / "run"
+    shutil.copytree(cli_run / "run", out)
+    shutil.rmtree(out / "data")
+    before = snapshot(out)
+    capsys.readouterr()
+    code = main(["train", "--data", str(cli_run / "a.txt"), "--out", str(out), "--max-steps", "8", "--resume",
+                 "--tokenizer", "byte", *ARGS])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "trained with another tokenizer" in lines[0], lines[0]
+    assert not (out / "data").exists() and snapshot(out) == before
+    # the run's own tokenizer (the same char alphabet from the same text) re-prepares the data and resumes
+    assert main(["train", "--data", str(cli_run / "a.txt"), "--out", str(out), "--max-steps", "6", "--resume",
+                 *ARGS]) == 0
+    assert ckpt.latest_checkpoint(out).name == "ckpt-000006"

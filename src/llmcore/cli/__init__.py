@@ -16,6 +16,7 @@ after the sub-command too. A KeyboardInterrupt exits 130 with the step it stoppe
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import select
@@ -151,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
+    except OSError as e:  # a write the commands did not foresee refused by the system: one line, not a traceback
+        if args.debug or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"llmcore {args.command}: error: {e.strerror or e}{where}; check that path's permissions and free "
+              "space, and that its disk is not mounted read-only (or choose another path).", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import TokenizerError
+from ..io import writable_dir
 from .common import read_stdin_text
 
 _ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})  # keep one output line per input line
@@ -95,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
     if not 0.0 <= args.held_out < 1.0:
         raise TokenizerError(f"--held-out {args.held_out} must be in [0, 1)")
     corpus = TrainingCorpus(list(args.input))  # checks that the files exist
+    writable_dir(args.out, "--out", TokenizerError)  # read-only: refused before training, not after
     size_mb = sum(p.stat().st_size for p in args.input) / 1e6
     print(f"reading {len(args.input)} file(s), {size_mb:.1f} MB ...", flush=True)
     n_lines = _count_lines(corpus.files)

@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError, TokenizerError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, cannot_write, writable_dir
 from . import corpora
 from .layout import (
     FORMAT_VERSION,
@@ -280,6 +280,7 @@ def prepare(
     if np_dtype.kind != "u" or vocab_size - 1 > np.iinfo(np_dtype).max:
         raise DataError(f"dtype={np_dtype.name} cannot hold ids up to {vocab_size - 1}; use "
                         f"{choose_dtype(vocab_size).name} (or leave dtype=None)")
+    writable_dir(out_dir, "prepared data directory", DataError)  # read-only: refused before tokenizing
     inputs, names = _inputs(text_or_paths)
     parts = plan_parts(inputs, shard_bytes)
     encoder = ChunkEncoder(tokenizer, np_dtype.str, vocab_size)
@@ -294,7 +295,10 @@ def prepare(
         runner = LocalRunner(tokenizer, encoder, num_workers)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only, or a file where the directory should be: one line, nothing written
+        raise cannot_write(out, e, "prepared data directory", DataError) from e
     for stale in out.glob(STAGING_PREFIX + "*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
     staging = out / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"

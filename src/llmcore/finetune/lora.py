@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..models.pretrained import atomic_write_json, read_json, save_safetensors
+from ..models.pretrained import atomic_write_json, read_json, save_safetensors, writing
 from .strategies import Strategy, _check_any_trainable, name_matches, set_trainable
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -227,12 +227,13 @@ def save_adapter(model: nn.Module, directory: str | Path, lora: LoRA | None = No
         lora = LoRA(first.rank, first.alpha, targets=[f"re:^{n.replace('.', '[.]')}$" for n in mods])
     cfg = {**lora.config(), "format": "llmcore-lora", "lora_modules": sorted(mods), **(extra or {})}
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     state = adapter_state_dict(model, lora.modules_to_save)
     if any(m.merged for m in mods.values()):  # A and B are stored as trained; merging never changes them
         cfg["saved_while_merged"] = True
-    save_safetensors(state, d / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    atomic_write_json(d / ADAPTER_CONFIG, cfg)
+    with writing(d, "adapter directory"):  # read-only: one CheckpointError line, nothing written
+        d.mkdir(parents=True, exist_ok=True)
+        save_safetensors(state, d / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        atomic_write_json(d / ADAPTER_CONFIG, cfg)
     return d
 
 

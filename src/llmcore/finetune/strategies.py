@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..modules import num_parameters
 
 Predicate = Callable[[str, nn.Parameter], bool]
@@ -129,6 +129,11 @@ def layer_groups(model: nn.Module, groups: GroupSpec | None = None) -> dict[str,
         else:
             out["head" if seen_blocks else "embeddings"][name] = p
     return {label: g for label, g in out.items() if g}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_any_trainable(model: nn.Module, who: str) -> None:
@@ -279,8 +284,22 @@ class GradualUnfreeze(Strategy):
         """Saved in Trainer checkpoints so a resumed run knows how many groups are unfrozen."""
         return {"n_unfrozen": self.n_unfrozen}
 
+    def check_state(self, state: Any) -> None:
+        """Raise :class:`CheckpointError` unless ``state`` (read from a checkpoint: untrusted) is one
+        :meth:`state_dict` could have written for the model set up now: exactly ``{"n_unfrozen": N}`` with N an
+        integer in [1, number of layer groups]. A tampered or foreign value is refused instead of clamped."""
+        n = len(self._labels)
+        if not isinstance(state, dict) or set(state) != {"n_unfrozen"}:
+            raise CheckpointError(f"the GradualUnfreeze state is {_short(state)}, expected {{'n_unfrozen': N}}")
+        value = state["n_unfrozen"]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= n:
+            raise CheckpointError(f"the GradualUnfreeze 'n_unfrozen' is {_short(value)}, expected an integer in "
+                                  f"[1, {n}] (this model has {n} layer groups)")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._set(int(state["n_unfrozen"]))
+        if self._model is not None:  # before setup there are no groups to count (and _set does nothing)
+            self.check_state(state)
+        self._set(state["n_unfrozen"])
 
     def on_step(self, step: int) -> None:
         if self.every_n_steps is not None:

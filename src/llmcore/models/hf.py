@@ -37,6 +37,7 @@ from ..io import (
     read_json,
     read_state_dict,
     save_safetensors,
+    writing,
 )
 from ..registry import ARCHITECTURES
 
@@ -124,6 +125,11 @@ def save_hf(model: nn.Module, directory: str | Path, max_shard_size: int | str |
                               "from the same tensor names. Save it with "
                               "save_pretrained(dir) (llmcore format) instead.")
     d = Path(directory)
+    with writing(d, "model directory"):  # read-only: one CheckpointError line before anything is written
+        return _save_hf(model, d, max_shard_size, tokenizer)
+
+
+def _save_hf(model: nn.Module, d: Path, max_shard_size: int | str | None, tokenizer: Any) -> Path:
     if tokenizer is not None:
         _save_tokenizer(tokenizer, d)  # first: a tokenizer that cannot be exported fails before the weights
     d.mkdir(parents=True, exist_ok=True)

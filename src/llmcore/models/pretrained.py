@@ -30,6 +30,7 @@ from ..io import (  # noqa: F401
     read_state_dict,
     save_safetensors,
     tied_duplicates,
+    writing,
 )
 from ..modules.quantized import SCHEMES, check_scheme, has_quantized, int8_structure, quantize_linears
 from ..registry import ARCHITECTURES, same_definition
@@ -105,25 +106,26 @@ class PreTrainedMixin:
         if format == "hf" and has_quantized(self):
             raise CheckpointError("A quantized model cannot be saved in the Hugging Face layout (it has no int8 "
                                   "weights); save the float model, or use format='llmcore'.")
-        d.mkdir(parents=True, exist_ok=True)
-        if format == "hf":
-            from .hf import save_hf
-
-            save_hf(self, d, tokenizer=tokenizer)
-        elif format == "llmcore":
-            if not isinstance(self, nn.Module):
-                raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")
-            dups = tied_duplicates(self)
-            state = {k: v for k, v in self.state_dict().items() if k not in dups}
-            save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
-            meta = pretrained_meta(type(self), self.config)
-            if getattr(self, "quantization", None):
-                meta["quantization"] = self.quantization  # rebuilt on load; the weights are not re-quantized
-            atomic_write_json(d / CONFIG_NAME, meta)
-        else:
+        if format not in ("hf", "llmcore"):
             raise CheckpointError(f"Unknown save format {format!r}; use 'llmcore' or 'hf'.")
-        if tokenizer is not None:
-            tokenizer.save(d / "tokenizer")
+        with writing(d, "model directory"):  # a read-only or file path: one CheckpointError line, nothing written
+            if format == "hf":
+                from .hf import save_hf
+
+                save_hf(self, d, tokenizer=tokenizer)
+            else:
+                if not isinstance(self, nn.Module):
+                    raise TypeError(f"PreTrainedMixin goes on an nn.Module; {type(self).__name__} is not one.")
+                d.mkdir(parents=True, exist_ok=True)
+                dups = tied_duplicates(self)
+                state = {k: v for k, v in self.state_dict().items() if k not in dups}
+                save_safetensors(state, d / WEIGHTS_NAME, metadata={"format": "pt"})
+                meta = pretrained_meta(type(self), self.config)
+                if getattr(self, "quantization", None):
+                    meta["quantization"] = self.quantization  # rebuilt on load; the weights are not re-quantized
+                atomic_write_json(d / CONFIG_NAME, meta)
+            if tokenizer is not None:
+                tokenizer.save(d / "tokenizer")
         return d
 
     def quantize(self, scheme: str = "int8", skip: tuple[str, ...] = ()) -> Any:

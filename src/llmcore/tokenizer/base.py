@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import TokenizerError
-from ..io import atomic_write_bytes, read_json
+from ..io import atomic_write_bytes, read_json, writing
 from .hf import GPT2_FILES, INSTALL_HINT, SPM_MODEL_FILE, hf_sentencepiece, tokenizers_available
 
 if TYPE_CHECKING:  # torch is imported lazily: ``llmcore tokenizer --help`` should not pay for it
@@ -276,11 +276,13 @@ class Tokenizer(abc.ABC):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``llmcore_tokenizer.json`` (kind + settings) and the kind's files into ``directory``; returns it."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self._save_files(directory)
-        meta = {"kind": self.kind, "format_version": FORMAT_VERSION, **self._settings()}
-        # atomic, and never through a symlink planted in the directory (see llmcore.io)
-        atomic_write_bytes(directory / TOKENIZER_FILE, (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode())
+        with writing(directory, "tokenizer directory", TokenizerError):  # read-only: one line, nothing written
+            directory.mkdir(parents=True, exist_ok=True)
+            self._save_files(directory)
+            meta = {"kind": self.kind, "format_version": FORMAT_VERSION, **self._settings()}
+            # atomic, and never through a symlink planted in the directory (see llmcore.io)
+            atomic_write_bytes(directory / TOKENIZER_FILE,
+                               (json.dumps(meta, ensure_ascii=False, indent=2) + "\n").encode())
         return directory
 
     @classmethod

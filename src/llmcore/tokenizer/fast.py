@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
-from ..io import MAX_JSON_BYTES, atomic_write_bytes, confined_file, read_bounded
+from ..io import MAX_JSON_BYTES, atomic_write_bytes, confined_file, read_bounded, writing
 from .base import Tokenizer
 from .hf import (
     GPT2_FILES,
@@ -155,11 +155,12 @@ class HFTokenizer(Tokenizer):
     def save_hf(self, directory: str | Path) -> Path:
         """Write ``tokenizer.json`` (as read) + ``tokenizer_config.json`` + ``special_tokens_map.json``."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(d / HF_TOKENIZER_FILE, self.tokenizer_json.encode("utf-8"))
-        config = dict(self.hf_config)
-        config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-        write_hf_configs(d, config, dict(self.roles))
+        with writing(d, "tokenizer directory", TokenizerError):  # read-only: one line, nothing written
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(d / HF_TOKENIZER_FILE, self.tokenizer_json.encode("utf-8"))
+            config = dict(self.hf_config)
+            config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+            write_hf_configs(d, config, dict(self.roles))
         return d
 
     @classmethod

@@ -27,7 +27,7 @@ from typing import Any
 import sentencepiece
 
 from ..errors import TokenizerError
-from ..io import atomic_write_bytes, confined_file, read_bounded
+from ..io import atomic_write_bytes, confined_file, read_bounded, writing
 from .base import Tokenizer
 from .corpus import CJK_HEAVY, TrainingCorpus, cjk_fraction, training_error
 from .hf import write_hf_configs
@@ -252,15 +252,16 @@ class SentencePieceTokenizer(Tokenizer):
         exception: a literal "▁" in text, which llmcore keeps as its bytes and transformers reads as a space.
         """
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(d / MODEL_FILE, self.model_proto)
-        roles = {role: self.sp.id_to_piece(i) for role, i in self._role_ids.items() if i is not None}
-        # A model with sentencepiece's dummy prefix (e.g. Llama's own) encodes "a" as "▁a": tell transformers.
-        first = self.sp.encode("a", out_type=str)[:1]
-        dummy_prefix = bool(first) and first[0].startswith(_SPACE)
-        config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
-                  "legacy": False, "add_prefix_space": dummy_prefix, "clean_up_tokenization_spaces": False}
-        write_hf_configs(d, config, roles)
+        with writing(d, "tokenizer directory", TokenizerError):  # read-only: one line, nothing written
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(d / MODEL_FILE, self.model_proto)
+            roles = {role: self.sp.id_to_piece(i) for role, i in self._role_ids.items() if i is not None}
+            # A model with sentencepiece's dummy prefix (e.g. Llama's own) encodes "a" as "▁a": tell transformers.
+            first = self.sp.encode("a", out_type=str)[:1]
+            dummy_prefix = bool(first) and first[0].startswith(_SPACE)
+            config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
+                      "legacy": False, "add_prefix_space": dummy_prefix, "clean_up_tokenization_spaces": False}
+            write_hf_configs(d, config, roles)
         return d
 
     @classmethod

@@ -25,6 +25,9 @@ Nothing goes through ``pickle``, ``torch.save`` or ``torch.load``, so loading a 
 Optimizer state is keyed by parameter *name*, not position, so it survives changes in how the groups are laid
 out (e.g. a strategy that unfroze layers added groups over time).
 
+Links: every save first checks that nothing under the run directory is a symbolic link (one swapped in since
+the last save, e.g. ``trainer_state`` or a checkpoint replaced by a link to elsewhere, is refused, not followed).
+
 Atomicity: everything is written into ``ckpt-000250.tmp/`` and the directory is renamed when complete. A run
 killed at any moment, even mid-save, leaves only complete ``ckpt-XXXXXX`` directories behind, and loading
 ignores anything else (``*.tmp``, ``*.old``). If the disk fills up mid-save (an ``OSError`` ENOSPC, or the
@@ -52,6 +55,7 @@ from torch import nn
 from ..errors import CheckpointError, LLMCoreError
 from ..io import atomic_write_json, fsync_tree, is_disk_full, read_json
 from ..models.pretrained import architecture_name, load_state_dict_checked, save_safetensors, tied_duplicates
+from ..rundir import refuse_symlinks
 from . import sharded
 from .distributed import DistEnv, all_gather_tensor, all_reduce_sum, model_class, unwrap
 from .fsdp import is_dtensor, is_sharded
@@ -253,6 +257,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
     if is_sharded(model):
         return _save_sharded(out_dir, step, {"model": model_tensors(model), "optimizer": opt_tensors}, meta,
                              env or DistEnv(), device or torch.device("cpu"))
+    refuse_symlinks(out_dir)  # a link swapped in since the last save (trainer_state, a checkpoint, tokenizer/)
     try:
         _fresh_dir(tmp)
         save_safetensors(model_tensors(model), tmp / MODEL_NAME, metadata={"format": "pt", "step": str(step)})
@@ -325,7 +330,7 @@ def _save_sharded(out_dir: str | Path, step: int, groups: dict[str, dict[str, to
         sharded.check_complete(tmp, index)
         _publish(tmp, final, old, {sharded.INDEX_NAME: index, STATE_NAME: meta})
 
-    attempt(lambda: _fresh_dir(tmp) if env.is_main else None)
+    attempt(lambda: (refuse_symlinks(out_dir), _fresh_dir(tmp)) if env.is_main else None)  # (see save_checkpoint)
     attempt(lambda: [sharded.write_local(tmp, g, local, env, step) for g, (_, local) in plans.items()])
     attempt(publish if env.is_main else lambda: None)
     return final
@@ -431,9 +436,52 @@ def trainer_snapshot(trainer: Any) -> dict[str, Any]:
         "tokenizer_sha256": getattr(trainer, "tokenizer_sha256", None),  # ... and another tokenizer too
         "model_config": config.to_dict() if hasattr(config, "to_dict") else None,
         "train_config": trainer.config.to_dict(),
-        "strategies": [s.state_dict() if hasattr(s, "state_dict") and not isinstance(s, nn.Module) else None
-                       for s in trainer.strategies],
+        "strategies": [s.state_dict() if _keeps_state(s) else None for s in trainer.strategies],
     }
+
+
+def _keeps_state(strategy: Any) -> bool:  # what trainer_snapshot saves a state for
+    return hasattr(strategy, "state_dict") and not isinstance(strategy, nn.Module)
+
+
+def check_strategies(path: Path, meta: dict[str, Any], strategies: list[Any]) -> None:
+    """Refuse checkpoint ``path`` unless its ``strategies`` states fit this run's strategies (set up already):
+    one entry per strategy, a state only where the strategy keeps one, and each value one the strategy accepts
+    for this model (its ``check_state``, e.g. GradualUnfreeze's ``n_unfrozen`` within the model's layer groups).
+    Checkpoints without the key (older ones) skip the check; the schema has already checked the types."""
+    saved = meta.get("strategies")
+    if saved is None:
+        return
+    file, names = path / STATE_NAME, [type(s).__name__ for s in strategies]
+    fix = "resume with the model and strategies the run was trained with, or train into a new --out directory"
+    if len(saved) != len(strategies):
+        raise CheckpointError(f"{file}: field 'strategies' holds {len(saved)} states, but this run has "
+                              f"{len(strategies)} strategies ({', '.join(names) or 'none'}); {fix}.")
+    for i, (strategy, state) in enumerate(zip(strategies, saved)):
+        if state is None:
+            continue
+        if not _keeps_state(strategy) or not callable(getattr(strategy, "load_state_dict", None)):
+            raise CheckpointError(f"{file}: field 'strategies[{i}]' holds a state, but {names[i]} keeps none; "
+                                  f"the checkpoint is damaged or of another run: {fix}.")
+        check = getattr(strategy, "check_state", None)
+        try:
+            if callable(check):
+                check(state)
+        except (LLMCoreError, ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{file}: field 'strategies[{i}]' ({names[i]}): {e}; the checkpoint is damaged "
+                                  f"or of another model: delete this checkpoint directory, or {fix}.") from e
+
+
+def check_trainable(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Refuse checkpoint ``path`` when its ``trainable`` list names parameters this model does not have (a
+    tampered or foreign list would otherwise be dropped silently, freezing what the run trained)."""
+    if "trainable" not in meta:
+        return
+    unknown = sorted(set(meta["trainable"]) - {n for n, _ in unwrap(model).named_parameters()})
+    if unknown:
+        raise CheckpointError(f"{path / STATE_NAME}: field 'trainable' names {len(unknown)} parameter(s) this model "
+                              f"does not have ({', '.join(unknown[:3])}); the checkpoint is damaged or of another "
+                              "model: resume with the same model and strategies, or delete this checkpoint directory.")
 
 
 def restore_trainable(model: nn.Module, meta: dict[str, Any]) -> None:
@@ -464,7 +512,8 @@ def find_resume_checkpoint(out_dir: str | Path | None) -> Path:
     return ckpt
 
 
-__all__ = ["save_checkpoint", "read_checkpoint", "validate_state", "tokenizer_fingerprint", "check_tokenizer", "load_model_weights", "load_optimizer", "list_checkpoints",
+__all__ = ["save_checkpoint", "read_checkpoint", "validate_state", "tokenizer_fingerprint", "check_tokenizer", "check_strategies",
+           "check_trainable", "load_model_weights", "load_optimizer", "list_checkpoints",
            "latest_checkpoint", "find_resume_checkpoint", "prune_checkpoints", "capture_rng", "restore_rng",
            "model_tensors", "strip_prefixes", "config_diff", "trainer_snapshot", "restore_trainable",
            "restore_trainer", "CHECKPOINT_DIR"]

@@ -165,10 +165,28 @@ def _prepared(data_dir: Path) -> bool:
     return (data_dir / "tokenizer").is_dir() and (data_dir / "meta.json").is_file()
 
 
-def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv, wanted: dict[str, Any]) -> Any:
+def run_tokenizer(config: RunConfig, data_dir: Path) -> Any:
+    """The tokenizer the run will train with, built in memory (nothing is written): the one in ``data_dir`` when
+    its data are prepared and the run resumes, else a prepared ``--data`` directory's, else the one the flags ask
+    for. A resume compares its fingerprint with the checkpoint's before any data is (re)prepared."""
+    from ..data import build_tokenizer
+    from ..tokenizer import load_tokenizer
+
+    if config.resume and _prepared(data_dir):
+        return load_tokenizer(data_dir / "tokenizer")
+    if (prepared := config.prepared_dir()) is not None:
+        return load_tokenizer(prepared / "tokenizer")
+    paths = [Path(p) for p in config.data] if config.data else None
+    return build_tokenizer(config.tokenizer, paths, config.vocab_size)
+
+
+def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv, wanted: dict[str, Any],
+                     tokenizer: Any = None) -> Any:
     """Tokenizer + the token shards in ``data_dir``; rank 0 builds them (unless already there), the others wait.
 
-    ``wanted`` is the command's data fingerprint (:func:`_fingerprint`), stamped as ``source.json``."""
+    ``wanted`` is the command's data fingerprint (:func:`_fingerprint`), stamped as ``source.json``;
+    ``tokenizer`` one already built from the same flags (:func:`run_tokenizer`), used instead of building it
+    again when the data must be prepared."""
     from ..data import build_tokenizer, prepare
     from ..rundir import write_text
     from ..tokenizer import load_tokenizer
@@ -186,7 +204,8 @@ def prepare_run_data(config: RunConfig, data_dir: Path, env: dist.DistEnv, wante
             write_text(stamp, json.dumps(wanted, indent=2) + "\n")
         elif fresh:
             paths = [Path(p) for p in config.data] if config.data else None
-            tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
+            if tokenizer is None:
+                tokenizer = build_tokenizer(config.tokenizer, paths, config.vocab_size)
             tokenizer.save(data_dir / "tokenizer")
             prepare(paths, tokenizer, data_dir, val_fraction=config.val_fraction, dask=config.dask)
             write_text(stamp, json.dumps(wanted, indent=2) + "\n")
@@ -253,8 +272,13 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.resume and not (out / "trainer_state").is_dir():
         raise CheckpointError(f"No checkpoint to resume in {out / 'trainer_state'}; run without --resume to "
                               "start a fresh run, or point --out at the run directory.")
-    if config.resume:  # a damaged or foreign checkpoint is refused before the data is (re)prepared
-        ckpt.read_checkpoint(ckpt.find_resume_checkpoint(out))
+    planned = None
+    if config.resume:  # a damaged or foreign checkpoint, or another tokenizer, is refused before the data is
+        path = ckpt.find_resume_checkpoint(out)  # (re)prepared: OUT/data may be gone, and preparing it anew
+        meta = ckpt.read_checkpoint(path)  # from the flags would overwrite it before the Trainer's own check
+        if dist.detect().is_main:  # rank 0 prepares the data (the others load it after the barrier)
+            planned = run_tokenizer(config, out / "data")
+            ckpt.check_tokenizer(path, meta, ckpt.tokenizer_fingerprint(planned))
     # the data exist and a prepared directory's meta.json is valid, before a byte is written
     wanted = _fingerprint(config)
     if config.resume and (differ := resume_data_differences(wanted, out / "data")):
@@ -274,7 +298,7 @@ def train(config: RunConfig) -> dict[str, Any]:
             unlock_dir(out)
         raise
     try:
-        tokenizer = prepare_run_data(config, out / "data", env, wanted)
+        tokenizer = prepare_run_data(config, out / "data", env, wanted, planned)
         model_cfg = config.model_config(tokenizer.vocab_size)
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank and every run
         model = cls(model_cfg)

@@ -216,6 +216,8 @@ class Trainer:
             self.tokenizer_sha256 = ckpt.tokenizer_fingerprint(self.tokenizer) if cfg.out_dir is not None else None
             if meta is not None:
                 ckpt.check_tokenizer(path, meta, self.tokenizer_sha256)
+                ckpt.check_strategies(path, meta, self.strategies)  # values, not only types (set up above)
+                ckpt.check_trainable(path, self.model, meta)
                 ckpt.restore_trainable(self.model, meta)  # before DDP registers its hooks
             self._wrap()
             if meta is not None:  # after wrapping: a sharded model reads only its rows (any saved world size)
