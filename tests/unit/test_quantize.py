@@ -46,7 +46,7 @@ def test_int8_linear_is_within_the_activation_rounding_bound_of_its_dequantized_
     x = torch.randn(7, 96) * torch.logspace(-2, 2, 7)[:, None]  # rows of very different sizes
     with torch.no_grad():
         y, ref = q(x), F.linear(x, w, lin.bias)
-    # each row is rounded to multiples of amax / (2^(b-1) - 1) (b = 7 with REDUCE_RANGE): error <= half of one
+    # each row is rounded to multiples of amax / (2^(b-1) - 1) (b = 8, or 7 with REDUCE_RANGE): error <= half of one
     step = 1 / (63 if REDUCE_RANGE else 127)
     amax = x.abs().amax(1, keepdim=True)
     bound = amax * (step / 2) * w.abs().sum(1) + 1e-5 * ref.abs().max()
@@ -55,8 +55,10 @@ def test_int8_linear_is_within_the_activation_rounding_bound_of_its_dequantized_
     assert (y - ref).norm() / ref.norm() < 0.02
     slope = float((y * ref).sum() / (ref * ref).sum())  # rounding noise is unbiased: no systematic scale error
     assert abs(slope - 1) < 2e-3, slope
-    grid = torch.randint(-63, 64, (3, 96)).float() / 63 * (63 if REDUCE_RANGE else 127) / 63
-    grid[:, 0] = grid.abs().max()  # rows already on their rounding grid go through exactly (int32 accumulation)
+    levels = 63 if REDUCE_RANGE else 127
+    grid = torch.randint(-levels, levels + 1, (3, 96))
+    grid[:, 0] = levels  # each row's maximum, so a row is its own grid: it goes through exactly (int32 sums)
+    grid = grid.float() * 0.25
     with torch.no_grad():
         assert torch.allclose(q(grid), F.linear(grid, w, lin.bias), rtol=0, atol=1e-5)
 
