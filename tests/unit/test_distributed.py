@@ -46,7 +46,8 @@ def _train(batch_size: int, out_dir: str | None = None, unfreeze: bool = False) 
 
 
 def _worker(rank: int, world: int, ports: dict[str, int], out: str) -> None:
-    """Both 2-process runs, one after the other (each Trainer joins and leaves its own process group)."""
+    """Both 2-process runs, one after the other (the first Trainer creates the process group, the second finds it
+    up: see test_finetune_distributed)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     results = {}
     for name, port in ports.items():  # a port per run: the first run's store may linger on its port

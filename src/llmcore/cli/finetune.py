@@ -156,14 +156,12 @@ def run(args: argparse.Namespace) -> int:
     from ..data import TokenDataset, read_text
     from ..errors import CheckpointError
     from ..finetune.classification import ClassificationDataset, classification_loss
-    from ..finetune.lora import save_adapter
     from ..finetune.pairs import PairDataset, read_pairs
     from ..finetune.strategies import layer_groups
-    from ..io import CONFIG_NAME, WEIGHTS_NAME
     from ..models.classifier import SequenceClassifier
-    from ..modules import num_parameters
     from ..tokenizer import load_tokenizer
     from ..training import Trainer
+    from ..training import distributed as dist
     from .common import load_model_dir
 
     logging.basicConfig(format="%(message)s")  # evaluation lines when there is no progress bar, as in train
@@ -206,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         train, val = (ClassificationDataset([t for t, _ in part], [lb for _, lb in part], tok, max_len, names,
                                             vocab_size=lm.config.vocab_size)
                       for part in (tr, va))
+        torch.manual_seed(cfg.seed)  # the new head's initial weights: the same in every run (and on every rank)
         model = SequenceClassifier(lm, len(names), pooling=args.pooling)
         # The class names in id order, saved in config.json: `llmcore classify` prints them, eval counts by them.
         model.config.extra = {**model.config.extra, "label_names": names}
@@ -214,13 +213,33 @@ def run(args: argparse.Namespace) -> int:
         train.bucket = args.bucket
     groups = layer_groups(model)
     strategies = build_strategies(args, cfg.max_steps, len(groups), len(groups) - 2, keep)
-    trainer = Trainer(model, cfg, train, val_data=val, tokenizer=tok, strategies=strategies, loss_fn=loss_fn)
-    summary = trainer.fit(resume=args.resume)
-    metrics = trainer.evaluate(max_batches=10**9)
+    # Under torchrun this command owns the process group: it joins it here and leaves it at the very end, since
+    # the evaluation and the adapter's gather after fit() are collectives too (the Trainer leaves it up).
+    env, created = dist.setup(dist.resolve_device(cfg.device, dist.detect()))
+    try:
+        trainer = Trainer(model, cfg, train, val_data=val, tokenizer=tok, strategies=strategies, loss_fn=loss_fn)
+        summary = trainer.fit(resume=args.resume)
+        metrics = trainer.evaluate(max_batches=10**9)
+        report = _finish(args, model, model_dir, out, strategies, summary, metrics, env.is_main)
+    finally:
+        dist.cleanup(created)
+    if env.is_main:
+        print(format_report(report, summary, out))
+    return 0
+
+
+def _finish(args: argparse.Namespace, model: Any, model_dir: Path, out: Path, strategies: list[Any],
+            summary: dict[str, Any], metrics: dict[str, float], is_main: bool) -> dict[str, Any]:
+    """The adapter (``--strategy lora``) and ``finetune.json``, written by rank 0; every rank calls it (under FSDP
+    the adapter is gathered from the shards). Returns the report."""
+    from ..finetune.lora import save_adapter
+    from ..io import CONFIG_NAME, WEIGHTS_NAME
+    from ..modules import num_parameters
+
     if args.strategy == "lora":
         # The checkpointer saved the LoRA-wrapped model whole; no command could load it as a base model, so
         # the run directory keeps the adapter (plus the checkpoints that --resume needs) instead.
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
+        for name in (CONFIG_NAME, WEIGHTS_NAME) if is_main else ():
             (out / name).unlink(missing_ok=True)
         from ..bundled import bundled_path
 
@@ -230,13 +249,13 @@ def run(args: argparse.Namespace) -> int:
                                  "config_extra": model.config.extra}  # what load_adapter_model puts back
         if args.task == "classify":
             extra["classifier"] = {"num_classes": model.num_classes, "pooling": model.pooling}
-        save_adapter(model, out, strategies[0], extra=extra)
+        save_adapter(model, out, strategies[0], extra=extra, write=is_main)
     report = {"task": args.task, "strategy": args.strategy, "base_model": str(model_dir),
               "trainable_parameters": num_parameters(model, trainable_only=True),
               "total_parameters": num_parameters(model), "steps": summary["steps"], **metrics}
-    (out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(format_report(report, summary, out))
-    return 0
+    if is_main:
+        (out / "finetune.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
 
 
 def check_lengths(args: argparse.Namespace, context: int) -> None:

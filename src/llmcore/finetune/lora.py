@@ -202,22 +202,28 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 
 
 def adapter_state_dict(model: nn.Module, modules_to_save: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    """The adapter tensors (every ``lora_A`` / ``lora_B``) plus the parameters under ``modules_to_save``."""
+    """The adapter tensors (every ``lora_A`` / ``lora_B``) plus the parameters under ``modules_to_save``.
+
+    A model sharded by FSDP gives whole tensors, gathered from every rank: then every rank must call it."""
+    from ..training.fsdp import full
+
     state = {}
     for n, p in model.named_parameters():
         if n.endswith((".lora_A", ".lora_B")) or any(name_matches(n, k) for k in modules_to_save):
-            state[n] = p.detach()
+            state[n] = full(p.detach())
     return state
 
 
 def save_adapter(model: nn.Module, directory: str | Path, lora: LoRA | None = None,
-                 extra: dict[str, Any] | None = None) -> Path:
+                 extra: dict[str, Any] | None = None, write: bool = True) -> Path:
     """Write ``adapter_model.safetensors`` (adapter tensors only) and ``adapter_config.json``.
 
     Args:
         lora: the :class:`LoRA` that was applied; its settings are recorded. When omitted they are read off
             the wrapped layers (targets become their exact module names; nothing in ``modules_to_save``).
         extra: more JSON-serialisable fields for the config (e.g. ``{"base_model": "runs/base"}``).
+        write: False on the ranks that must not write. A model sharded by FSDP is gathered (a collective), so
+            every rank calls this, rank 0 with ``write=True``, the others with ``write=False``.
     """
     mods = lora_modules(model)
     if not mods:
@@ -228,6 +234,9 @@ def save_adapter(model: nn.Module, directory: str | Path, lora: LoRA | None = No
     cfg = {**lora.config(), "format": "llmcore-lora", "lora_modules": sorted(mods), **(extra or {})}
     d = Path(directory)
     state = adapter_state_dict(model, lora.modules_to_save)
+    if not write:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
     if any(m.merged for m in mods.values()):  # A and B are stored as trained; merging never changes them
         cfg["saved_while_merged"] = True
     with writing(d, "adapter directory"):  # read-only: one CheckpointError line, nothing written

@@ -16,10 +16,19 @@ How the Trainer uses it (see ``trainer.py``):
 ``TrainConfig.distributed`` picks the engine: ``ddp`` (the default: a full replica per rank, gradients
 all-reduced) or ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded, see ``fsdp.py``; every rank
 then writes its own part of each checkpoint). ``none`` means one process; under torchrun it is refused.
+
+Who owns the process group: whoever created it. A group that is already initialised when :func:`setup` runs (the
+user's own ``init_process_group``, or an earlier ``setup``) is used as it is and never destroyed here. A group
+:func:`setup` creates stays up for the rest of the process, so a second ``Trainer.fit``, a
+``Trainer.evaluate`` after ``fit`` and the collectives a command runs after training (gathering a sharded
+adapter) all find it; the entry point that called ``setup`` may leave it with :func:`cleanup`, and an exit
+hook leaves it otherwise. Destroying it at the end of ``fit`` would break all three, and re-creating it on
+the same ``MASTER_PORT`` can read the previous group's rendezvous keys.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -82,7 +91,10 @@ def resolve_device(spec: str, env: DistEnv) -> torch.device:
 
 
 def setup(device: torch.device, env: DistEnv | None = None) -> tuple[DistEnv, bool]:
-    """Join the process group if this is a multi-process run. Returns (env, whether we created the group)."""
+    """Join the process group if this is a multi-process run. Returns (env, whether we created the group).
+
+    An initialised group is used as it is. A group created here lives until :func:`cleanup` (by the caller
+    that got ``True``) or the end of the process, whichever comes first (see the module docstring)."""
     env = env or detect()
     if not env.enabled or dist.is_initialized():
         return env, False
@@ -103,13 +115,29 @@ def setup(device: torch.device, env: DistEnv | None = None) -> tuple[DistEnv, bo
                                 rank=env.rank, world_size=env.world_size)
     else:
         dist.init_process_group(backend=backend)
+    global _created_group
+    atexit.unregister(_leave_at_exit)  # registered once, however often a group is created and left
+    atexit.register(_leave_at_exit)
+    _created_group = dist.group.WORLD
     return env, True
 
 
+_created_group = None  # the default group setup() created, while it is up
+
+
 def cleanup(created: bool) -> None:
-    """Leave the process group, if :func:`setup` created it."""
-    if created and dist.is_initialized():
+    """Leave the process group, if :func:`setup` created it (``created`` is what it returned)."""
+    global _created_group
+    if created and dist.is_initialized() and dist.group.WORLD is _created_group:
         dist.destroy_process_group()
+    if created:
+        _created_group = None
+
+
+def _leave_at_exit() -> None:
+    """The exit hook of a group :func:`setup` created and nobody left (NCCL warns about a group never destroyed)."""
+    if _created_group is not None and dist.is_initialized() and dist.group.WORLD is _created_group:
+        cleanup(True)
 
 
 MODES = ("ddp", "fsdp", "none")  # TrainConfig.distributed

@@ -193,53 +193,56 @@ class Trainer:
         try:
             return self._fit(resume)
         finally:
+            # Drop the DDP wrapper while the process group is up: its Reducer holds the group, and a Reducer freed
+            # after destroy_process_group frees the group itself, joining gloo threads that wait for the GIL it
+            # holds (a hang at exit, seen under torchrun). evaluate() never used it.
+            self.wrapped = self._eval_model
             if owner:
                 rundir.unlock_dir(cfg.out_dir)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.config
-        self.env, created = dist.setup(self.device, self.env)
+        # Joins the process group under torchrun and leaves it up: evaluate() after fit, a second Trainer and the
+        # caller's own collectives need it, and a group the caller created is not ours to destroy (distributed.py)
+        self.env, _ = dist.setup(self.device, self.env)
+        torch.manual_seed(cfg.seed + self.env.rank)  # model-side randomness (dropout) differs per rank
+        self.mode = dist.check_mode(cfg.distributed, self.env)
+        if self.mode != "fsdp":  # FSDP moves each rank's shard to the device as it shards (fsdp.shard)
+            self.model.to(self.device)
+        for s in self.strategies:
+            s.setup(self.model, self)
+        self.model.train()  # a from_pretrained model is in eval mode; fine-tuning needs dropout on
+        path = ckpt.find_resume_checkpoint(cfg.out_dir) if resume else None
+        if path is None and cfg.out_dir is not None and ckpt.latest_checkpoint(cfg.out_dir) is not None:
+            raise CheckpointError(f"{cfg.out_dir} already holds checkpoints of an earlier run "
+                                  f"({ckpt.latest_checkpoint(cfg.out_dir).name}); pass --resume (resume=True) "
+                                  "to continue it, or use another --out directory.")
+        meta = ckpt.read_checkpoint(path) if path else None  # schema-checked before anything is written
+        self.tokenizer_sha256 = ckpt.tokenizer_fingerprint(self.tokenizer) if cfg.out_dir is not None else None
+        if meta is not None:
+            ckpt.check_tokenizer(path, meta, self.tokenizer_sha256)
+            ckpt.check_strategies(path, meta, self.strategies)  # values, not only types (set up above)
+            ckpt.check_trainable(path, self.model, meta)
+            ckpt.restore_trainable(self.model, meta)  # before DDP registers its hooks
+        self._wrap()
+        if meta is not None:  # after wrapping: a sharded model reads only its rows (any saved world size)
+            ckpt.load_model_weights(path, self.model, meta, self.env, self.device)
+        self.optimizer = build_optimizer(self._groups(), cfg.lr, cfg.betas, cfg.eps, self.device.type)
+        if meta is not None:
+            ckpt.load_optimizer(path, self.optimizer, self.param_names(), meta["optimizer"], self.env,
+                                self.device)
+            ckpt.restore_trainer(self, meta)
+        self._fire("on_train_start", {"resumed_from": str(path) if path else None})
         try:
-            torch.manual_seed(cfg.seed + self.env.rank)  # model-side randomness (dropout) differs per rank
-            self.mode = dist.check_mode(cfg.distributed, self.env)
-            if self.mode != "fsdp":  # FSDP moves each rank's shard to the device as it shards (fsdp.shard)
-                self.model.to(self.device)
-            for s in self.strategies:
-                s.setup(self.model, self)
-            self.model.train()  # a from_pretrained model is in eval mode; fine-tuning needs dropout on
-            path = ckpt.find_resume_checkpoint(cfg.out_dir) if resume else None
-            if path is None and cfg.out_dir is not None and ckpt.latest_checkpoint(cfg.out_dir) is not None:
-                raise CheckpointError(f"{cfg.out_dir} already holds checkpoints of an earlier run "
-                                      f"({ckpt.latest_checkpoint(cfg.out_dir).name}); pass --resume (resume=True) "
-                                      "to continue it, or use another --out directory.")
-            meta = ckpt.read_checkpoint(path) if path else None  # schema-checked before anything is written
-            self.tokenizer_sha256 = ckpt.tokenizer_fingerprint(self.tokenizer) if cfg.out_dir is not None else None
-            if meta is not None:
-                ckpt.check_tokenizer(path, meta, self.tokenizer_sha256)
-                ckpt.check_strategies(path, meta, self.strategies)  # values, not only types (set up above)
-                ckpt.check_trainable(path, self.model, meta)
-                ckpt.restore_trainable(self.model, meta)  # before DDP registers its hooks
-            self._wrap()
-            if meta is not None:  # after wrapping: a sharded model reads only its rows (any saved world size)
-                ckpt.load_model_weights(path, self.model, meta, self.env, self.device)
-            self.optimizer = build_optimizer(self._groups(), cfg.lr, cfg.betas, cfg.eps, self.device.type)
-            if meta is not None:
-                ckpt.load_optimizer(path, self.optimizer, self.param_names(), meta["optimizer"], self.env,
-                                    self.device)
-                ckpt.restore_trainer(self, meta)
-            self._fire("on_train_start", {"resumed_from": str(path) if path else None})
-            try:
-                summary = self._loop()
-            except KeyboardInterrupt as e:  # Ctrl-C: say where the run stopped and what a resume continues from
-                if isinstance(e, TrainingInterrupted):
-                    raise
-                last = ckpt.latest_checkpoint(cfg.out_dir) if cfg.out_dir is not None else None
-                raise TrainingInterrupted(self.state["step"], ckpt.checkpoint_step(last) if last else None,
-                                          None if cfg.out_dir is None else str(cfg.out_dir)) from e
-            self._fire("on_train_end", summary)
-            return summary
-        finally:
-            dist.cleanup(created)
+            summary = self._loop()
+        except KeyboardInterrupt as e:  # Ctrl-C: say where the run stopped and what a resume continues from
+            if isinstance(e, TrainingInterrupted):
+                raise
+            last = ckpt.latest_checkpoint(cfg.out_dir) if cfg.out_dir is not None else None
+            raise TrainingInterrupted(self.state["step"], ckpt.checkpoint_step(last) if last else None,
+                                      None if cfg.out_dir is None else str(cfg.out_dir)) from e
+        self._fire("on_train_end", summary)
+        return summary
 
     def _loop(self) -> dict[str, Any]:
         cfg, state, schedule = self.config, self.state, self._schedule()
