@@ -1,6 +1,6 @@
 """Multimodal fusion on coloured shapes: prefix fusion and gated cross-attention against a blind model.
 
-1. **Data** (offline, deterministic): :func:`llmcore.multimodal.make_shapes_dataset` images (32×32 RGB, one to
+1. **Data** (offline, deterministic): :func:`llmcore.multimodal.make_shapes_dataset` images (36×36 RGB, one to
    three coloured shapes on a 3×3 grid) with a caption and unambiguous questions each. Four colour-shape
    pairs (blue triangle, red square, green circle, yellow diamond) never occur in training; half of the
    validation and test images contain one, so the test set scores seen and novel combinations apart.
@@ -10,8 +10,11 @@
 3. **Pretrain** a small TransformerLM (RoPE, so the text's relative positions do not change when an image
    prefix moves it right) on the training texts alone: it learns the language, not the images.
 4. **Fuse**, starting from that LM's weights (``load_state_dict(strict=False)``: the new parts stay fresh):
-   (a) :class:`PrefixFusionLM` (ViT → MLP projector → 64 prefix embeddings) and (b)
-   :class:`CrossAttentionFusionLM` (ViT → linear → gated cross-attention before every block, gates at 0).
+   (a) :class:`PrefixFusionLM` (ViT → MLP projector → 9 prefix embeddings) and (b)
+   :class:`CrossAttentionFusionLM` (ViT → linear → gated cross-attention before every block, gates at 0.1,
+   not Flamingo's 0: with a from-scratch ViT, closed gates pass no gradient to it and stay closed).
+   The 36×36 images are cut into 12×12 patches, one per cell of the scene's 3×3 grid, so each image
+   token holds one object (or none) and its position is the token's row and column.
    Stage 1 freezes the LM (``Freeze(pretrained_parts(model, encoder=False))``) and trains the ViT with the
    projector / cross-attention; stage 2 trains everything. The ViT is *not* frozen in stage 1 as the usual
    recipe does: that recipe starts from a pretrained vision encoder (CLIP, SigLIP), and there is none
@@ -25,7 +28,7 @@
    ``llmcore generate --image``), a few test images as ``.npy``, and a figure of test images, their
    generated captions and where the caption's shape words look among the image patches.
 
-    python examples/multimodal_shapes.py                  # the reported run (~15 min on 1 CPU thread)
+    python examples/multimodal_shapes.py                  # the reported run (~5 min on 1 CPU thread)
     python examples/multimodal_shapes.py --split validation   # the same, scored on validation (for tuning)
     python examples/multimodal_shapes.py --quick          # smoke test (seconds)
 
@@ -133,11 +136,13 @@ def pretrain_lm(args, tok, train_text) -> tuple[TransformerLM, float]:
 def fusion_model(kind: str, lm: TransformerLM, args) -> torch.nn.Module:
     vision = VisionConfig(image_size=args.image_size, patch_size=args.patch_size, d_model=args.vit_d_model,
                           n_layers=args.vit_layers, n_heads=4, pos_embedding="2d")
-    cfg = FusionConfig(**lm.config.to_dict(), vision=vision.to_dict(), projector="mlp", cross_every=1)
+    cfg = FusionConfig(**lm.config.to_dict(), vision=vision.to_dict(), projector="mlp", cross_every=1,
+                       gate_init=args.gate_init)
     torch.manual_seed(args.seed + 1)
     model = (PrefixFusionLM if kind == "prefix" else CrossAttentionFusionLM)(cfg)
-    missing = model.load_state_dict(lm.state_dict(), strict=False).missing_keys  # the LM's weights, new parts fresh
-    assert all(k.split(".")[0] in ("encoder", "projector", "feature_proj", "cross_blocks") for k in missing)
+    if args.fuse_from == "lm":
+        missing = model.load_state_dict(lm.state_dict(), strict=False).missing_keys  # the LM's weights, new parts fresh
+        assert all(k.split(".")[0] in ("encoder", "projector", "feature_proj", "cross_blocks") for k in missing)
     return model
 
 
@@ -152,7 +157,8 @@ def train_method(kind: str, lm: TransformerLM, data, args) -> tuple[torch.nn.Mod
         info = {"trainable_stage1": count_parameters(model, trainable_only=True)}
     else:
         model = fusion_model(kind, lm, args)
-        stage1 = Freeze(pretrained_parts(model, encoder=False))  # the ViT trains from scratch: not frozen
+        # The ViT trains from scratch: not frozen; a language model from scratch is not frozen either.
+        stage1 = Freeze(pretrained_parts(model, encoder=False)) if args.fuse_from == "lm" else Full()
         trainer = Trainer(model, train_config(args, args.stage1_steps, args.stage1_lr, args.seed), data,
                           strategies=[stage1])
         trainer.fit()
@@ -266,7 +272,8 @@ def patch_attention(model, kind: str, tok, image: torch.Tensor, caption: str) ->
     return att.reshape(-1, g, g).numpy(), caption.split()
 
 
-def draw_figure(models: dict, tok, examples, images: torch.Tensor, captions: dict, path: Path) -> Path | None:
+def draw_figure(models: dict, tok, examples, images: torch.Tensor, captions: dict, path: Path,
+                split: str = "test") -> Path | None:
     try:
         import matplotlib
 
@@ -301,7 +308,8 @@ def draw_figure(models: dict, tok, examples, images: torch.Tensor, captions: dic
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Test images (top: true caption); below, each model's greedy caption and the attention of its "
+    fig.suptitle(f"{split.capitalize()} images (top: true caption); below, each model's greedy caption and the "
+                 "attention of its "
                  "shape words to the image patches", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,19 +339,23 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=128, help="language model width")
     ap.add_argument("--n-layers", type=int, default=3)
     ap.add_argument("--n-heads", type=int, default=4)
-    ap.add_argument("--max-seq-len", type=int, default=112, help="context: 64 image positions + the longest text")
-    ap.add_argument("--image-size", type=int, default=32, help="pixels per side of the generated images")
-    ap.add_argument("--patch-size", type=int, default=4)
+    ap.add_argument("--max-seq-len", type=int, default=64, help="context: 9 image positions + the longest text")
+    ap.add_argument("--image-size", type=int, default=36, help="pixels per side of the generated images")
+    ap.add_argument("--patch-size", type=int, default=12, help="12 of 36: one patch per cell of the 3x3 grid")
     ap.add_argument("--bucket", type=int, default=4, help="length bucketing of the training batches (1 = off)")
     ap.add_argument("--vit-d-model", type=int, default=64)
     ap.add_argument("--vit-layers", type=int, default=2)
+    ap.add_argument("--gate-init", type=float, default=0.1,
+                    help="cross-attention gates' start (0: Flamingo's, a saddle with a from-scratch ViT)")
+    ap.add_argument("--fuse-from", choices=("lm", "scratch"), default="lm",
+                    help="the fusion models' language model: the pretrained LM's weights, or fresh ones")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lm-steps", type=int, default=400)
     ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--stage1-steps", type=int, default=300)
-    ap.add_argument("--stage1-lr", type=float, default=2e-3)
+    ap.add_argument("--stage1-lr", type=float, default=3e-4)
     ap.add_argument("--stage2-steps", type=int, default=1000)
-    ap.add_argument("--stage2-lr", type=float, default=1e-3)
+    ap.add_argument("--stage2-lr", type=float, default=3e-4)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the reported run: 1)")
     ap.add_argument("--seed", type=int, default=0)
@@ -401,7 +413,8 @@ def main() -> None:
     for i, ex in enumerate(evals[:4]):
         np.save(out / "images" / f"{args.split}{i}.npy", ex.image)
     if models:
-        path = draw_figure(models, tok, evals, eval_images, {k: r["captions"] for k, r in results.items()}, figure)
+        path = draw_figure(models, tok, evals, eval_images, {k: r["captions"] for k, r in results.items()}, figure,
+                           args.split)
         if path:
             print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
     total = time.perf_counter() - start

@@ -51,6 +51,30 @@ def test_cross_attention_with_closed_gates_is_the_text_only_lm_bitwise():
     assert not torch.allclose(fused(ids, images=images(2)), lm(ids))
 
 
+def test_closed_gates_block_every_gradient_to_the_encoder_and_gate_init_opens_them():
+    """gate_init=0 is a saddle for a from-scratch encoder: no gradient reaches the encoder or the cross-attention
+    (only the gates get one); gate_init > 0 starts the gates there, gradients flow, and the config round-trips."""
+    ids, im = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(0)), images(2)
+
+    def grads(model):
+        model(ids, images=im).square().mean().backward()
+        return {n: (p.grad is not None and bool(p.grad.abs().sum() > 0)) for n, p in model.named_parameters()}
+
+    torch.manual_seed(0)
+    closed = grads(CrossAttentionFusionLM(config(cross_every=1)))
+    assert not any(v for n, v in closed.items() if n.startswith(("encoder.", "feature_proj.", "cross_blocks."))
+                   and not n.endswith("_gate"))
+    torch.manual_seed(0)
+    model = CrossAttentionFusionLM(config(cross_every=1, gate_init=0.1))
+    gates = [p for n, p in model.named_parameters() if n.endswith("_gate")]
+    assert gates and all(g.item() == pytest.approx(0.1) for g in gates)
+    opened = grads(model)
+    assert opened["encoder.patch_embed.weight"] and opened["feature_proj.weight"]
+    assert FusionConfig.from_dict(model.config.to_dict()).gate_init == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="gate_init"):
+        config(gate_init="open")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_cached_decoding_equals_recomputing_every_step(kind):
     torch.manual_seed(1)

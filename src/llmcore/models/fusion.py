@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ModelConfig, check_field, is_int
+from ..config import ModelConfig, check_field, is_int, is_number
 from ..errors import ConfigError, DataError
 from ..modules import KVCache, build_mlp, build_norm
 from ..modules.attention import Attention
@@ -58,13 +58,18 @@ class FusionConfig(ModelConfig):
     ``vision``: :class:`~llmcore.multimodal.VisionConfig` fields (``{}``: precomputed features of
     ``feature_dim``); ``projector``: ``"linear"`` or ``"mlp"`` (prefix fusion: encoder width → d_model);
     ``cross_every``: a gated cross-attention block before every k-th decoder block (cross fusion: blocks 0,
-    k, 2k, …).
+    k, 2k, …); ``gate_init``: the value both gates of each such block start at (cross fusion). 0 (Flamingo)
+    makes the initial model the text-only LM bit for bit, right for a *pretrained* encoder; with an encoder
+    trained from scratch it is a saddle point: every gradient that reaches the cross-attention and the
+    encoder is multiplied by ``tanh(gate) = 0``, and the gate's own gradient is noise from random features,
+    so the gates random-walk near 0 and the image is never read. A small value (0.1) breaks the tie.
     """
 
     vision: dict[str, Any] = field(default_factory=dict)
     feature_dim: int = 0
     projector: str = "mlp"
     cross_every: int = 1
+    gate_init: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +77,8 @@ class FusionConfig(ModelConfig):
         check_field(self, "projector", lambda v: v in ("linear", "mlp"), "'linear' or 'mlp'")
         check_field(self, "cross_every", lambda v: is_int(v, 1) and v <= self.n_layers,
                     f"an int in [1, n_layers={self.n_layers}]")
+        check_field(self, "gate_init", lambda v: is_number(v) and -3.0 <= v <= 3.0,
+                    "a number in [-3, 3] (tanh saturates beyond)")
         if self.vision:
             from ..multimodal.encoders import VisionConfig
 
@@ -135,7 +142,8 @@ class _Fusion:
         raise NotImplementedError
 
     def _init_fusion(self) -> None:
-        """After the LM's init (which walks every module): the encoder's own scheme, and the gates at 0."""
+        """After the LM's init (which walks every module): the encoder's own scheme, and the gates at
+        ``config.gate_init``."""
         if hasattr(self.encoder, "init_weights"):
             self.encoder.init_weights()
         for m in self.modules():
@@ -208,8 +216,8 @@ class PrefixFusionLM(_Fusion, TransformerLM):
 class GatedCrossAttentionBlock(nn.Module):
     """Flamingo's GATED XATTN-DENSE: ``x += tanh(a)·xattn(norm(x), memory)``; ``x += tanh(b)·mlp(norm(x))``.
 
-    ``a`` and ``b`` are scalars initialised at 0, so the block is the identity (exactly: ``x + 0·y == x``) until
-    training opens the gates. Keys/values come from ``memory`` (B, S, d_model); with a KV cache they are
+    ``a`` and ``b`` are scalars initialised at ``config.gate_init`` (default 0, so the block is the identity,
+    exactly: ``x + 0·y == x``, until training opens the gates). Keys/values come from ``memory`` (B, S, d_model); with a KV cache they are
     computed on the first call and read from ``kv_cache.cross[layer_idx]`` after (layer_idx: the decoder
     block it precedes, whose self-attention uses other slots of the cache).
     """
@@ -220,13 +228,14 @@ class GatedCrossAttentionBlock(nn.Module):
         self.cross_attn = Attention(config, layer_idx, cross=True)
         self.mlp_norm = build_norm(config)
         self.mlp = build_mlp(config, layer_idx)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
-        self.mlp_gate = nn.Parameter(torch.zeros(1))
+        self.gate_init = float(getattr(config, "gate_init", 0.0))
+        self.attn_gate = nn.Parameter(torch.full((1,), self.gate_init))
+        self.mlp_gate = nn.Parameter(torch.full((1,), self.gate_init))
 
     def reset_gates(self) -> None:
         with torch.no_grad():
-            self.attn_gate.zero_()
-            self.mlp_gate.zero_()
+            self.attn_gate.fill_(self.gate_init)
+            self.mlp_gate.fill_(self.gate_init)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None, attn_weights: list[torch.Tensor] | None = None) -> torch.Tensor:
