@@ -305,33 +305,3 @@ def test_playground_script_streams_under_node(server, tmp_path):
     assert shown["error"] == "" and shown["model"].startswith("tiny")
     assert shown["output"] == "Once upon" + greedy(server.client(), "Once upon", 12).choices[0].text
     assert "12 tokens in" in shown["stats"] and "tokens/s" in shown["stats"]
-
-
-def _browser() -> str | None:
-    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-
-
-def test_playground_in_a_headless_browser(request, tmp_path):
-    """Type a prompt, press Generate, see streamed text appear (Playwright on the system's Chromium)."""
-    browser_path = _browser()
-    try:
-        from playwright import sync_api
-    except ImportError:
-        sync_api = None
-    if sync_api is None or browser_path is None:
-        missing = [what for what, ok in (("the playwright package", sync_api), ("a Chromium binary (chromium, "
-                   "chromium-browser or google-chrome on PATH)", browser_path)) if not ok]
-        pytest.skip(f"no headless browser to drive: {' and '.join(missing)} not installed")
-    server = request.getfixturevalue("server")  # started only when there is a browser to point at it
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, headless=True)
-        page = browser.new_page()
-        page.goto(server.url + "/")
-        page.fill("#temperature", "0")
-        page.fill("#prompt", "Once upon")
-        page.click("#generate")
-        page.wait_for_function("document.querySelector('#stats').textContent.includes('tokens/s')")
-        page.wait_for_function("!document.querySelector('#generate').disabled")
-        assert len(page.text_content("#output")) > len("Once upon")
-        page.screenshot(path=str(tmp_path / "playground.png"))
-        browser.close()
