@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import torch
+from decode import agreement, median_times  # benchmarks/decode.py, beside this script
 
 from llmcore.data import TokenDataset
 from llmcore.generation import generate
@@ -47,11 +48,6 @@ def val_loss(model, data: TokenDataset) -> float:
     return trainer.evaluate(data, max_batches=None)["val_loss"]
 
 
-def first_divergence_share(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean share of each row's tokens generated before the row first departs from the reference."""
-    return float((a == b).int().cumprod(dim=1).float().mean())
-
-
 def measure(name: str, n_prompts: int, new: int, repeats: int) -> dict:
     fp32 = load_model(name)
     tok = load_tokenizer(name)
@@ -69,20 +65,12 @@ def measure(name: str, n_prompts: int, new: int, repeats: int) -> dict:
             p = prompts[:batch] if batch <= n_prompts else prompts[:1].repeat(batch, 1)
             fns = {k: (lambda m=m, p=p: generate(m, p, max_new_tokens=new, eos_token_id=[]))
                    for k, m in variants.items()}
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            for fn in fns.values():
-                fn()
-            for _ in range(repeats):
-                for k, fn in fns.items():
-                    t = time.perf_counter()
-                    fn()
-                    times[k].append(time.perf_counter() - t)
-            speed[batch] = {k: batch * new / statistics.median(v) for k, v in times.items()}
+            speed[batch] = {k: batch * new / t for k, t in median_times(fns, repeats).items()}
     size = {k: sum(t.numel() * t.element_size() for t in m.state_dict().values()) for k, m in variants.items()}
     return {
         "model": name, "val_tokens": int(len(ids)), "val_loss": losses,
         "ppl_ratio_vs_fp32": {k: math.exp(v - losses["fp32"]) for k, v in losses.items() if k != "fp32"},
-        "greedy_agreement": {k: first_divergence_share(outs[k], outs["fp32"]) for k in ("int8", "bf16")},
+        "greedy_agreement": {k: agreement(outs[k], outs["fp32"]) for k in ("int8", "bf16")},
         "rows_identical": {k: float((outs[k] == outs["fp32"]).all(1).float().mean()) for k in ("int8", "bf16")},
         "tokens_per_s": speed, "state_bytes": size,
     }
