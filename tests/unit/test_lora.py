@@ -23,6 +23,7 @@ from llmcore.finetune import (
 )
 from llmcore.finetune.classification import classification_loss
 from llmcore.models.classifier import SequenceClassifier
+from llmcore.modules import Linear
 from llmcore.training.loss import lm_loss
 
 
@@ -74,7 +75,7 @@ def test_merge_equals_unmerged(tiny_config, x):
     unmerge_lora(model)
     torch.testing.assert_close(model(x), unmerged, atol=1e-5, rtol=0)
     plain = merge_and_unload(model)
-    assert not lora_modules(plain) and type(plain.blocks[0].attn.qkv_proj) is nn.Linear
+    assert not lora_modules(plain) and type(plain.blocks[0].attn.qkv_proj) is Linear  # the model's own layer type, not a LoRA wrapper
     torch.testing.assert_close(plain(x), unmerged, atol=1e-5, rtol=0)
 
 

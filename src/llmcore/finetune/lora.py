@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..models.pretrained import atomic_write_json, read_json, save_safetensors, writing
+from ..modules.linear import Linear
 from .strategies import Strategy, _check_any_trainable, name_matches, set_trainable
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -195,7 +196,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the adapters and put plain ``nn.Linear`` layers back, e.g. before ``save_pretrained``."""
     for name, m in lora_modules(model).items():
         m.merge()
-        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain = Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         plain.weight, plain.bias = m.weight, m.bias
         _replace(model, name, plain)
     return model

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..inputs import check_token_ids
-from ..modules import check_mask_length, num_parameters
+from ..modules import Linear, check_mask_length, num_parameters
 from ..registry import ARCHITECTURES
 from .pretrained import PreTrainedMixin
 
@@ -65,7 +65,7 @@ class LSTMLM(PreTrainedMixin, nn.Module):
         # nn.LSTM applies its dropout between layers only; the input and output dropouts are ours.
         self.lstm = nn.LSTM(D, D, num_layers=config.n_layers, batch_first=True,
                             dropout=config.dropout if config.n_layers > 1 else 0.0)
-        self.lm_head = nn.Linear(D, config.vocab_size, bias=False)
+        self.lm_head = Linear(D, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
         self.init_weights()

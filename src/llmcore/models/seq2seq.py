@@ -37,6 +37,7 @@ from ..modules import (
     CrossDecoderBlock,
     EncoderBlock,
     KVCache,
+    Linear,
     RotaryPositions,
     attention_inputs,
     build_norm,
@@ -141,7 +142,7 @@ class Seq2SeqTransformer(PreTrainedMixin, nn.Module):
         self.encoder_norm = build_norm(config)
         self.decoder_blocks = nn.ModuleList(self.decoder_block_cls(config, i) for i in range(config.n_layers))
         self.final_norm = build_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tgt_embeddings.weight
         self.init_weights()

@@ -30,6 +30,7 @@ from ..inputs import check_inputs_embeds, check_token_ids
 from ..modules import (
     DecoderBlock,
     KVCache,
+    Linear,
     RotaryPositions,
     attention_inputs,
     build_norm,
@@ -59,7 +60,7 @@ class TransformerLM(PreTrainedMixin, nn.Module):
         self.drop = dropout(config.dropout)
         self.blocks = nn.ModuleList(self.block_cls(config, i) for i in range(config.n_layers))
         self.final_norm = build_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight  # one matrix, stored once on disk
         self.init_weights()

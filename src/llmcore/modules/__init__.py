@@ -11,6 +11,7 @@ from .blocks import CrossDecoderBlock, DecoderBlock, EncoderBlock
 from .cache import KVCache
 from .init import init_weights, mark_residual
 from .layers import MLP, LayerNorm, RMSNorm, SwiGLU, build_mlp, build_norm, dropout
+from .linear import Linear
 from .masks import (
     attention_inputs,
     causal_mask,
@@ -39,4 +40,5 @@ __all__ = [
     "AbsolutePositions", "RotaryPositions", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
     "RotaryEmbedding", "apply_rotary", "build_positions", "POS_ENCODINGS",
     "init_weights", "mark_residual", "eval_mode", "num_parameters", "Int8Linear", "quantize_linears",
+    "Linear",
 ]

@@ -35,6 +35,7 @@ from ..registry import ATTENTIONS
 from .cache import KVCache
 from .init import mark_residual
 from .layers import dropout
+from .linear import Linear
 from .masks import make_attention_mask, resolve_causal
 from .positional import apply_rotary
 
@@ -60,11 +61,11 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         if cross:
-            self.q_proj = nn.Linear(config.d_model, q_dim, bias=config.bias)
-            self.kv_proj = nn.Linear(config.d_model, 2 * kv_dim, bias=config.bias)
+            self.q_proj = Linear(config.d_model, q_dim, bias=config.bias)
+            self.kv_proj = Linear(config.d_model, 2 * kv_dim, bias=config.bias)
         else:
-            self.qkv_proj = nn.Linear(config.d_model, q_dim + 2 * kv_dim, bias=config.bias)
-        self.out_proj = mark_residual(nn.Linear(q_dim, config.d_model, bias=config.bias))
+            self.qkv_proj = Linear(config.d_model, q_dim + 2 * kv_dim, bias=config.bias)
+        self.out_proj = mark_residual(Linear(q_dim, config.d_model, bias=config.bias))
         self.attn_dropout = config.dropout
         self.resid_dropout = dropout(config.dropout)
 

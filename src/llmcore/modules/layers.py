@@ -20,6 +20,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..registry import MLPS, NORMS
 from .init import mark_residual
+from .linear import Linear
 
 
 class LayerNorm(nn.Module):
@@ -94,8 +95,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.down_proj = mark_residual(nn.Linear(config.d_ff, config.d_model, bias=config.bias))
+        self.up_proj = Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.down_proj = mark_residual(Linear(config.d_ff, config.d_model, bias=config.bias))
         self.act = _ACTIVATIONS[config.activation]
         self.dropout = dropout(config.dropout)
 
@@ -108,9 +109,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.down_proj = mark_residual(nn.Linear(config.d_ff, config.d_model, bias=config.bias))
+        self.gate_proj = Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.up_proj = Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.down_proj = mark_residual(Linear(config.d_ff, config.d_model, bias=config.bias))
         self.dropout = dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
