@@ -3,7 +3,7 @@
 Each benchmark is one of the scripts beside this file, run in this process (its ``main()`` with the argument
 list below, stdout captured and echoed). The Markdown tables it prints are its results. With ``--write-docs``
 they replace what stands between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in docs/benchmarks.md,
-under a line that gives the command, the date, the versions and the load average before and after, so no
+under a line that gives the command, the date, the versions, the CPU and the load average before and after, so no
 number in those sections is copied by hand. Every run also writes ``benchmarks/results/NAME.md``.
 
     python -m benchmarks                          # the whole suite (~40 min on 2 cores)
@@ -113,6 +113,24 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def machine() -> str:
+    """The CPU the numbers come from: model, cores, and the vector extensions the kernels choose by (fbgemm's
+    int8 path and bf16 matmuls differ between AVX2, AVX-512, VNNI and AMX machines)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(isa) or 'no AVX2'}"
+
+
 def write_docs(name: str, body: str, path: Path = DOCS) -> bool:
     """Replace the ``bench:NAME`` section of ``path``; False when the page has no such markers."""
     text = path.read_text(encoding="utf-8")
@@ -143,7 +161,7 @@ def main() -> None:
         minutes = (time.perf_counter() - t0) / 60
         command = f"python -m benchmarks --only {name}" + (" --quick" if args.quick else "")
         header = (f"Measured by `{command}` on {datetime.date.today().isoformat()} ({versions()}; "
-                  f"{minutes:.1f} min; 1-minute load average {before:.2f} before, {os.getloadavg()[0]:.2f} after).")
+                  f"{machine()}; {minutes:.1f} min; 1-minute load average {before:.2f} before, {os.getloadavg()[0]:.2f} after).")
         body = header + "\n\n" + tables(output)
         (args.out / f"{name}.md").write_text(body + "\n", encoding="utf-8")
         if args.write_docs and not write_docs(name, body):

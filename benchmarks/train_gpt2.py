@@ -126,7 +126,7 @@ def stepper(system: str, layers: int, seq: int, dtype: str):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     return step, n_params
 

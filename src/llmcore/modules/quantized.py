@@ -7,15 +7,17 @@ decides whether that pays, and on CPU the candidates were measured side by side 
 * PyTorch's fbgemm dynamic int8 linear (``torch.ops.quantized.linear_dynamic``: int8 weights pre-packed,
   activations quantized to 8 bits on the fly, int32 accumulation) runs a GPT-2-small decode step's matmuls
   4-5x faster than fp32 at batch 1 and ~9x at batch 8, and uses a second thread;
-* weight-only int8 (``torch._weight_int8pack_mm``, torchao's ``Int8WeightOnlyConfig`` in eager mode) and
-  grouped int4 (``torch._weight_int4pack_mm_for_cpu``) were all *slower* than the fbgemm path, some slower
-  than fp32, so they are not offered.
+* weight-only int8 (``torch._weight_int8pack_mm``, torchao's ``Int8WeightOnlyConfig`` in eager mode) was
+  slower than the fbgemm path, with fp32 activations slower than fp32 itself; grouped int4
+  (``torch._weight_int4pack_mm_for_cpu``) was faster at batch 1 and slower at batch 8, and its quality is not
+  measured yet, so it is not offered.
 
 So activations are quantized too, and how matters for a batch. fbgemm picks one scale for the whole input
 tensor; a row's result would then depend on the other rows of its batch (batched decoding would differ from
 one request at a time). Here each row is first divided by its own absolute maximum, and one fixed anchor row
-``[-1, 1, 0, ...]`` is appended, so the tensor fbgemm quantizes always spans exactly [-1, 1]: every row is
-quantized with its own scale whatever else is in the batch, and batched = one at a time holds exactly.
+``[-h/(h-1), 0, ..., 0, 1]`` is appended (see ``_HALF`` below), so the range fbgemm quantizes over is always
+the same: every row is quantized with its own scale whatever else is in the batch, and batched = one at a
+time holds exactly.
 
 Weights are stored as ``weight`` (int8, ``(out, in)``) and ``scale`` (float32, ``(out,)``, symmetric
 per output channel: ``w ≈ weight * scale[:, None]``), which is what ``save_pretrained`` writes to safetensors;
