@@ -186,3 +186,19 @@ def test_protocol_is_structural():
 
     assert isinstance(Audio(), ModalityEncoder)
     assert not isinstance(torch.nn.Linear(2, 2), ModalityEncoder)
+
+
+def test_colour_reaches_the_features_of_an_untrained_encoder():
+    # Issue 17's fused models answered colour questions at chance; the first suspect was an input path that
+    # erases colour (a grey conversion, a per-channel normalisation). It does not: the same square in each
+    # of the six colours gives six feature vectors far apart, at the object's patch, before any training.
+    from llmcore.multimodal.shapes import COLOURS, ShapeObject, draw_scene
+
+    enc = VisionEncoder(VisionConfig(image_size=36, patch_size=12, d_model=32, n_layers=1, n_heads=4,
+                                     pos_embedding="2d")).eval()
+    imgs = images_to_tensor([draw_scene([ShapeObject("large", c, "square", "centre")], 36) for c in COLOURS])
+    with torch.no_grad():
+        centre = enc(imgs)[:, 4]  # (6, d): the centre cell's token
+    dist = torch.cdist(centre, centre)  # (6, 6)
+    off = dist[~torch.eye(len(COLOURS), dtype=torch.bool)]
+    assert off.min() > 0.1 * centre.norm(dim=-1).mean()  # every pair of colours apart by >10 % of a norm
