@@ -78,12 +78,14 @@ def measure(name: str, n_prompts: int, new: int, repeats: int) -> dict:
 
 def kernel_candidates(batch: int, repeats: int) -> dict[str, float]:
     """ms for the matmuls of one GPT-2-small decode step (12 x [qkv, out, fc, proj] + the 50257-row head) at
-    ``batch`` rows, for each int8 / int4 kernel PyTorch (and torchao, when installed) offers on CPU. Every layer
+    ``batch`` rows, for each int8 / int4 kernel PyTorch (and torchao, when installed) offers on CPU, next to fp32
+    through ``F.linear`` and through llmcore's ``Linear``. Every layer
     has its own weights, so they stream from memory as in real decoding instead of sitting in cache."""
     import warnings
 
     import torch.nn.functional as F
 
+    from llmcore.modules.linear import linear
     from llmcore.modules.quantized import Int8Linear
 
     shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12 + [(768, 50257)]
@@ -93,6 +95,8 @@ def kernel_candidates(batch: int, repeats: int) -> dict[str, float]:
     xb = {k: v.bfloat16() for k, v in x.items()}
     cands: dict[str, list] = {}
     cands["fp32 F.linear"] = [(lambda w=w: F.linear(x[w.shape[1]], w)) for w in weights]
+    # llmcore's own layers: the same product, rows split across threads when there is more than one
+    cands["fp32 llmcore Linear (rows split across threads)"] = [(lambda w=w: linear(x[w.shape[1]], w)) for w in weights]
     wb = [w.bfloat16() for w in weights]
     cands["bf16 F.linear"] = [(lambda w=w: F.linear(xb[w.shape[1]], w)) for w in wb]
     q = [Int8Linear.from_linear(_linear(w)) for w in weights]

@@ -5,7 +5,7 @@ that does not fit in cache, so the step is bound by how fast the weights stream 
 ``F.linear`` hands such a product to MKL's gemv / small-M gemm, which runs it on **one thread** whatever
 ``torch.set_num_threads`` says. Measured on the 2-core machine this project runs on (GPT-2-small shapes, the
 weights of 12 layers plus the 50257-row head streamed from memory, ms for the matmuls of one decode step;
-``benchmarks/quantize.py --kernels`` has the layer-by-layer figures):
+``python benchmarks/quantize.py --kernels --models --threads 2`` times the M = 1 and M = 8 rows):
 
     ============  ===================  =====================
     rows (M)      ``F.linear``, 2 thr  split in 2, 2 threads
@@ -61,10 +61,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     x: (..., in); weight: (out, in); bias: (out,) or None; returns (..., out).
     """
-    if torch.compiler.is_compiling():  # the compiler picks its own kernels (and the thread query breaks graphs)
+    # Training (the common call) leaves first; under the compiler, which picks its own kernels, the thread
+    # query below would break the graph.
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
     threads = torch.get_num_threads()
-    if (threads > 1 and not torch.is_grad_enabled() and x.device.type == "cpu"
+    if (threads > 1 and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and type(weight) in (torch.Tensor, nn.Parameter) and weight.is_contiguous()
             and weight.numel() >= MIN_SPLIT_WEIGHTS and weight.shape[0] >= threads

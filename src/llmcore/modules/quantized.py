@@ -38,6 +38,9 @@ from ..errors import CheckpointError, ConfigError
 from .linear import Linear
 
 SCHEMES = ("int8",)
+# The layers quantize replaces: plain float linears only (a LoRA wrapper or a subclass with its own forward
+# would lose what it adds).
+FLOAT_LINEARS = (nn.Linear, Linear)
 
 
 
@@ -174,7 +177,7 @@ def quantize_linears(model: nn.Module, scheme: str = "int8", skip: Iterable[str]
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if type(child) in (nn.Linear, Linear) and full not in skip:
+            if type(child) in FLOAT_LINEARS and full not in skip:
                 setattr(module, child_name, Int8Linear.from_linear(child))
                 done.append(full)
     return done
@@ -194,7 +197,7 @@ def int8_structure(model: nn.Module, names: Iterable[str]) -> None:
         except AttributeError:
             parent = None
         child = getattr(parent, child_name, None) if parent is not None else None
-        if type(child) not in (nn.Linear, Linear):
+        if type(child) not in FLOAT_LINEARS:
             raise CheckpointError(f"The saved quantization names {full!r}, which is not an nn.Linear of "
                                   f"{type(model).__name__}: config.json and the model do not match. Re-save it.")
         setattr(parent, child_name, Int8Linear(child.in_features, child.out_features, bias=child.bias is not None,
