@@ -17,7 +17,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -535,7 +535,7 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
     build_checked(build, header, source, size)
     model = build()
     _raise_state_mismatch(model, header, source)  # again, for a class that could not be built on meta
-    if _direct_targets(model) is None:  # a module that loads its state its own way: through load_state_dict
+    if direct_targets(model) is None:  # a module that loads its state its own way: through load_state_dict
         state = read_state_dict(directory)
         check_finite(state, source)
         load_state_dict_checked(model, state, source=source)
@@ -545,7 +545,7 @@ def load_checked(build: Callable[[], nn.Module], directory: str | os.PathLike, s
     return model
 
 
-def _direct_targets(model: nn.Module) -> dict[str, torch.Tensor] | None:
+def direct_targets(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """``{state-dict name: the parameter or buffer itself, detached}`` (tied duplicates left out), or None when
     some module customises loading (``_load_from_state_dict``, load hooks) or its state dict names tensors
     that are not its own parameters / buffers: writing into those would bypass what the module does."""
@@ -601,6 +601,74 @@ def _data_layout(f: Path) -> tuple[int, dict[str, tuple[str, list[int], int, int
     return 8 + n, layout
 
 
+def _stored_dtype(f: Path, name: str, code: str, shape: list[int], begin: int, end: int) -> torch.dtype:
+    """The torch dtype of a header entry whose byte range must hold exactly ``shape`` of it."""
+    import torch
+
+    dtype = getattr(torch, _ST_DTYPES.get(code, ""), None)
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    if dtype is None or not 0 <= begin <= end or end - begin != numel * dtype.itemsize:
+        raise _unreadable(f, ValueError(f"tensor {name!r} is {code} {shape} in bytes [{begin}, {end})"))
+    return dtype
+
+
+def _fill(fh: Any, f: Path, name: str, offset: int, buf: torch.Tensor) -> None:
+    """Read ``buf``'s bytes from ``fh`` at ``offset`` straight into its memory (``readinto``: no mmap, no copy)."""
+    import torch
+
+    if not buf.numel():
+        return
+    view = memoryview(buf.reshape(-1).view(torch.uint8).numpy())
+    try:
+        fh.seek(offset)
+        while len(view):
+            got = fh.readinto(view)
+            if not got:
+                raise ValueError(f"the data of tensor {name!r} is cut short")
+            view = view[got:]
+    except (OSError, ValueError) as e:
+        raise _unreadable(f, e) from e
+
+
+class StoredTensors(Mapping):
+    """``{name: tensor}`` of a directory's safetensors weights, each tensor read from its file when it is looked
+    up and not kept: a converter walking it holds one tensor at a time, not a second copy of the model.
+
+    Only the headers are read when it is made; ``name in stored``, ``len`` and iteration read no data. Every
+    lookup reads the tensor anew (into fresh memory, never a file mapping, whose pages would stay resident).
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self._where: dict[str, tuple[Path, int, str, list[int], int, int]] = {}
+        for f in weight_files(directory):
+            start, layout = _data_layout(f)
+            for name, (code, shape, begin, end) in layout.items():
+                self._where[name] = (f, start, code, shape, begin, end)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        import torch
+
+        f, start, code, shape, begin, end = self._where[name]
+        buf = torch.empty(shape, dtype=_stored_dtype(f, name, code, shape, begin, end))
+        try:
+            with open(f, "rb", buffering=0) as fh:
+                _fill(fh, f, name, start + begin, buf)
+        except OSError as e:
+            raise _unreadable(f, e) from e
+        return buf
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
 def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> dict[str, torch.Tensor]:
     """Copy every stored tensor of a directory's weights straight from the files into ``model``'s parameters
     and persistent buffers, one tensor at a time; returns ``{name: the model's tensor}`` of those loaded.
@@ -612,7 +680,7 @@ def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> di
     """
     import torch
 
-    targets = _direct_targets(model)
+    targets = direct_targets(model)
     if targets is None:
         raise CheckpointError(f"{type(model).__name__} customises how its state is loaded; load {source} with "
                               "load_state_dict_checked(model, read_state_dict(directory)) instead.")
@@ -624,34 +692,79 @@ def read_into(model: nn.Module, directory: str | os.PathLike, source: str) -> di
                 target = targets.get(name)
                 if target is None or name in loaded:
                     continue  # a tied duplicate stored too (it is the same tensor as its first name)
-                dtype = getattr(torch, _ST_DTYPES.get(code, ""), None)
-                numel = 1
-                for dim in shape:
-                    numel *= dim
-                if (dtype is None or not 0 <= begin <= end or end - begin != numel * dtype.itemsize
-                        or list(target.shape) != shape):
+                dtype = _stored_dtype(f, name, code, shape, begin, end)
+                if list(target.shape) != shape:
                     raise _unreadable(f, ValueError(f"tensor {name!r} is {code} {shape} in bytes [{begin}, {end})"))
                 direct = target.dtype == dtype and target.device.type == "cpu" and target.is_contiguous()
                 buf = target if direct else torch.empty(shape, dtype=dtype, device="cpu")
-                if numel:
-                    view = memoryview(buf.reshape(-1).view(torch.uint8).numpy())
-                    try:
-                        fh.seek(start + begin)
-                        while len(view):
-                            got = fh.readinto(view)
-                            if not got:
-                                raise ValueError(f"the data of tensor {name!r} is cut short")
-                            view = view[got:]
-                    except (OSError, ValueError) as e:
-                        raise _unreadable(f, e) from e
+                _fill(fh, f, name, start + begin, buf)
                 if not direct:
                     target.copy_(buf)
                 loaded[name] = target
     return loaded
 
 
+class IntoModel(MutableMapping):
+    """A state dict that is the model itself: assigning ``sink[name] = tensor`` copies the tensor into the model's
+    parameter or buffer of that name at once, and looking a name up gives the model's tensor back.
+
+    A converter that builds a state dict (``out[name] = ...``) can write into a built model through it, so a
+    converted load holds the model plus the tensor in hand, not the model plus a whole converted copy.
+    Placeholders on the ``meta`` device (what a converter's reader hands out for a missing tensor) are
+    kept aside, not copied: the reader's own report names them.
+
+    Args:
+        model: the built model; its tensors are found as :func:`direct_targets` finds them.
+        source: what is being loaded, for messages.
+    """
+
+    def __init__(self, model: nn.Module, source: str) -> None:
+        targets = direct_targets(model)
+        if targets is None:
+            raise CheckpointError(f"{type(model).__name__} customises how its state is loaded; it cannot be "
+                                  f"filled tensor by tensor from {source}.")
+        self.targets = targets
+        self.source = source
+        self.filled: dict[str, torch.Tensor] = {}
+        self.placeholders: dict[str, torch.Tensor] = {}
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        import torch
+
+        if value.is_meta:
+            self.placeholders[name] = value
+            return
+        target = self.targets.get(name)
+        if target is None or target.shape != value.shape:
+            shape = None if target is None else tuple(target.shape)
+            raise CheckpointError(f"The {self.source} gives {name} {tuple(value.shape)}, but the model has "
+                                  f"{shape if shape is not None else 'no such tensor'}; the weights changed while "
+                                  "they were loaded, or the config does not belong to them.")
+        with torch.no_grad():
+            target.copy_(value)
+        self.filled[name] = target
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.filled[name] if name in self.filled else self.placeholders[name]
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("tensors written into a model are not taken back out")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.filled)
+
+    def __len__(self) -> int:
+        return len(self.filled)
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """``{name: the model's tensor}`` of all filled; CheckpointError naming any the conversion never gave."""
+        raise_mismatch(f"{self.source} does not fill the model", sorted(set(self.targets) - set(self.filled)),
+                       [], [], "Check that config.json belongs to these weights.")
+        return self.filled
+
+
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "MAX_JSON_BYTES", "MAX_BUFFER_BYTES", "writable_dir",
            "cannot_write", "writing", "read_json",
            "read_jsonl", "atomic_write_json", "confined_file", "read_bounded", "save_safetensors", "weight_files",
-           "read_state_dict", "read_into", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
+           "read_state_dict", "read_into", "StoredTensors", "IntoModel", "direct_targets", "read_header", "check_layers", "check_against", "build_checked", "tied_duplicates",
            "raise_mismatch", "load_state_dict_checked", "load_checked"]

@@ -44,7 +44,10 @@ class StateReader:
         self.missing: list[str] = []
         self.wrong: list[str] = []
         self.dtypes: list[str] = []
-        self.meta = any(getattr(t, "is_meta", False) for t in list(state.values())[:1])
+        # placeholders on meta when the state is a header (meta tensors) or read lazily (not a dict: looking a
+        # tensor up would read it; the lazy loader checked the header first, so none should be needed)
+        first = next(iter(state), None) if isinstance(state, dict) else None
+        self.meta = not isinstance(state, dict) or (first is not None and state[first].is_meta)
 
     def has(self, name: str) -> bool:
         return name in self.state

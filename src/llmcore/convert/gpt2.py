@@ -11,7 +11,7 @@ attention). A config without biases is written with zero biases, which computes 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -70,16 +70,19 @@ def config_from_hf(cfg: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, llmcore state dict) for a GPT-2 config dict and state dict (with or without ``transformer.``)."""
+def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor],
+            out: MutableMapping[str, torch.Tensor] | None = None) -> tuple[ModelConfig, MutableMapping]:
+    """(ModelConfig, llmcore state dict) for a GPT-2 config dict and state dict (with or without ``transformer.``);
+    the tensors go into ``out`` when given (e.g. :class:`llmcore.io.IntoModel`), else into a new dict."""
     config = config_from_hf(cfg)
     D, F, V = config.d_model, config.d_ff, config.vocab_size
     p = "transformer." if any(k.startswith("transformer.") for k in hf_state) else ""
     ignore = list(IGNORED) + ([r"^lm_head\.weight$"] if config.tie_embeddings else [])  # HF re-ties it
     r = StateReader(hf_state, "Hugging Face gpt2 checkpoint", ignore=ignore)
     shapes = {"attn.qkv_proj": (D, 3 * D), "attn.out_proj": (D, D), "mlp.up_proj": (D, F), "mlp.down_proj": (F, D)}
-    out = {"tok_embeddings.weight": r.take(f"{p}wte.weight", V, D),
-           "pos_embeddings.weight": r.take(f"{p}wpe.weight", config.max_seq_len, D)}
+    out = {} if out is None else out
+    out["tok_embeddings.weight"] = r.take(f"{p}wte.weight", V, D)
+    out["pos_embeddings.weight"] = r.take(f"{p}wpe.weight", config.max_seq_len, D)
     for i in range(config.n_layers):
         h = f"{p}h.{i}."
         for ours, theirs in NORMS:

@@ -12,7 +12,7 @@ Supported families: GPT-2 (:mod:`.gpt2`) and Llama / Mistral / Qwen2 (:mod:`.lla
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from types import ModuleType
 from typing import Any
 
@@ -41,19 +41,24 @@ def _as_dict(hf_config: Any) -> dict[str, Any]:
     return dict(hf_config.to_dict() if hasattr(hf_config, "to_dict") else hf_config)
 
 
-def hf_to_llmcore(hf_config: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]
-                  ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def hf_to_llmcore(hf_config: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor],
+                  into: MutableMapping[str, torch.Tensor] | None = None
+                  ) -> tuple[ModelConfig, MutableMapping[str, torch.Tensor]]:
     """Map a HF causal-LM checkpoint to (ModelConfig, TransformerLM state dict).
 
     Args:
         hf_config: the HF ``config.json`` as a dict (or a ``PretrainedConfig``); ``model_type`` picks the family.
-        hf_state: the HF state dict (tensor names as in ``model.safetensors``).
+        hf_state: the HF state dict (tensor names as in ``model.safetensors``); any mapping, e.g.
+            :class:`llmcore.io.StoredTensors`, which reads each tensor from disk when it is looked up.
+        into: where the converted tensors go, in the order they are made (default: a new dict, returned).
+            :class:`llmcore.io.IntoModel` copies each into a built model at once, so converting a checkpoint
+            from disk holds one converted tensor at a time rather than a whole second copy.
 
     Raises:
         CheckpointError: unsupported ``model_type`` or feature, or tensors that do not match the config.
     """
     cfg = _as_dict(hf_config)
-    return _family(cfg.get("model_type")).from_hf(cfg, hf_state)
+    return _family(cfg.get("model_type")).from_hf(cfg, hf_state, into)
 
 
 def hf_config_to_llmcore(hf_config: Mapping[str, Any]) -> ModelConfig:

@@ -16,7 +16,7 @@ partial rotary, a ``head_dim`` other than hidden_size / num_attention_heads, act
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -105,8 +105,10 @@ def config_from_hf(cfg: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, llmcore state dict) for a Llama-family config dict and state dict."""
+def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor],
+            out: MutableMapping[str, torch.Tensor] | None = None) -> tuple[ModelConfig, MutableMapping]:
+    """(ModelConfig, llmcore state dict) for a Llama-family config dict and state dict; the tensors go into
+    ``out`` when given (e.g. :class:`llmcore.io.IntoModel`), else into a new dict."""
     config = config_from_hf(cfg)
     qkv_bias, o_bias, mlp_bias = _bias_layout(cfg["model_type"], cfg)
     D, F, V, hd = config.d_model, config.d_ff, config.vocab_size, config.head_dim
@@ -122,7 +124,8 @@ def from_hf(cfg: Mapping[str, Any], hf_state: Mapping[str, torch.Tensor]) -> tup
         elif config.bias:
             out[f"{ours}.bias"] = zeros_like_rows(w)
 
-    out: dict[str, torch.Tensor] = {"tok_embeddings.weight": r.take(f"{p}embed_tokens.weight", V, D)}
+    out = {} if out is None else out
+    out["tok_embeddings.weight"] = r.take(f"{p}embed_tokens.weight", V, D)
     for i in range(config.n_layers):
         b, h = f"blocks.{i}.", f"{p}layers.{i}."
         out[f"{b}attn_norm.weight"] = r.take(f"{h}input_layernorm.weight", D)

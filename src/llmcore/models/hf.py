@@ -29,9 +29,13 @@ from ..io import (
     CONFIG_NAME,
     INDEX_NAME,
     WEIGHTS_NAME,
+    IntoModel,
+    StoredTensors,
     atomic_write_json,
     build_checked,
+    check_against,
     check_finite,
+    direct_targets,
     load_state_dict_checked,
     read_header,
     read_json,
@@ -76,9 +80,20 @@ def load_hf(directory: str | Path, cls: type[nn.Module] | None = None) -> nn.Mod
     config, meta_state = hf_to_llmcore(hf_config, header)
     source = f"converted {config.extra.get('hf_model_type')} checkpoint"
     build_checked(lambda: _model_class(cls)(config), meta_state, source, size)
-    state = read_state_dict(d)
-    check_finite(state, str(d))
-    return from_hf(hf_config, state, cls)
+    model = _model_class(cls)(config)
+    check_against(model, meta_state, source, size)  # again, for a class that could not be built on meta
+    if direct_targets(model) is None:  # a module that loads its state its own way: through load_state_dict
+        state = read_state_dict(d)
+        check_finite(state, str(d))
+        load_state_dict_checked(model, hf_to_llmcore(hf_config, state)[1], source=source)
+        return model.eval()
+    # Each HF tensor is read from disk when the converter asks for it and its converted form is copied into
+    # the model at once: the peak is the model plus a tensor or two, not the model plus a converted state dict
+    # (plus the HF one) as when the whole state is read and converted first.
+    into = IntoModel(model, source)
+    hf_to_llmcore(hf_config, StoredTensors(d), into)
+    check_finite(into.finish(), str(d))
+    return model.eval()  # like transformers' from_pretrained
 
 
 def parse_size(size: int | str) -> int:
