@@ -175,9 +175,10 @@ def _write_beside(path: Path, write: Callable[[int, str], None]) -> None:
 
     The temporary file gets an unpredictable name, created with ``O_EXCL | O_NOFOLLOW`` (``tempfile.mkstemp``),
     so a symlink planted in the directory beforehand (``model.safetensors.tmp -> ~/.bashrc``) is not written
-    through (someone who can write to the directory *during* the save can still race it: that is not defended);
-    ``os.replace`` replaces a symlink at ``path`` itself rather than its target. A failed write (disk full)
-    removes the temporary file and re-raises.
+    through, and ``os.replace`` replaces a symlink at ``path`` itself rather than its target. The directories
+    above ``path`` are resolved as usual: one swapped for a link during the save is followed unless the caller
+    passes a pinned path (``rundir.pinned``, as checkpoints do). A failed write (disk full) removes the
+    temporary file and re-raises.
     """
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -11,8 +11,9 @@ Three rules (issue 16), one helper each:
 * **Never write through a symlink.** :func:`claim_dir` refuses a directory with a symbolic link anywhere inside
   it, every checkpoint save checks again (:func:`refuse_symlinks`), and the append writers open with
   ``O_NOFOLLOW`` (:func:`append_text`, :func:`write_text`), so a link planted later still cannot redirect a
-  write. (The directory itself may be reached through a link:
-  ``runs -> /scratch/runs`` is the user's choice.)
+  write. A checkpoint is written through :func:`pinned` directories, reached from the run directory without
+  following any link, so even a link swapped in during the save itself is not followed. (The directory
+  itself may be reached through a link: ``runs -> /scratch/runs`` is the user's choice.)
 * **One writer per run directory.** :func:`lock_dir` takes an exclusive ``flock`` on ``.llmcore-lock`` in the
   directory, records the pid there and keeps it until :func:`unlock_dir` (re-entrant within a process). The
   kernel drops the lock when the process dies, even by ``kill -9``, so a stale lock file never blocks a resume.
@@ -22,10 +23,12 @@ Everything here is standard library only, below every layer that writes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +108,8 @@ def refuse_symlinks(path: str | os.PathLike, flag: str = "--out") -> None:
 
     :func:`claim_dir` checks once, when a run starts; the checkpoint writer checks again before every save,
     so a link swapped in mid-run (``trainer_state -> /elsewhere``, a checkpoint or ``tokenizer/`` replaced by a
-    link) is refused instead of followed. (Someone racing the save itself, between this check and the write,
-    is not defended against: see ``io._write_beside``.)"""
+    link) is refused instead of followed. The save itself then writes through :func:`pinned` directories, so
+    a link swapped in between this check and the writes is not followed either."""
     if (link := find_symlink(Path(path))) is not None:
         raise CheckpointError(f"{flag} {path} contains the symbolic link {link}; llmcore never writes through a "
                               "link. Remove it (copy the file in instead) or choose another directory.")
@@ -188,6 +191,48 @@ def write_text(path: str | os.PathLike, text: str, exclusive: bool = False) -> N
         f.write(text)
 
 
+FD_PATHS = Path("/proc/self/fd")  # Linux: /proc/self/fd/N names the directory descriptor N is open on
+
+
+@contextlib.contextmanager
+def pinned(root: str | os.PathLike, *parts: str, create: bool = False) -> Iterator[Path]:
+    """A path naming the directory ``root/parts...`` that stays on that very directory for the block, reached
+    from ``root`` one component at a time with ``O_NOFOLLOW``: a component that is (or is swapped for) a
+    symbolic link is refused with a CheckpointError, and one swapped after it was opened is not followed.
+
+    The path is ``/proc/self/fd/N`` of a descriptor held open until the block ends, so ordinary path-taking
+    code (``save_safetensors``, ``os.rename``, ``shutil.rmtree``) writes below the pinned directory, whatever
+    happens to the names above it meanwhile. This closes the window that a scan like :func:`refuse_symlinks`
+    leaves between its check and the write. ``create``: make missing components (``mkdir``, never through a
+    link). ``root`` itself is opened as the user named it (a link to it is their choice). Where ``/proc`` is
+    missing (not Linux) the plain path is given, and only the scans guard it.
+    """
+    if not FD_PATHS.is_dir():
+        if create:
+            Path(root, *parts).mkdir(parents=True, exist_ok=True)
+        yield Path(root, *parts)
+        return
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(parts):
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=fd)
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(os.path.join(FD_PATHS, str(fd), part)):
+                    where = Path(root, *parts[:i + 1])
+                    raise CheckpointError(f"{where} is a symbolic link; llmcore never writes through a link. Remove "
+                                          "it and rerun.") from e
+                raise
+            os.close(fd)
+            fd = child
+        yield FD_PATHS / str(fd)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------------------------------------- the lock
 _HELD: dict[str, list[Any]] = {}  # resolved directory -> [fd, count]
 
@@ -232,4 +277,4 @@ def unlock_dir(path: str | os.PathLike) -> None:
 
 __all__ = ["MARKER_NAME", "LOCK_NAME", "claim_dir", "mark_dir", "read_marker", "legacy_kind", "find_symlink", "refuse_symlinks",
            "lock_dir",
-           "unlock_dir", "append_text", "write_text", "refuse_symlink"]
+           "unlock_dir", "append_text", "write_text", "refuse_symlink", "pinned"]

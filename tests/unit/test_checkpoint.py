@@ -130,7 +130,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     real = pretrained.save_file
 
     def save_file(tensors, filename, metadata=None):
-        if "ckpt-000008" in str(filename):
+        if "ckpt-000008" in os.path.realpath(filename):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, filename, metadata=metadata)
 
@@ -156,7 +156,8 @@ def _fail_after_partial_write(name):
     real = st.save_file
 
     def save_file(tensors, filename, metadata=None):
-        if "ckpt-000008" in str(filename) and name in Path(filename).name:  # the temporary file beside it
+        # the temporary file beside it, in a pinned directory (/proc/self/fd/N/...: realpath names it)
+        if "ckpt-000008" in os.path.realpath(filename) and name in Path(filename).name:
             real(tensors, filename, metadata=metadata)
             data = Path(filename).read_bytes()
             Path(filename).write_bytes(data[: len(data) // 2])  # what a full disk leaves
@@ -168,7 +169,8 @@ def _fail_after_partial_write(name):
 
 def _enospc_in(attr):
     def patched(*a, **k):
-        if any("ckpt-000008" in str(x) for x in a):
+        # realpath: the checkpoint is written through pinned directories, /proc/self/fd/N/... (rundir.pinned)
+        if any("ckpt-000008" in os.path.realpath(str(x)) for x in a if isinstance(x, (str, os.PathLike))):
             raise OSError(errno.ENOSPC, "No space left on device")
         return getattr(ckpt, "_real_" + attr)(*a, **k)
     return ckpt, attr, patched

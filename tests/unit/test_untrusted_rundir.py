@@ -198,6 +198,43 @@ def test_a_link_swapped_in_between_checkpoints_is_refused_not_followed(tmp_path,
     assert (out / name).is_symlink()  # left for the user to look at; the run stopped at the save
 
 
+@pytest.mark.parametrize("name", ["trainer_state", "trainer_state/ckpt-000004.tmp"])
+def test_a_link_swapped_in_during_the_save_itself_is_not_written_through(tmp_path, monkeypatch, name):
+    """The race the per-save scan leaves open: between the scan and the writes, a directory of the checkpoint
+    path is moved aside and replaced by a link to the user's other files. The checkpoint is written through
+    pinned directories (rundir.pinned), so its files land in the directory that was moved, never in the
+    link's target."""
+    import llmcore.training.checkpoint as ckpt
+    from llmcore.data import TokenDataset
+    from llmcore.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    (victim / "ckpt-000004.tmp").mkdir(parents=True)  # what the writes would reach through either link
+    for d in (victim, victim / "ckpt-000004.tmp"):
+        (d / "model.safetensors").write_bytes(b"the user's own model")
+        (d / "trainer_state.json").write_text('{"mine": true}\n')
+    before = snapshot(victim)
+    real, swapped = ckpt.save_safetensors, []
+
+    def save_then_swap(state, path, **kwargs):
+        if "ckpt-000004" in os.path.realpath(path) and not swapped:  # the first file of step 4's checkpoint
+            os.rename(out / name, tmp_path / "moved")
+            os.symlink(victim if name == "trainer_state" else victim / "ckpt-000004.tmp", out / name)
+            swapped.append(name)
+        return real(state, path, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_safetensors", save_then_swap)
+    model = TransformerLM(ModelConfig.from_preset("debug", vocab_size=256, max_seq_len=16))
+    cfg = TrainConfig(max_steps=6, batch_size=2, warmup_steps=1, eval_interval=2, eval_batches=1, progress=False,
+                      num_samples=0, device="cpu", out_dir=str(out), keep_last=1)
+    data = TokenDataset(torch.randint(0, 256, (400,)), 16)
+    with pytest.raises(CheckpointError, match="symbolic link"):  # the next save's scan finds the link
+        Trainer(model, cfg, data, data, tokenizer=ByteTokenizer()).fit()
+    assert swapped and snapshot(victim) == before  # nothing written into, or deleted from, the link's target
+    assert list((tmp_path / "moved").rglob("model.safetensors"))  # the checkpoint went where it was pinned
+
+
 # ---------------------------------------------------------------------------------------------- convert
 def _model_dir(tmp_path: Path) -> Path:
     torch.manual_seed(0)

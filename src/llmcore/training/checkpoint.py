@@ -37,6 +37,7 @@ stays valid, and one CheckpointError line says so.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -55,7 +56,7 @@ from torch import nn
 from ..errors import CheckpointError, LLMCoreError
 from ..io import atomic_write_json, fsync_tree, is_disk_full, read_json
 from ..models.pretrained import architecture_name, load_state_dict_checked, save_safetensors, tied_duplicates
-from ..rundir import refuse_symlinks
+from ..rundir import pinned, refuse_symlinks
 from . import sharded
 from .distributed import DistEnv, all_gather_tensor, all_reduce_sum, model_class, unwrap
 from .fsdp import is_dtensor, is_sharded
@@ -249,23 +250,31 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, optimizer:
     directory is removed, earlier checkpoints are untouched, and a one-line :class:`CheckpointError` says what
     happened (on every rank).
     """
-    root = checkpoint_root(out_dir)
-    final, tmp = root / f"ckpt-{step:06d}", root / f"ckpt-{step:06d}.tmp"
     opt_tensors, opt_meta = optimizer_payload(optimizer, names)
     meta = dict(state, step=step, optimizer=opt_meta, format_version=FORMAT_VERSION)
-    old = root / f"ckpt-{step:06d}.old"
+    name = f"ckpt-{step:06d}"
     if is_sharded(model):
-        return _save_sharded(out_dir, step, {"model": model_tensors(model), "optimizer": opt_tensors}, meta,
+        return _save_sharded(out_dir, name, {"model": model_tensors(model), "optimizer": opt_tensors}, meta,
                              env or DistEnv(), device or torch.device("cpu"))
     refuse_symlinks(out_dir)  # a link swapped in since the last save (trainer_state, a checkpoint, tokenizer/)
     try:
-        _fresh_dir(tmp)
-        save_safetensors(model_tensors(model), tmp / MODEL_NAME, metadata={"format": "pt", "step": str(step)})
-        save_safetensors(opt_tensors, tmp / OPTIM_NAME, metadata={"step": str(step)})
-        _publish(tmp, final, old, {STATE_NAME: meta})
-    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError, not OSError
-        raise _save_failed(out_dir, final, tmp, old, e, cleanup=True) from e
-    return final
+        # every path below goes through directories pinned without following links: a link swapped in
+        # during this save (trainer_state/ or the .tmp directory) is refused, not written through
+        with pinned(out_dir, CHECKPOINT_DIR, create=True) as root:
+            try:
+                _fresh_dir(root / f"{name}.tmp")
+                with pinned(root, f"{name}.tmp") as tmp:
+                    save_safetensors(model_tensors(model), tmp / MODEL_NAME,
+                                     metadata={"format": "pt", "step": str(step)})
+                    save_safetensors(opt_tensors, tmp / OPTIM_NAME, metadata={"step": str(step)})
+                    _seal(tmp, {STATE_NAME: meta})
+                _swap_in(root, name)
+            except (OSError, SafetensorError) as e:  # safetensors reports a full disk as SafetensorError
+                _remove_partial(root, name)
+                raise _save_failed(out_dir, name, e) from e
+    except OSError as e:  # trainer_state/ itself could not be made or opened: nothing partial to remove
+        raise _save_failed(out_dir, name, e) from e
+    return checkpoint_root(out_dir) / name
 
 
 def _fresh_dir(tmp: Path) -> None:
@@ -274,45 +283,57 @@ def _fresh_dir(tmp: Path) -> None:
     tmp.mkdir(parents=True)
 
 
-def _publish(tmp: Path, final: Path, old: Path, json_files: dict[str, Any]) -> None:
-    """Write the JSON files (``trainer_state.json`` last: a complete directory has it), fsync, rename into place."""
-    for name, obj in json_files.items():
-        atomic_write_json(tmp / name, obj)
+def _seal(tmp: Path, json_files: dict[str, Any]) -> None:
+    """Write the JSON files (``trainer_state.json`` last: a complete directory has it) and fsync the directory."""
+    for fname, obj in json_files.items():
+        atomic_write_json(tmp / fname, obj)
     _fsync_dir(tmp)  # on disk before the rename makes it visible (survives a power cut, not just a kill)
-    if final.exists():  # re-saving a step after a resume: keep the old one until the new one is in place
+
+
+def _swap_in(root: Path, name: str) -> None:
+    """Rename ``root/name.tmp`` to ``root/name``; a ``name`` saved before (a step re-saved after a resume) is
+    kept as ``name.old`` until the new one is in place."""
+    final, old = root / name, root / f"{name}.old"
+    if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
-    os.rename(tmp, final)
+    os.rename(root / f"{name}.tmp", final)
 
 
-def _save_failed(out_dir: str | Path, final: Path, tmp: Path, old: Path, e: BaseException | None,
-                 cleanup: bool, disk_full: bool = False) -> CheckpointError:
-    """Remove the partial checkpoint (``cleanup``: the writing rank 0) and say what happened, in one line
-    (``disk_full``: some rank's disk filled up, maybe not this one's)."""
-    if cleanup:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.is_dir() and not final.exists():  # the step being re-saved: put the complete one back
-            os.rename(old, final)
+def _remove_partial(root: Path, name: str) -> None:
+    """Remove the partial checkpoint ``root/name.tmp`` (``root``: the pinned checkpoint directory) and put back
+    ``name`` from ``name.old`` when that step was being re-saved."""
+    shutil.rmtree(root / f"{name}.tmp", ignore_errors=True)
+    old, final = root / f"{name}.old", root / name
+    if old.is_dir() and not final.exists():
+        os.rename(old, final)
+
+
+def _save_failed(out_dir: str | Path, name: str, e: BaseException | None, disk_full: bool = False
+                 ) -> CheckpointError:
+    """What happened to checkpoint ``name``, in one line (``disk_full``: some rank's disk filled up, maybe not
+    this one's)."""
+    shown = checkpoint_root(out_dir) / name
     previous = latest_checkpoint(out_dir)
     kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
     if disk_full or (e is not None and _disk_full(e)):
-        return CheckpointError(f"disk full while writing checkpoint {final}; freed the partial checkpoint and "
+        return CheckpointError(f"disk full while writing checkpoint {shown}; freed the partial checkpoint and "
                                f"{kept}; free space (or lower keep_last) and rerun with --resume.")
     detail = " ".join(str(e).split()) if e is not None else "another rank failed to write its shard; see its error"
-    return CheckpointError(f"Could not write checkpoint {final} ({detail}); freed the partial checkpoint and {kept}.")
+    return CheckpointError(f"Could not write checkpoint {shown} ({detail}); freed the partial checkpoint and {kept}.")
 
 
-def _save_sharded(out_dir: str | Path, step: int, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any],
+def _save_sharded(out_dir: str | Path, name: str, groups: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any],
                   env: DistEnv, device: torch.device) -> Path:
     """Every rank writes its rows into ``ckpt-NNNNNN.tmp/``; rank 0 checks that all files are there, writes
     ``shards.json`` and ``trainer_state.json`` and renames. After each phase the ranks agree (one all-reduce)
-    whether anyone failed, so an error on one rank is raised on all of them instead of leaving them waiting."""
-    root = checkpoint_root(out_dir)
-    final, tmp, old = root / f"ckpt-{step:06d}", root / f"ckpt-{step:06d}.tmp", root / f"ckpt-{step:06d}.old"
+    whether anyone failed, so an error on one rank is raised on all of them instead of leaving them waiting.
+    Each rank writes through directories pinned as in :func:`save_checkpoint`."""
     plans = {g: sharded.plan(t, g, env, device) for g, t in groups.items()}  # collective, before any I/O
     index = {"format": sharded.FORMAT, "version": sharded.VERSION, "world_size": env.world_size,
              "groups": {g: entry for g, (entry, _) in plans.items()}}
     meta = dict(meta, layout="sharded", world_size=env.world_size)
+    step = int(meta["step"])
 
     def attempt(fn: Any) -> None:
         try:
@@ -324,16 +345,32 @@ def _save_sharded(out_dir: str | Path, step: int, groups: dict[str, dict[str, to
                              device=device)
         failed, full = all_reduce_sum(flags, env).tolist()  # did any rank fail; did any run out of disk
         if failed > 0:
-            raise _save_failed(out_dir, final, tmp, old, error, cleanup=env.is_main, disk_full=full > 0) from error
+            if env.is_main:  # the writing rank removes what the ranks wrote
+                with contextlib.suppress(OSError, CheckpointError), pinned(out_dir, CHECKPOINT_DIR) as root:
+                    _remove_partial(root, name)
+            raise _save_failed(out_dir, name, error, disk_full=full > 0) from error
+
+    def fresh() -> None:
+        refuse_symlinks(out_dir)  # (see save_checkpoint)
+        with pinned(out_dir, CHECKPOINT_DIR, create=True) as root:
+            _fresh_dir(root / f"{name}.tmp")
+
+    def write() -> None:
+        with pinned(out_dir, CHECKPOINT_DIR, f"{name}.tmp") as tmp:
+            for g, (_, local) in plans.items():
+                sharded.write_local(tmp, g, local, env, step)
 
     def publish() -> None:
-        sharded.check_complete(tmp, index)
-        _publish(tmp, final, old, {sharded.INDEX_NAME: index, STATE_NAME: meta})
+        sharded.check_complete(checkpoint_root(out_dir) / f"{name}.tmp", index)
+        with pinned(out_dir, CHECKPOINT_DIR) as root:
+            with pinned(root, f"{name}.tmp") as tmp:
+                _seal(tmp, {sharded.INDEX_NAME: index, STATE_NAME: meta})
+            _swap_in(root, name)
 
-    attempt(lambda: (refuse_symlinks(out_dir), _fresh_dir(tmp)) if env.is_main else None)  # (see save_checkpoint)
-    attempt(lambda: [sharded.write_local(tmp, g, local, env, step) for g, (_, local) in plans.items()])
+    attempt(fresh if env.is_main else lambda: None)
+    attempt(write)
     attempt(publish if env.is_main else lambda: None)
-    return final
+    return checkpoint_root(out_dir) / name
 
 
 _disk_full = is_disk_full  # ENOSPC, or safetensors' "No space left" (os error 28)
