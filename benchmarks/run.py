@@ -43,6 +43,8 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
                                                   "--dtypes", "fp32"]),
     "tokenizer": ("tokenizer.py", [], ["--repeats", "1", "--vocab-size", "1000"]),
     "serve": ("serve.py", [], ["--max-tokens", "4", "--requests", "2", "--concurrency", "1", "2", "--repeats", "1"]),
+    "train-distributed": ("train.py", ["--distributed"], ["--distributed", "--steps", "2", "--warmup", "1"]),
+    "prepare": ("prepare.py", [], ["--size-mb", "1", "--files", "2", "--vocab-size", "1000"]),
 }
 
 
