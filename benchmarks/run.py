@@ -65,8 +65,12 @@ class Tee(io.TextIOBase):
 
 def run_script(script: str, argv: list[str]) -> str:
     """Import ``benchmarks/SCRIPT`` and call its ``main()`` with ``argv``; returns what it printed."""
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{Path(script).stem}", HERE / script)
+    # named as the package's own module and registered, so that a process the script spawns (train.py
+    # --distributed: torch.multiprocessing, start method spawn) can import the function it is handed
+    name = f"benchmarks.{Path(script).stem}"
+    spec = importlib.util.spec_from_file_location(name, HERE / script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     sys.path.insert(0, str(HERE))
     old_argv = sys.argv
     tee = Tee(sys.stdout)
