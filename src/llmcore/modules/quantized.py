@@ -10,8 +10,8 @@ decides whether that pays, and on CPU the candidates were measured side by side 
 * weight-only int8 (``torch._weight_int8pack_mm``, torchao's ``Int8WeightOnlyConfig`` in eager mode) was
   slower than the fbgemm path, with fp32 activations slower than fp32 itself; grouped int4
   (``torch._weight_int4pack_mm_for_cpu``) kept the perplexity within 0.5 % but was slower than fbgemm int8 at
-  batch 8 everywhere and at batch 1 on AVX2 (it took 0.8x of int8's time only at batch 1 on AVX-512 / VNNI), so it is not
-  offered.
+  batch 8 everywhere and at batch 1 on AVX2 (it took 0.8x of int8's time only at batch 1 on AVX-512 / VNNI),
+  so it is not offered.
 
 So activations are quantized too, and how matters for a batch. fbgemm picks one scale for the whole input
 tensor; a row's result would then depend on the other rows of its batch (batched decoding would differ from
