@@ -45,6 +45,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "serve": ("serve.py", [], ["--max-tokens", "4", "--requests", "2", "--concurrency", "1", "2", "--repeats", "1"]),
     "train-distributed": ("train.py", ["--distributed"], ["--distributed", "--steps", "2", "--warmup", "1"]),
     "prepare": ("prepare.py", [], ["--size-mb", "1", "--files", "2", "--vocab-size", "1000"]),
+    "train-compile": ("train_compile.py", [], ["--layers", "1", "--seq", "64", "--steps", "1"]),
 }
 
 
