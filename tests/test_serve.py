@@ -168,9 +168,55 @@ def test_stop_strings_end_the_text_before_them(server):
 def test_logprobs_prompt_lists_and_echo(server):
     resp = greedy(server.client(), ["ab", "cd"], 5, logprobs=2, echo=True)
     assert [c.index for c in resp.choices] == [0, 1]
-    for c, prompt in zip(resp.choices, ["ab", "cd"]):
-        assert c.text.startswith(prompt) and len(c.logprobs.tokens) == 5
-        assert all(lp <= 0 for lp in c.logprobs.token_logprobs) and all(len(t) <= 2 for t in c.logprobs.top_logprobs)
+    for c, prompt in zip(resp.choices, ["ab", "cd"]):  # echo + logprobs: the 2 prompt tokens, then the 5 made
+        assert c.text.startswith(prompt) and len(c.logprobs.tokens) == 2 + 5
+        assert c.logprobs.token_logprobs[0] is None and c.logprobs.top_logprobs[0] is None  # no context
+        assert all(lp <= 0 for lp in c.logprobs.token_logprobs[1:])
+        assert all(len(t) <= 2 for t in c.logprobs.top_logprobs[1:])
+        assert c.logprobs.text_offset[:3] == [0, 1, 2]  # the prompt's characters, then the text made after it
+
+
+def _reference_logprobs(model, ids: list[int]) -> list[float]:
+    """log P(ids[i] | ids[:i]) for i >= 1, from one full forward pass in this process."""
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids]))[0, :-1].float(), dim=-1)
+    return lp.gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1).tolist()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_with_zero_max_tokens_scores_the_prompt_as_harnesses_ask(server, local, stream):
+    """lm-evaluation-harness's loglikelihood request (prompt ids, echo, logprobs, max_tokens=0): every prompt
+    token's log-probability under the model, equal to a full forward pass in this process, nothing generated;
+    and for a greedy continuation, equal to what the server reported while generating it, each token the top
+    choice of its position."""
+    model, tok = local
+    client = server.client()
+    prompt = tok.encode("To be, or not")
+    made = client.completions.create(model="tiny", prompt=[prompt], max_tokens=6, temperature=0, logprobs=1)
+    k = len(made.choices[0].logprobs.token_logprobs)  # 6, or fewer if it stopped at the end of sequence
+    ids = prompt + generate(model, torch.tensor([prompt]), max_new_tokens=k, do_sample=False,
+                            tokenizer=tok)[0, len(prompt):len(prompt) + k].tolist()
+    kw = dict(model="tiny", prompt=[ids], max_tokens=0, echo=True, logprobs=1, temperature=0)
+    if stream:
+        chunks = list(client.completions.create(**kw, stream=True))
+        assert len(chunks) == 1 and chunks[0].choices[0].finish_reason == "length"
+        choice = chunks[0].choices[0]
+    else:
+        resp = client.completions.create(**kw)
+        assert resp.usage.prompt_tokens == len(ids) and resp.usage.completion_tokens == 0
+        choice = resp.choices[0]
+    lp = choice.logprobs
+    assert choice.text == tok.decode(ids) and len(lp.tokens) == len(ids)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(_reference_logprobs(model, ids), abs=1e-4)
+    assert lp.token_logprobs[-k:] == pytest.approx(made.choices[0].logprobs.token_logprobs, abs=1e-4)
+    assert all(max(top, key=top.get) == t for t, top in zip(lp.tokens[-k:], lp.top_logprobs[-k:]))  # greedy
+    assert lp.text_offset == [len(tok.decode(ids[:i])) for i in range(len(ids))]
+
+
+def test_zero_max_tokens_needs_echo(server):
+    got, err = server.post("/v1/completions", {"model": "tiny", "prompt": "a", "max_tokens": 0})
+    assert got == 400 and err["error"]["param"] == "max_tokens" and "echo" in err["error"]["message"], err
 
 
 def test_16_concurrent_streams_equal_one_at_a_time(server):
@@ -233,15 +279,19 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, pat
     assert greedy(server.client(), "still there", 3).choices[0].finish_reason == "length"
 
 
-def test_the_guides_client_snippet_runs(server, capsys):
-    """docs/guides/serving.md's Python block, against this server instead of one on port 8000."""
+def test_the_guides_client_snippets_run(server, model_dir, capsys):
+    """docs/guides/serving.md's Python blocks, in order, against this server instead of one on port 8000 (and
+    with its model's tokenizer for the bundled one's)."""
     import re
 
     guide = (Path(__file__).resolve().parents[1] / "docs" / "guides" / "serving.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n(.*?)^```", guide, re.S | re.M)
-    assert len(blocks) == 1 and "http://127.0.0.1:8000/v1" in blocks[0]
-    exec(compile(blocks[0].replace("http://127.0.0.1:8000", server.url), "serving.md", "exec"), {})
+    assert len(blocks) == 2 and "http://127.0.0.1:8000/v1" in blocks[0] and '"shakespeare"' in blocks[1]
+    namespace: dict = {}
+    exec(compile(blocks[0].replace("http://127.0.0.1:8000", server.url), "serving.md", "exec"), namespace)
     assert capsys.readouterr().out
+    exec(compile(blocks[1].replace('"shakespeare"', repr(str(model_dir))), "serving.md", "exec"), namespace)
+    assert capsys.readouterr().out.startswith("log P(answer | context) = -")
 
 
 def test_wrong_method_and_client_errors(server):

@@ -34,7 +34,7 @@ from ..errors import LLMCoreError
 from .engine import QueueFull
 from .job import Job
 from .protocol import APIError, GenerationRequest, parse_chat, parse_completion, parse_translation
-from .service import Collector, Service, new_id, stream_chunk
+from .service import Collector, Service, echo_only, new_id, stream_chunk
 
 log = logging.getLogger("llmcore.serve")
 POLL_S = 0.5  # how often a non-streamed request checks whether its client is still there
@@ -122,6 +122,13 @@ def create_app(service: Service) -> Starlette:
     async def generate(request: Request, req: GenerationRequest, chat: bool) -> Response:
         service.check_model(req.model)
         prompts = service.prompt_ids(req)
+        echo = [service.tokenizer.decode(p) if isinstance(p, list) else p for p in req.prompts] if req.echo else None
+        scored = req.echo and req.params.logprobs is not None  # every prompt token's log-probability too
+        if req.echo and req.max_tokens_given and req.params.max_tokens == 0:  # score the prompt, generate nothing
+            service.check_prompts(prompts)
+            prompt_lp = await service.score_prompts(prompts, req.params.logprobs) if scored else None
+            answer = echo_only(service.name, echo, req.params.n, prompt_lp, sum(len(p) for p in prompts))
+            return JobStream([], echo_stream(answer, req.include_usage)) if req.stream else JSONResponse(answer)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -131,16 +138,16 @@ def create_app(service: Service) -> Starlette:
             except RuntimeError:  # the event loop is closed (shutdown): nobody waits for these events any more
                 pass
 
-        jobs = service.make_jobs(req, prompts, emit)
-        echo = [service.tokenizer.decode(p) if isinstance(p, list) else p for p in req.prompts] if req.echo else None
+        jobs = service.make_jobs(req, prompts, emit)  # every check before the prompts are scored or queued
+        prompt_lp = await service.score_prompts(prompts, req.params.logprobs) if scored else None
         try:
             service.engine.submit(jobs)
         except QueueFull as e:
             raise APIError(429, f"The server is busy: {e}; retry later.", type="rate_limit_error",
                            code="queue_full") from None
         if req.stream:
-            return JobStream(jobs, sse(jobs, queue, req, chat, echo))
-        collector = Collector(jobs, chat, echo)
+            return JobStream(jobs, sse(jobs, queue, req, chat, echo, prompt_lp))
+        collector = Collector(jobs, chat, echo, prompt_lp)
         try:
             while collector.remaining:
                 try:
@@ -158,7 +165,7 @@ def create_app(service: Service) -> Starlette:
         return JSONResponse(collector.response(service.name, req.params.logprobs is not None))
 
     async def sse(jobs: list[Job], queue: asyncio.Queue, req: GenerationRequest, chat: bool,
-                  echo: list[str] | None) -> AsyncIterator[str]:
+                  echo: list[str] | None, prompt_lp: list[list[dict[str, Any]]] | None) -> AsyncIterator[str]:
         """The events of ``jobs`` as OpenAI chunks; cancels the jobs when the client goes away."""
         rid, n, name = new_id("chatcmpl" if chat else "cmpl"), jobs[0].rows, service.name
         offsets = [0] * (len(jobs) * n)  # characters sent per choice (completions logprobs' text_offset)
@@ -173,7 +180,8 @@ def create_app(service: Service) -> Starlette:
                     yield event(stream_chunk(name, rid, chat, index, role=True))
                 elif echo:
                     offsets[index] = len(echo[index // n])
-                    yield event(stream_chunk(name, rid, chat, index, text=echo[index // n]))
+                    yield event(stream_chunk(name, rid, chat, index, text=echo[index // n],
+                                             infos=prompt_lp[index // n] if prompt_lp else None))
             while collector.remaining:
                 k, ev = await queue.get()
                 if ev["type"] == "error":
@@ -193,6 +201,16 @@ def create_app(service: Service) -> Starlette:
             yield "data: [DONE]\n\n"
         finally:  # the normal end, or the client went away (the generator is closed or cancelled)
             cancel(jobs)
+
+    async def echo_stream(answer: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
+        """:func:`echo_only`'s answer as server-sent events: one chunk per choice, then the usage if asked."""
+        for choice in answer["choices"]:
+            chunk = {k: answer[k] for k in ("id", "object", "created", "model")}
+            yield f"data: {json.dumps({**chunk, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+        if include_usage:
+            chunk = {k: answer[k] for k in ("id", "object", "created", "model")}
+            yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': answer['usage']})}\n\n"
+        yield "data: [DONE]\n\n"
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         kind = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else None

@@ -178,20 +178,11 @@ class Job:
     def _logprobs(self, logits: torch.Tensor, tok: torch.Tensor) -> list[dict[str, Any]]:
         """The chosen tokens' log-probabilities under the model's distribution (before temperature and filters,
         as vLLM reports them), and the ``logprobs`` most likely alternatives."""
-        lp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
-        chosen = lp.gather(1, tok[:, None]).squeeze(1).tolist()
-        k = min(self.params.logprobs, lp.shape[-1])
-        top = lp.topk(k, dim=-1) if k else None
-        out = []
-        for row, t in enumerate(tok.tolist()):
-            alts = [] if top is None else list(zip(top.indices[row].tolist(), top.values[row].tolist()))
-            out.append({"id": t, "token": self.token_text(t), "logprob": chosen[row],
-                        "top": [(self.token_text(i), v) for i, v in alts]})
-        return out
+        return logprob_table(self.tokenizer, logits, tok, self.params.logprobs)
 
     def token_text(self, token_id: int) -> str:
         """A token as text for the logprobs tables (special tokens by name; a partial UTF-8 byte as U+FFFD)."""
-        return self.tokenizer.decode([token_id], skip_special=False)
+        return token_text(self.tokenizer, token_id)
 
     # ------------------------------------------------------------------ text out
     def _visible(self, row: int, final: bool) -> str:
@@ -224,3 +215,46 @@ class Job:
         """End the job with an error event (the engine carries on with the other jobs)."""
         self.done = True
         self.emit({"type": "error", "status": status, "message": message})
+
+
+def token_text(tokenizer: Any, token_id: int) -> str:
+    """A token as text for the logprobs tables (special tokens by name; a partial UTF-8 byte as U+FFFD)."""
+    return tokenizer.decode([token_id], skip_special=False)
+
+
+def logprob_table(tokenizer: Any, logits: torch.Tensor, tok: torch.Tensor, k: int) -> list[dict[str, Any]]:
+    """``{id, token, logprob, top}`` per row: the log-probability of ``tok`` (n,) under each row of ``logits``
+    (n, V), and the ``k`` most likely tokens of the row with theirs."""
+    lp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
+    chosen = lp.gather(1, tok[:, None]).squeeze(1).tolist()
+    k = min(k, lp.shape[-1])
+    top = lp.topk(k, dim=-1) if k else None
+    out = []
+    for row, t in enumerate(tok.tolist()):
+        alts = [] if top is None else list(zip(top.indices[row].tolist(), top.values[row].tolist()))
+        out.append({"id": t, "token": token_text(tokenizer, t), "logprob": chosen[row],
+                    "top": [(token_text(tokenizer, i), v) for i, v in alts]})
+    return out
+
+
+PROMPT_CHUNK = 256  # prompt positions scored per forward pass of the head: (256, V) floats at a time
+
+
+def prompt_logprobs(model: torch.nn.Module, tokenizer: Any, ids: list[int], k: int,
+                    device: torch.device | str = "cpu") -> list[dict[str, Any]]:
+    """The table of :func:`logprob_table` for every token of a prompt, each under the model's distribution
+    given the tokens before it (what ``echo`` with ``logprobs`` reports; evaluation harnesses sum these).
+
+    The first token has no context: its ``logprob`` and ``top`` are None, as in OpenAI's API. Each entry also
+    holds ``offset``, where its text starts in ``tokenizer.decode(ids)``. Call under ``torch.no_grad()``.
+    """
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    logits = model(x)[0, :-1]  # (T-1, V): position i predicts token i + 1
+    target = x[0, 1:]
+    table = [{"id": ids[0], "token": token_text(tokenizer, ids[0]), "logprob": None, "top": None}]
+    for start in range(0, logits.shape[0], PROMPT_CHUNK):
+        stop = start + PROMPT_CHUNK
+        table += logprob_table(tokenizer, logits[start:stop], target[start:stop], k)
+    for i, entry in enumerate(table):  # offsets in the decoded prompt (a token's own text may not add up to it)
+        entry["offset"] = len(tokenizer.decode(ids[:i])) if i else 0
+    return table

@@ -137,16 +137,18 @@ def stop_list(body: dict[str, Any]) -> list[str]:
     return list(stops)
 
 
-def sampling(body: dict[str, Any], limits: Limits, logprobs: int | None, max_key: str = "max_tokens"
-             ) -> tuple[SamplingParams, bool]:
-    """The decoding fields shared by both endpoints; returns the params and whether max_tokens was given."""
+def sampling(body: dict[str, Any], limits: Limits, logprobs: int | None, max_key: str = "max_tokens",
+             least: int = 1) -> tuple[SamplingParams, bool]:
+    """The decoding fields shared by both endpoints; returns the params and whether max_tokens was given.
+    ``least``: the smallest ``max_tokens`` allowed (0 for an echoed completion: the prompt scored, nothing made)."""
     neutral(body, "presence_penalty", (0, 0.0), "use repetition_penalty (an extension, 1.0 = off) instead")
     neutral(body, "frequency_penalty", (0, 0.0), "use repetition_penalty (an extension, 1.0 = off) instead")
     neutral(body, "logit_bias", ({},), "leave it out")
-    max_tokens = integer(body, max_key, None, 1, limits.max_tokens, " (the server's --max-tokens-limit)")
+    hint = " (the server's --max-tokens-limit)" + ("; 0 needs echo=true" if max_key == "max_tokens" and least else "")
+    max_tokens = integer(body, max_key, None, least, limits.max_tokens, hint)
     top_k = integer(body, "top_k", None, -1, 2**31 - 1, "; -1 or 0 turns it off")
     params = SamplingParams(
-        max_tokens=max_tokens or 1,  # the default is fitted to the prompt later (see resolve_max_tokens)
+        max_tokens=1 if max_tokens is None else max_tokens,  # a default is fitted to the prompt later
         temperature=number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=top_k if top_k and top_k > 0 else None,
@@ -179,11 +181,14 @@ def parse_completion(body: Any, limits: Limits) -> GenerationRequest:
     body = check_fields(body, COMPLETION_FIELDS)
     neutral(body, "suffix", ("",), "this server only continues a prompt")
     logprobs = integer(body, "logprobs", None, 0, MAX_LOGPROBS)
-    params, given = sampling(body, limits, logprobs)
+    echo = boolean(body, "echo")
+    # echo + logprobs + max_tokens=0 is how evaluation harnesses score a text (lm-evaluation-harness's
+    # loglikelihood): the log-probability of every prompt token, nothing generated
+    params, given = sampling(body, limits, logprobs, least=0 if echo else 1)
     neutral(body, "best_of", (params.n,), "leave it out (best_of = n)")
     stream, usage = streaming(body)
     return GenerationRequest(body["model"], prompt_list(body.get("prompt")), params, given, stream, usage,
-                             echo=boolean(body, "echo"))
+                             echo=echo)
 
 
 def prompt_list(v: Any) -> list[str | list[int]]:

@@ -19,7 +19,7 @@ from ..errors import LLMCoreError
 from ..generation.config import check_decoding_memory
 from .chat import ChatTemplate
 from .engine import Engine
-from .job import Event, Job
+from .job import Event, Job, prompt_logprobs
 from .protocol import APIError, GenerationRequest, Limits
 
 DEFAULT_MAX_TOKENS = 16  # completions without max_tokens (OpenAI's default); chat takes what the context leaves
@@ -97,6 +97,27 @@ class Service:
                                 f"{length}; shorten the prompt.", param=param, code="context_length_exceeded")
         return min(room, limit, DEFAULT_MAX_TOKENS if req.messages is None else limit)
 
+    def check_prompts(self, prompts: list[list[int]]) -> None:
+        """400 unless every prompt is 1 to ``max_seq_len`` ids of the vocabulary (what scoring a prompt needs)."""
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        for ids in prompts:
+            if not ids:
+                raise APIError(400, "An empty prompt has no tokens to score; give at least one.", param="prompt")
+            if self.max_seq_len is not None and len(ids) > self.max_seq_len:
+                raise APIError(400, f"This model's maximum context length is {self.max_seq_len} tokens; the prompt "
+                                    f"has {len(ids)}. Shorten it.", param="prompt", code="context_length_exceeded")
+            if vocab is not None and not all(0 <= i < vocab for i in ids):
+                raise APIError(400, f"The prompt holds token ids outside the vocabulary [0, {vocab}).", param="prompt")
+
+    async def score_prompts(self, prompts: list[list[int]], k: int) -> list[list[dict[str, Any]]]:
+        """:func:`~.job.prompt_logprobs` of each prompt, run on the engine thread between two decoding steps."""
+        import asyncio
+
+        self.check_prompts(prompts)
+        future = self.engine.call(lambda: [prompt_logprobs(self.model, self.tokenizer, ids, k, self.engine.device)
+                                           for ids in prompts])
+        return await asyncio.wrap_future(future)
+
     def make_jobs(self, req: GenerationRequest, prompts: list[list[int]],
                   emit: Callable[[int, Event], None]) -> list[Job]:
         """One validated :class:`Job` per prompt; ``emit(k, event)`` receives prompt k's events."""
@@ -128,12 +149,15 @@ def new_id(prefix: str) -> str:
 class Collector:
     """Accumulates the events of a request's jobs into OpenAI's non-streamed response (or its usage only)."""
 
-    def __init__(self, jobs: list[Job], chat: bool, echo_texts: list[str] | None = None) -> None:
+    def __init__(self, jobs: list[Job], chat: bool, echo_texts: list[str] | None = None,
+                 prompt_lp: list[list[dict[str, Any]]] | None = None) -> None:
         self.jobs, self.chat = jobs, chat
         self.n = jobs[0].rows
         self.echo = [len(echo_texts[k]) if echo_texts else 0 for k in range(len(jobs))]  # logprobs' text_offset
         self.text = [[(echo_texts[k] if echo_texts else "") for _ in range(self.n)] for k in range(len(jobs))]
-        self.lp: list[list[list[dict[str, Any]]]] = [[[] for _ in range(self.n)] for _ in jobs]
+        # echo with logprobs: each choice's table starts with its prompt's tokens
+        self.lp: list[list[list[dict[str, Any]]]] = [[list(prompt_lp[k]) if prompt_lp else [] for _ in range(self.n)]
+                                                     for k in range(len(jobs))]
         self.finish: list[list[str | None]] = [[None] * self.n for _ in jobs]
         self.remaining = len(jobs)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -176,17 +200,34 @@ def logprobs_object(infos: list[dict[str, Any]], chat: bool, offset: int = 0) ->
                             for i in infos]}
     offsets, pos = [], offset
     for i in infos:
+        if "offset" in i:  # a prompt token (echo): where it starts in the echoed prompt
+            offsets.append(i["offset"])
+            continue
         offsets.append(pos)
         pos += len(i["token"])
     return {"tokens": [i["token"] for i in infos], "token_logprobs": [i["logprob"] for i in infos],
-            "top_logprobs": [dict(i["top"]) for i in infos], "text_offset": offsets}
+            "top_logprobs": [None if i["top"] is None else dict(i["top"]) for i in infos], "text_offset": offsets}
+
+
+def echo_only(name: str, echo: list[str], n: int, prompt_lp: list[list[dict[str, Any]]] | None,
+              prompt_tokens: int) -> dict[str, Any]:
+    """The response to an echoed completion with ``max_tokens=0``: each prompt back (``n`` times), with its
+    tokens' log-probabilities when asked, nothing generated."""
+    choices = [{"index": k * n + c, "text": text, "finish_reason": "length",
+                "logprobs": None if prompt_lp is None else logprobs_object(prompt_lp[k], False)}
+               for k, text in enumerate(echo) for c in range(n)]
+    return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": name,
+            "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0,
+                                          "total_tokens": prompt_tokens}}
 
 
 def stream_chunk(name: str, rid: str, chat: bool, index: int, text: str | None = None,
                  finish: str | None = None, info: dict[str, Any] | None = None, role: bool = False,
-                 offset: int = 0) -> dict[str, Any]:
-    """One server-sent event of OpenAI's chunk format (``text_completion`` or ``chat.completion.chunk``)."""
-    lp = None if info is None else logprobs_object([info], chat, offset)
+                 offset: int = 0, infos: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One server-sent event of OpenAI's chunk format (``text_completion`` or ``chat.completion.chunk``);
+    ``info`` is the logprobs entry of its one token, ``infos`` those of several (an echoed prompt's)."""
+    infos = [info] if info is not None else infos
+    lp = None if infos is None else logprobs_object(infos, chat, offset)
     if chat:
         delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
         if text:
