@@ -155,6 +155,20 @@ def test_n_choices_seeded_sampling_reproducible_and_equal_to_generate(server, lo
     assert [c.text for c in sorted(other.choices, key=lambda c: c.index)] != texts
 
 
+def test_penalties_and_logit_bias_equal_generate(server, local):
+    """OpenAI's presence / frequency penalties and logit_bias give the tokens generate gives with the same
+    options (greedy), and change them."""
+    model, tok = local
+    options = dict(presence_penalty=0.5, frequency_penalty=1.5, logit_bias={tok.encode("e")[0]: 4.0})
+    resp = greedy(server.client(), "Hello", 16, presence_penalty=0.5, frequency_penalty=1.5,
+                  logit_bias={str(k): v for k, v in options["logit_bias"].items()})
+    ids = torch.tensor([tok.encode("Hello")])
+    ref = generate(model, ids, max_new_tokens=16, do_sample=False, tokenizer=tok, **options)
+    assert resp.choices[0].text == tok.decode(ref[0, ids.shape[1]:].tolist())
+    assert resp.choices[0].text != greedy(server.client(), "Hello", 16).choices[0].text
+    assert "e" in resp.choices[0].text
+
+
 def test_stop_strings_end_the_text_before_them(server):
     client = server.client()
     full = greedy(client, "Tell me", 30).choices[0].text
@@ -249,7 +263,10 @@ BAD = [  # (path, body or raw bytes, status, code or param)
     ("/v1/completions", {"model": "tiny", "prompt": "a", "max_tokens": 201}, 400, "max_tokens"),
     ("/v1/completions", {"model": "tiny", "prompt": "a", "n": 0}, 400, "n"),
     ("/v1/completions", {"model": "tiny", "prompt": "a", "frobnicate": 1}, 400, "frobnicate"),
-    ("/v1/completions", {"model": "tiny", "prompt": "a", "logit_bias": {"3": 5}}, 400, "logit_bias"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "logit_bias": {"x": 5}}, 400, "logit_bias"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "logit_bias": {"3": 101}}, 400, "logit_bias"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "logit_bias": {"99999": 1}}, 400, "logit_bias"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a", "presence_penalty": 2.5}, 400, "presence_penalty"),
     ("/v1/completions", {"model": "tiny", "prompt": "a", "stop": 3}, 400, "stop"),
     ("/v1/completions", {"model": "tiny"}, 400, "prompt"),
     ("/v1/completions", {"model": "tiny", "prompt": "a" * 250, "max_tokens": 10}, 400, "context_length_exceeded"),

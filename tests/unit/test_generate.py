@@ -13,10 +13,12 @@ from torch import nn
 
 from llmcore import ConfigError, DataError, GenerationError, LLMCoreError, ModelConfig, TransformerLM
 from llmcore.generation import (
+    add_logit_bias,
     beam_search,
     generate,
     min_p_filter,
     no_repeat_ngram,
+    openai_penalties,
     repetition_penalty,
     stream,
     suppress_eos,
@@ -153,6 +155,36 @@ def test_repetition_penalty_hf_semantics():
     # left padding (first 2 positions) is not seen text
     out = repetition_penalty(torch.tensor([[2, 3, 0]]), logits, 2.0, ignore_before=torch.tensor([2]))
     assert torch.equal(out, torch.tensor([[1.0, -2.0, 1.0, -1.0]]))
+
+
+def test_openai_penalties_count_generated_tokens_only():
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    ids = torch.tensor([[3, 0, 0, 2]])  # prompt [3]; generated 0 twice, 2 once
+    out = openai_penalties(ids, logits, presence=0.5, frequency=0.25, prompt_len=1)
+    # logit - 0.25 * count - 0.5 * (count > 0): token 0: 2 - 0.5 - 0.5; token 2: 1 - 0.25 - 0.5; 3 is prompt
+    assert torch.equal(out, torch.tensor([[1.0, -2.0, 0.25, -1.0]]))
+    assert torch.equal(openai_penalties(ids, logits, -1.0, 0.0, prompt_len=4), logits)  # nothing generated yet
+
+
+def test_logit_bias_adds_to_named_tokens_and_refuses_ids_beyond_the_vocabulary():
+    logits = torch.zeros(2, 5)
+    out = add_logit_bias(torch.zeros(2, 1, dtype=torch.long), logits, {1: 3.0, 4: -100.0})
+    assert out.tolist() == [[0.0, 3.0, 0.0, 0.0, -100.0]] * 2 and logits.abs().sum() == 0  # not in place
+    with pytest.raises(GenerationError, match="outside the vocabulary of 5"):
+        add_logit_bias(torch.zeros(1, 1, dtype=torch.long), logits[:1], {5: 1.0})
+
+
+def test_penalties_and_logit_bias_steer_greedy_decoding():
+    model = FixedLM([1.0, 1.0, 1.0, 1.0, 5.0, 1.0])  # 4 first; the rest tie, argmax takes the lowest id
+    ids = torch.tensor([[4]])  # a token of the prompt is not penalised
+    assert generate(model, ids, max_new_tokens=3, eos_token_id=[], frequency_penalty=2.0)[0, 1:].tolist() == [4, 4, 0]
+    assert generate(model, ids, max_new_tokens=3, eos_token_id=[], presence_penalty=2.0)[0, 1:].tolist() == [4, 4, 4]
+    out = generate(model, ids, max_new_tokens=3, eos_token_id=[], logit_bias={5: 10.0})
+    assert out[0, 1:].tolist() == [5, 5, 5]
+    with pytest.raises(ConfigError, match="frequency_penalty"):
+        generate(model, ids, max_new_tokens=3, frequency_penalty=3.0)
+    with pytest.raises(ConfigError, match="logit_bias"):
+        generate(model, ids, max_new_tokens=3, logit_bias={"5": 1.0})
 
 
 def test_no_repeat_ngram():

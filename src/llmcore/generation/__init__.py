@@ -18,11 +18,13 @@ if TYPE_CHECKING:  # the public names, imported on first use (llmcore.lazy): imp
     from .config import GenerationConfig
     from .decode import TextDeltas, generate, stream
     from .processors import (
+        add_logit_bias,
         apply_processors,
         apply_temperature,
         build_processors,
         min_p_filter,
         no_repeat_ngram,
+        openai_penalties,
         repetition_penalty,
         sample_next,
         suppress_eos,
@@ -42,6 +44,8 @@ __all__ = [
     "repetition_penalty",
     "no_repeat_ngram",
     "suppress_eos",
+    "openai_penalties",
+    "add_logit_bias",
     "apply_temperature",
     "top_k_filter",
     "top_p_filter",

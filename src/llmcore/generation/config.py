@@ -64,6 +64,11 @@ class GenerationConfig:
     Always applied (greedy, sampling and beams):
         repetition_penalty: CTRL penalty on tokens already present (1.0: off).
         no_repeat_ngram_size: forbid repeating any n-gram of this size (0: off).
+        presence_penalty, frequency_penalty: OpenAI's penalties, in [-2, 2] (0: off): each token's logit is
+            lowered by ``frequency_penalty`` x the times it was generated so far, plus ``presence_penalty`` once
+            if it was generated at all (the prompt does not count).
+        logit_bias: ``{token id: bias}``, each bias in [-100, 100], added to that token's logit at every step
+            (OpenAI's: -100 all but bans a token, 100 all but forces it).
     Beam search:
         num_beams: beams per row (1: greedy or sampling).
         num_return_sequences: sequences returned per row (≤ num_beams for beam search; sampling draws that many).
@@ -95,6 +100,9 @@ class GenerationConfig:
     min_p: float | None = None
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
     num_beams: int = 1
     num_return_sequences: int = 1
     length_penalty: float = 1.0
@@ -123,6 +131,11 @@ class GenerationConfig:
         check_field(self, "min_p", lambda v: v is None or (is_number(v) and 0 <= v <= 1),
                     "None or in [0, 1] (None or 0 disables it)")
         check_field(self, "repetition_penalty", lambda v: is_number(v) and v > 0, "> 0 (1.0 disables it)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            check_field(self, name, lambda v: is_number(v) and -2 <= v <= 2, "in [-2, 2] (0 disables it)")
+        check_field(self, "logit_bias", lambda v: v is None or (isinstance(v, dict) and all(
+            is_int(k, 0) and is_number(b) and -100 <= b <= 100 for k, b in v.items())),
+            "None or {token id (int >= 0): bias in [-100, 100]}")
         check_field(self, "length_penalty", is_number, "a number")
         check_field(self, "early_stopping", lambda v: v in (True, False, "never"), "True, False or 'never'")
         for name in ("do_sample", "use_cache", "sliding_window"):

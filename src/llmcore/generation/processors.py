@@ -12,12 +12,15 @@ seeded sampling run can match ``transformers`` token for token):
 1. ``repetition_penalty``    — always (greedy, sampling, beams)
 2. ``no_repeat_ngram``       — always
 3. ``suppress_eos`` until ``min_new_tokens`` tokens were generated — always
-4. user callables (``logits_processors=[fn, ...]``), in the order given
-5. ``apply_temperature``     — sampling only
-6. ``top_k_filter``          — sampling only (commutes with 5: scaling keeps the ranking, so this is also
+4. ``openai_penalties`` (``presence_penalty`` / ``frequency_penalty``) — always (HF has no such processor;
+   as vLLM, they count the generated tokens only)
+5. ``add_logit_bias``        — always (after the penalties, so a bias of -100 or 100 has the last word)
+6. user callables (``logits_processors=[fn, ...]``), in the order given
+7. ``apply_temperature``     — sampling only
+8. ``top_k_filter``          — sampling only (commutes with 7: scaling keeps the ranking, so this is also
    litgpt's documented top_k → temperature → top_p)
-7. ``top_p_filter``          — sampling only, on the temperature-scaled distribution
-8. ``min_p_filter``          — sampling only, after temperature (as llama.cpp and HF do)
+9. ``top_p_filter``          — sampling only, on the temperature-scaled distribution
+10. ``min_p_filter``         — sampling only, after temperature (as llama.cpp and HF do)
 
 Beam search applies the same list to log-probabilities (log_softmax of the logits), as HF does.
 
@@ -96,6 +99,26 @@ def suppress_eos(input_ids: torch.Tensor, logits: torch.Tensor, eos_ids: Sequenc
 
 
 # ---------------------------------------------------------------------- sampling warpers
+def openai_penalties(input_ids: torch.Tensor, logits: torch.Tensor, presence: float, frequency: float,
+                     prompt_len: int) -> torch.Tensor:
+    """OpenAI's penalties: ``logit[j] - frequency * count[j] - presence * (count[j] > 0)``, where ``count[j]``
+    is how often token j occurs in each row's generated part (``input_ids[:, prompt_len:]``)."""
+    generated = input_ids[:, prompt_len:]
+    counts = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
+    counts.scatter_add_(1, generated, torch.ones(generated.shape, dtype=logits.dtype, device=logits.device))
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def add_logit_bias(input_ids: torch.Tensor, logits: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
+    """``logits`` plus ``bias[j]`` for each token id j in ``bias`` (ids beyond the vocabulary are an error)."""
+    ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+    if ids.numel() and int(ids.max()) >= logits.shape[-1]:
+        raise GenerationError(f"logit_bias names token id {int(ids.max())}, outside the vocabulary of "
+                              f"{logits.shape[-1]}; use ids the tokenizer produces.")
+    values = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(1, ids, values.expand(logits.shape[0], -1))
+
+
 def apply_temperature(input_ids: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits / temperature (> 1 flattens the distribution, < 1 sharpens it)."""
     return logits / temperature
@@ -151,6 +174,11 @@ def build_processors(config: GenerationConfig, prompt_len: int, eos_ids: Sequenc
     if config.min_new_tokens > 0 and eos_ids:
         procs.append(partial(suppress_eos, eos_ids=list(eos_ids), prompt_len=prompt_len,
                              min_new_tokens=config.min_new_tokens))
+    if config.presence_penalty or config.frequency_penalty:
+        procs.append(partial(openai_penalties, presence=config.presence_penalty, frequency=config.frequency_penalty,
+                             prompt_len=prompt_len))
+    if config.logit_bias:
+        procs.append(partial(add_logit_bias, bias=dict(config.logit_bias)))
     procs.extend(extra or ())
     if config.is_sampling:
         if config.temperature != 1.0:

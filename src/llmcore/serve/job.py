@@ -54,6 +54,9 @@ class SamplingParams:
     stop: list[str] = dataclasses.field(default_factory=list)
     seed: int | None = None
     logprobs: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
 
     def generation_config(self) -> GenerationConfig:
         """The :class:`GenerationConfig` of one choice (``n`` is the job's row count, not the config's)."""
@@ -62,7 +65,8 @@ class SamplingParams:
             if sampling else {}  # greedy: leave them unset, so no "has no effect" warning fires
         return GenerationConfig(max_new_tokens=self.max_tokens, min_new_tokens=self.min_tokens, do_sample=sampling,
                                 repetition_penalty=self.repetition_penalty, stop_strings=self.stop or None,
-                                seed=self.seed, **extra)
+                                presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                                logit_bias=self.logit_bias, seed=self.seed, **extra)
 
 
 class Job:

@@ -2,7 +2,7 @@
 
 Every mistake becomes an :class:`APIError`, which the HTTP layer sends as OpenAI's error object
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status. A field OpenAI defines but this
-server does not implement (``presence_penalty``, ``logit_bias``, tools, ...) is accepted at its neutral
+server does not implement (``best_of``, ``suffix``, tools, ...) is accepted at its neutral
 value and refused otherwise, naming the field; a field OpenAI does not define is refused too (as OpenAI
 does: "Unrecognized request argument"), so a typo never passes silently. The extensions ``top_k``,
 ``min_p``, ``repetition_penalty`` and ``min_tokens`` are vLLM's names for llmcore's decoding options.
@@ -141,9 +141,6 @@ def sampling(body: dict[str, Any], limits: Limits, logprobs: int | None, max_key
              least: int = 1) -> tuple[SamplingParams, bool]:
     """The decoding fields shared by both endpoints; returns the params and whether max_tokens was given.
     ``least``: the smallest ``max_tokens`` allowed (0 for an echoed completion: the prompt scored, nothing made)."""
-    neutral(body, "presence_penalty", (0, 0.0), "use repetition_penalty (an extension, 1.0 = off) instead")
-    neutral(body, "frequency_penalty", (0, 0.0), "use repetition_penalty (an extension, 1.0 = off) instead")
-    neutral(body, "logit_bias", ({},), "leave it out")
     hint = " (the server's --max-tokens-limit)" + ("; 0 needs echo=true" if max_key == "max_tokens" and least else "")
     max_tokens = integer(body, max_key, None, least, limits.max_tokens, hint)
     top_k = integer(body, "top_k", None, -1, 2**31 - 1, "; -1 or 0 turns it off")
@@ -158,8 +155,31 @@ def sampling(body: dict[str, Any], limits: Limits, logprobs: int | None, max_key
         n=integer(body, "n", 1, 1, limits.max_n, " (the server's --max-batch-rows)"),
         stop=stop_list(body),
         seed=integer(body, "seed", None, 0, 2**63 - 1),
-        logprobs=logprobs)
+        logprobs=logprobs,
+        presence_penalty=number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        logit_bias=logit_bias(body))
     return params, max_tokens is not None
+
+
+MAX_LOGIT_BIAS = 300  # entries of logit_bias (OpenAI's limit)
+
+
+def logit_bias(body: dict[str, Any]) -> dict[int, float] | None:
+    """``logit_bias``: a JSON object of token ids (as strings, JSON keys being strings) to biases in [-100, 100]."""
+    v = body.get("logit_bias")
+    if v is None or v == {}:
+        return None
+    if not isinstance(v, dict) or len(v) > MAX_LOGIT_BIAS:
+        raise bad("logit_bias", f"logit_bias must be an object of at most {MAX_LOGIT_BIAS} token ids to biases.")
+    out: dict[int, float] = {}
+    for key, bias in v.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) < 10) or not _is_number(bias) \
+                or not -100 <= bias <= 100:
+            raise bad("logit_bias", f"logit_bias entry {key!r}: {bias!r} is invalid: keys are token ids (digits), "
+                                    "values numbers in [-100, 100].")
+        out[int(key)] = float(bias)
+    return out
 
 
 def streaming(body: dict[str, Any]) -> tuple[bool, bool]:

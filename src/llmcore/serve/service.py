@@ -124,6 +124,10 @@ class Service:
         if len(prompts) > self.engine.max_queue:
             raise APIError(400, f"{len(prompts)} prompts in one request, but the server queues at most "
                                 f"{self.engine.max_queue} (--max-queue); send fewer per request.", param="prompt")
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        if req.params.logit_bias and vocab is not None and max(req.params.logit_bias) >= vocab:
+            raise APIError(400, f"logit_bias names token id {max(req.params.logit_bias)}, outside the vocabulary "
+                                f"[0, {vocab}).", param="logit_bias")
         jobs = []
         for k, ids in enumerate(prompts):
             stops = req.params.stop + (self.chat_template.stops if req.messages is not None else [])
