@@ -53,6 +53,8 @@ SCRIPTS |= {
                                "| shakespeare |", [], [], 300),
     "benchmarks/train_gpt2.py": (["--layers", "1", "--seq", "32", "--steps", "1", "--warmup", "0", "--threads", "1",
                                   "--dtypes", "fp32"], "llmcore / nanoGPT-eq.", [], ["transformers"], 300),
+    "benchmarks/train_compile.py": (["--layers", "1", "--seq", "32", "--steps", "1"], "| torch.compile (inductor) |",
+                                    [], [], 300),
     "benchmarks/run.py": (["--quick", "--only", "decode", "--out", "{OUT}"], "benchmark suite finished",
                           ["decode.md"], ["transformers"], 300),
 }

@@ -160,7 +160,9 @@ def test_protocol_refuses_bad_fields_with_the_parameter_named():
     cases = [({"prompt": "x"}, "model"), ({"model": "m", "prompt": "x", "temperature": 3}, "temperature"),
              ({"model": "m", "prompt": "x", "n": 5}, "n"), ({"model": "m", "prompt": "x", "max_tokens": 51}, "max_tokens"),
              ({"model": "m", "prompt": "x", "stop": [""]}, "stop"), ({"model": "m", "prompt": "x", "foo": 1}, "foo"),
-             ({"model": "m", "prompt": "x", "presence_penalty": 1}, "presence_penalty"),
+             ({"model": "m", "prompt": "x", "presence_penalty": 3}, "presence_penalty"),
+             ({"model": "m", "prompt": "x", "logit_bias": {"1": "a"}}, "logit_bias"),
+             ({"model": "m", "prompt": "x", "max_tokens": 0}, "max_tokens"),
              ({"model": "m", "prompt": "x", "top_p": 0}, "top_p"), ({"model": "m", "prompt": []}, "prompt"),
              ({"model": "m", "prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
              ({"model": "m", "prompt": "x", "max_tokens": True}, "max_tokens")]
