@@ -6,7 +6,9 @@
    validation and test images contain one, so the test set scores seen and novel combinations apart.
 2. **Text**: every image gives the sequences ``<bos> what is in the image? CAPTION <eos>`` and
    ``<bos> QUESTION ANSWER <eos>``; the prompt (``<bos>`` and the question) is masked from the loss. A
-   SentencePiece *word* tokenizer (about 50 ids, exact on every caption and question) encodes them.
+   SentencePiece *word* tokenizer (about 50 ids, exact on every caption and question) encodes them. The
+   fusion and blind models train on each colour question three times (``--colour-repeat``; once, colour
+   answers were 4 % of the targets and were never learned: see :func:`build_dataset`).
 3. **Pretrain** a small TransformerLM (RoPE, so the text's relative positions do not change when an image
    prefix moves it right) on the training texts alone: it learns the language, not the images.
 4. **Fuse**, starting from that LM's weights (``load_state_dict(strict=False)``: the new parts stay fresh):
