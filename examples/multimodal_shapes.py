@@ -6,7 +6,9 @@
    validation and test images contain one, so the test set scores seen and novel combinations apart.
 2. **Text**: every image gives the sequences ``<bos> what is in the image? CAPTION <eos>`` and
    ``<bos> QUESTION ANSWER <eos>``; the prompt (``<bos>`` and the question) is masked from the loss. A
-   SentencePiece *word* tokenizer (about 50 ids, exact on every caption and question) encodes them.
+   SentencePiece *word* tokenizer (about 50 ids, exact on every caption and question) encodes them. The
+   fusion and blind models train on each colour question three times (``--colour-repeat``; once, colour
+   answers were 4 % of the targets and were never learned: see :func:`build_dataset`).
 3. **Pretrain** a small TransformerLM (RoPE, so the text's relative positions do not change when an image
    prefix moves it right) on the training texts alone: it learns the language, not the images.
 4. **Fuse**, starting from that LM's weights (``load_state_dict(strict=False)``: the new parts stay fresh):
@@ -108,14 +110,27 @@ class TextOnly(ImageTextDataset):
 
 
 def build_dataset(examples, tok, images: torch.Tensor, cls=ImageTextDataset, mask_prompt: bool = True,
-                  bucket: int = 1):
+                  bucket: int = 1, colour_repeat: int = 1):
+    """The texts of :func:`pairs_of` for every example, each tied to its image; each colour question
+    ``colour_repeat`` times.
+
+    Why repeat them: colour is the one attribute the fused models learn to *say* only when its answers are a
+    large enough share of the targets. In the plain mixture a colour answer is 4 % of the target tokens
+    (captions are most of them; 10 % with 3 repeats), and after 1300 steps its validation loss is still
+    ln 6, the text prior: the model names the colours most common in training (orange and purple, the two
+    in no held-out pair) whatever the image. Trained on the colour questions alone, or with them three
+    times, the same model reads colour from the image within a few hundred steps. Shape, size and count are
+    learned either way.
+    """
     texts, prompts, index = [], [], []
     for i, ex in enumerate(examples):
-        for q, a in pairs_of(ex):
+        kinds = ["caption"] + [q.kind for q in ex.qa]
+        for (q, a), kind in zip(pairs_of(ex), kinds):
             ids, n = encode_pair(tok, q, a)
-            texts.append(ids)
-            prompts.append(n if mask_prompt else 0)
-            index.append(i)
+            for _ in range(colour_repeat if kind == "colour" else 1):
+                texts.append(ids)
+                prompts.append(n if mask_prompt else 0)
+                index.append(i)
     data = cls(images, texts, pad_id=tok.pad_id, prompt_lengths=prompts, input_index=index)
     data.bucket = bucket  # batches of similar lengths: a caption is ~3x as long as a question and its answer
     return data
@@ -391,7 +406,8 @@ def _wrap(text: str, width: int = 34) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, its defaults the reported run's."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-images", type=int, default=4000)
     ap.add_argument("--eval-images", type=int, default=400, help="test (or validation) images scored")
@@ -413,6 +429,8 @@ def main() -> None:
     ap.add_argument("--encoder-steps", type=int, default=2000,
                     help="ViT pretraining steps on per-cell colour/shape/size (0: the ViT starts random)")
     ap.add_argument("--encoder-lr", type=float, default=1e-3)
+    ap.add_argument("--colour-repeat", type=int, default=3,
+                    help="each colour question this many times in the fusion and blind training texts (1: once)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lm-steps", type=int, default=400)
     ap.add_argument("--lm-lr", type=float, default=3e-3)
@@ -427,7 +445,11 @@ def main() -> None:
     ap.add_argument("--figure", default=None, help="figure path (default: docs/images/multimodal_shapes.png; "
                                                    "with --quick: OUT/multimodal_shapes.png)")
     ap.add_argument("--quick", action="store_true", help="tiny data and models, a few steps: a smoke test")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.quick:
         args.train_images, args.eval_images, args.d_model, args.n_layers = 48, 12, 32, 1
         args.vit_d_model, args.vit_layers, args.batch_size = 16, 1, 8
@@ -445,7 +467,7 @@ def main() -> None:
     train_images = images_to_tensor(np.stack([ex.image for ex in train]))
     eval_images = images_to_tensor(np.stack([ex.image for ex in evals]))
     tok = train_tokenizer(train, args.seed)
-    data = build_dataset(train, tok, train_images, bucket=args.bucket)
+    data = build_dataset(train, tok, train_images, bucket=args.bucket, colour_repeat=args.colour_repeat)
     print(f"data: {len(train)} training images ({len(data)} texts), {len(evals)} {args.split} images "
           f"({sum(ex.held_out for ex in evals)} with a held-out pair); word vocabulary {tok.vocab_size}")
 
@@ -462,7 +484,7 @@ def main() -> None:
         print(f"pretrained the ViT on per-cell attributes ({args.encoder_steps} steps): {encoder_seconds:.0f}s")
 
     results, models = {}, {}
-    blind_data = build_dataset(train, tok, train_images, TextOnly, bucket=args.bucket)
+    blind_data = build_dataset(train, tok, train_images, TextOnly, bucket=args.bucket, colour_repeat=args.colour_repeat)
     for kind in methods:
         torch.manual_seed(args.seed)
         if kind == "majority":
