@@ -1,7 +1,8 @@
 """Is ``torch.compile`` worth it for training on this CPU? A GPT-2-small training step, eager against compiled.
 
-The step is the one ``benchmarks/train_gpt2.py`` times for llmcore (one 1024-token sequence, ``lm_loss``, the
-optimizer the Trainer builds, clipping at 1.0, ``zero_grad(set_to_none=True)``), run two ways in one process:
+The step is the one ``benchmarks/train_gpt2.py`` times for llmcore (its ``stepper``: one 1024-token sequence,
+``lm_loss``, the optimizer the Trainer builds, clipping at 1.0, ``zero_grad(set_to_none=True)``), run two ways
+in one process:
 
 * **eager**: the model as it is;
 * **compiled**: ``torch.compile(model)`` (default backend, inductor, as ``TrainConfig(compile=True)`` does).
@@ -22,30 +23,7 @@ import statistics
 import time
 
 import torch
-
-
-def stepper(layers: int, seq: int, compiled: bool):
-    """A function running one training step of a fresh GPT-2-shaped llmcore model; returns its loss."""
-    from llmcore import ModelConfig, TransformerLM
-    from llmcore.training import lm_loss, param_groups
-    from llmcore.training.optim import build_optimizer
-
-    torch.manual_seed(0)
-    model = TransformerLM(ModelConfig.from_preset("gpt2", n_layers=layers, max_seq_len=seq)).train()
-    forward = torch.compile(model) if compiled else model
-    opt = build_optimizer(param_groups(model, 0.1, 6e-4), 6e-4, betas=(0.9, 0.95))
-    data = torch.randint(0, 50257, (4, seq + 1), generator=torch.Generator().manual_seed(1))
-
-    def step(i: int) -> float:
-        row = data[i % 4:i % 4 + 1]
-        loss = lm_loss(forward(row[:, :-1]), row[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    return step
+from train_gpt2 import stepper  # benchmarks/train_gpt2.py, beside this script
 
 
 def timed(fn, *args) -> float:
@@ -62,7 +40,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    eager, compiled = stepper(args.layers, args.seq, False), stepper(args.layers, args.seq, True)
+    eager = stepper("llmcore", args.layers, args.seq, "fp32")[0]
+    compiled = stepper("llmcore", args.layers, args.seq, "fp32", compiled=True)[0]
     first_eager = timed(eager, 0)
     first_compiled = timed(compiled, 0)  # compiles forward and backward
     times: dict[str, list[float]] = {"eager": [], "compiled": []}

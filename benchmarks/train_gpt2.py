@@ -111,9 +111,13 @@ def build(system: str, layers: int, seq: int):
 SYSTEMS = ("llmcore", "nanoGPT-equivalent", "transformers")
 
 
-def stepper(system: str, layers: int, seq: int, dtype: str):
+def stepper(system: str, layers: int, seq: int, dtype: str, compiled: bool = False):
+    """(step(i) -> loss, parameter count) of a fresh ``system``; ``compiled``: its forward through
+    ``torch.compile`` (``benchmarks/train_compile.py``)."""
     model, forward, opt, loss_fn = build(system, layers, seq)
     model.train()
+    if compiled:
+        forward = torch.compile(forward)
     g = torch.Generator().manual_seed(1)
     data = torch.randint(0, 50257, (4, seq + 1), generator=g)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext

@@ -204,11 +204,10 @@ def create_app(service: Service) -> Starlette:
 
     async def echo_stream(answer: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
         """:func:`echo_only`'s answer as server-sent events: one chunk per choice, then the usage if asked."""
+        chunk = {k: answer[k] for k in ("id", "object", "created", "model")}
         for choice in answer["choices"]:
-            chunk = {k: answer[k] for k in ("id", "object", "created", "model")}
             yield f"data: {json.dumps({**chunk, 'choices': [choice]}, ensure_ascii=False)}\n\n"
         if include_usage:
-            chunk = {k: answer[k] for k in ("id", "object", "created", "model")}
             yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': answer['usage']})}\n\n"
         yield "data: [DONE]\n\n"
 

@@ -184,10 +184,6 @@ class Job:
         as vLLM reports them), and the ``logprobs`` most likely alternatives."""
         return logprob_table(self.tokenizer, logits, tok, self.params.logprobs)
 
-    def token_text(self, token_id: int) -> str:
-        """A token as text for the logprobs tables (special tokens by name; a partial UTF-8 byte as U+FFFD)."""
-        return token_text(self.tokenizer, token_id)
-
     # ------------------------------------------------------------------ text out
     def _visible(self, row: int, final: bool) -> str:
         """The text of ``row`` that may be shown: cut before the first stop string; while running, without the

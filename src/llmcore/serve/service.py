@@ -15,8 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from ..errors import LLMCoreError
 from ..generation.config import check_decoding_memory
+from ..inputs import check_token_ids
 from .chat import ChatTemplate
 from .engine import Engine
 from .job import Event, Job, prompt_logprobs
@@ -98,22 +101,26 @@ class Service:
         return min(room, limit, DEFAULT_MAX_TOKENS if req.messages is None else limit)
 
     def check_prompts(self, prompts: list[list[int]]) -> None:
-        """400 unless every prompt is 1 to ``max_seq_len`` ids of the vocabulary (what scoring a prompt needs)."""
-        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        """400 unless every prompt is 1 to ``max_seq_len`` ids of the vocabulary: what scoring a prompt without
+        generating needs (a generating request is checked by :meth:`make_jobs` instead)."""
+        config = getattr(self.model, "config", None)
         for ids in prompts:
             if not ids:
                 raise APIError(400, "An empty prompt has no tokens to score; give at least one.", param="prompt")
             if self.max_seq_len is not None and len(ids) > self.max_seq_len:
                 raise APIError(400, f"This model's maximum context length is {self.max_seq_len} tokens; the prompt "
                                     f"has {len(ids)}. Shorten it.", param="prompt", code="context_length_exceeded")
-            if vocab is not None and not all(0 <= i < vocab for i in ids):
-                raise APIError(400, f"The prompt holds token ids outside the vocabulary [0, {vocab}).", param="prompt")
+            if getattr(config, "vocab_size", None) is not None:
+                try:  # the check generation's prompts get (llmcore.inputs)
+                    check_token_ids(torch.tensor([ids]), config, what="the prompt", check_length=False)
+                except LLMCoreError as e:
+                    raise APIError(400, str(e), param="prompt") from e
 
     async def score_prompts(self, prompts: list[list[int]], k: int) -> list[list[dict[str, Any]]]:
-        """:func:`~.job.prompt_logprobs` of each prompt, run on the engine thread between two decoding steps."""
+        """:func:`~.job.prompt_logprobs` of each prompt (already checked), run on the engine thread between two
+        decoding steps."""
         import asyncio
 
-        self.check_prompts(prompts)
         future = self.engine.call(lambda: [prompt_logprobs(self.model, self.tokenizer, ids, k, self.engine.device)
                                            for ids in prompts])
         return await asyncio.wrap_future(future)
