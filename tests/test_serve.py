@@ -325,12 +325,14 @@ def test_api_key_queue_full_and_disconnect(small_server):
         s.client("wrong").completions.create(model="tiny", prompt="a", max_tokens=2)
     assert s.get("/v1/models")[0] == 401 and s.get("/health")[0] == 200
     client = s.client("s3cret")
-    assert client.completions.create(model="tiny", prompt="a", max_tokens=2).usage.completion_tokens == 2
+    # min_tokens: these requests sample (temperature 1), and a draw of the end of sequence would stop them at 1
+    two = {"max_tokens": 2, "extra_body": {"min_tokens": 2}}
+    assert client.completions.create(model="tiny", prompt="a", **two).usage.completion_tokens == 2
     # A long stream holds the only row; one request waits; the next is refused with 429.
     long = client.completions.create(model="tiny", prompt="a", max_tokens=2000, temperature=0, stream=True)
     next(iter(long))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(client.completions.create, model="tiny", prompt="b", max_tokens=2)
+        waiting = pool.submit(client.completions.create, model="tiny", prompt="b", **two)
         deadline = time.monotonic() + 30
         while s.request("GET", "/health")[1]["waiting"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
