@@ -51,7 +51,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # sources are longer (src_len) than targets (max_len).
     "en-zh": dict(vocab_size=6000, d_model=256, n_layers=3, n_heads=4, dropout=0.1, steps=2000, batch=48,
                   lr=1e-3, warmup=200, label_smoothing=0.1, max_len=96, memory=1, src_len=160),
-    "zh-lm": dict(vocab_size=4000, d_model=256, n_layers=4, n_heads=4, dropout=0.1, steps=650, batch=16,
+    "zh-lm": dict(vocab_size=4000, d_model=256, n_layers=4, n_heads=4, dropout=0.1, steps=3000, batch=32,
                   lr=2e-3, warmup=100, block=128),
 }
 # The third bundled model, shakespeare, is a plain `llmcore train` run; its command is in models.json.

@@ -18,7 +18,7 @@ from llmcore.cli import main
 NAMES = {"zh-lm", "shakespeare"}
 GREEDY = {  # name -> (prompt, the first 24 new tokens, greedy)
     "shakespeare": ("ROMEO:", "\n\n[Enter CORSON.]\n\nSUFFOLK.\nI am a man, and I"),
-    "zh-lm": ("我今天去了", "。\n我喜欢我去看看。\n我喜欢我的房间。\n我喜欢我的房间。\n我喜欢"),
+    "zh-lm": ("我今天去了", "那里。\n我明天会再来。\n我明天会再来。\n我明天会再来。\n"),
 }
 
 
