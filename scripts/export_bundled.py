@@ -41,7 +41,7 @@ INFO = {
                   try_="llmcore generate --model zh-lm --prompt 我今天去了 --do-sample"),
     "shakespeare": dict(task="text-generation", description="English subword (BPE 2048) language model (4 "
                         "layers, d_model 256) of the complete works of Shakespeare (the first nine tenths).",
-                        command=f"llmcore train {SHAKESPEARE_FLAGS} --max-steps 700 --out runs/bundled/shakespeare",
+                        command=f"llmcore train {SHAKESPEARE_FLAGS} --max-steps 2000 --out runs/bundled/shakespeare",
                         try_="llmcore generate --model shakespeare --prompt \"ROMEO:\" --do-sample"),
 }
 
