@@ -63,8 +63,8 @@ def _has_vnni() -> bool:
 # bundled models: greedy agreement with fp32 up from ~50 % to ~65 % of tokens; benchmarks/quantize.py).
 REDUCE_RANGE = not _has_vnni()
 _FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
-# fbgemm maps [min, max] onto the integers 0..2^b-1 (b = 7 or 8). The anchor row [-h/(h-1), 0, ..., 0, 1]
-# (h = 2^(b-1)) makes that map x -> round(x * (h-1)) + h exactly: zero, -1 and 1 land on integers, so a row
+# fbgemm maps [min, max] onto the integers 0..2^b-1 (b = 7 or 8). The anchor columns [-h/(h-1), 1]
+# (h = 2^(b-1)) make that map x -> round(x * (h-1)) + h exactly: zero, -1 and 1 land on integers, so a row
 # scaled to [-1, 1] is rounded symmetrically to multiples of 1/(h-1) (1/127; 1/63 with REDUCE_RANGE): no bias.
 _HALF = 64 if REDUCE_RANGE else 128
 _ANCHOR = torch.tensor([[-_HALF / (_HALF - 1), 1.0]])  # (1, 2): the anchor columns of one row
